@@ -1,0 +1,14 @@
+"""tfp_glow: Glow (Kingma & Dhariwal 2018) as a TensorFlow Probability extension.
+
+Direction, as in TFP: forward = latent -> image (sampling), inverse = image -> latent (density).
+"""
+
+from tfp_glow import bijectors
+from tfp_glow.bijectors import (ActNorm, AffineCoupling, ChannelPermutation, Invertible1x1Conv,
+                                SplitPrior, Squeeze, TopPrior)
+from tfp_glow.distribution import GlowDistribution
+from tfp_glow.glow import Glow
+
+__version__ = '0.1.0'
+__all__ = ['ActNorm', 'AffineCoupling', 'ChannelPermutation', 'Glow', 'GlowDistribution',
+           'Invertible1x1Conv', 'SplitPrior', 'Squeeze', 'TopPrior', 'bijectors']

@@ -1,0 +1,78 @@
+"""Activation normalization (actnorm): a per-channel affine map with data-dependent init."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfp_glow.bijectors.base import GlowBijector, ParameterLayer, check_channels, check_images, num_pixels
+
+
+class ActNormParameters(ParameterLayer):
+  """log_scale [C], bias [C] (trainable) and `initialized` (a saved, non-trainable flag)."""
+
+  def __init__(self, channels: int, dtype: tf.DType = tf.float32, name: str = 'actnorm'):
+    super().__init__(dtype, name)
+    self.log_scale = self.add_weight(shape=(channels,), initializer='zeros', name='log_scale')
+    self.bias = self.add_weight(shape=(channels,), initializer='zeros', name='bias')
+    # Saved with the weights, so a restored model is not re-initialized from new data.
+    self.initialized = self.add_weight(
+        shape=(), initializer='zeros', dtype='bool', trainable=False, name='initialized')
+
+
+class ActNorm(GlowBijector):
+  """Actnorm (Kingma & Dhariwal 2018, section 3.1) on images `[..., H, W, C]`.
+
+  Image -> latent (`inverse`, the paper's direction), per channel c:
+    z = x * s + b,   s = exp(log_scale)
+    log|det dz/dx| = H * W * sum_c(log_scale[c])
+  Latent -> image (`forward`): x = (z - b) / s.
+
+  The scale is stored as its log, so it can never cross zero.
+
+  Initialization is an explicit step, `initialize(x)`, from a batch of images as they arrive at this
+  layer: it sets s = 1 / (std(x) + 1e-6) and b = -mean(x) * s per channel, so that z has zero mean and
+  unit variance per channel. It is idempotent (a second call changes nothing) and nothing else
+  triggers it: sampling never initializes actnorm. The `initialized` flag is saved with the weights.
+
+  Cost: O(N H W C) elementwise.
+  """
+
+  def __init__(self, channels: int, dtype: tf.DType = tf.float32, validate_args: bool = False,
+               name: str = 'actnorm'):
+    parameters = dict(locals())
+    check_channels(channels, 1, name)
+    super().__init__(layer=ActNormParameters(channels, dtype, name), channels=channels,
+                     is_constant_jacobian=True,
+                     dtype=dtype, validate_args=validate_args, parameters=parameters, name=name)
+
+  @property
+  def is_initialized(self) -> tf.Tensor:
+    return tf.convert_to_tensor(self.layer.initialized)
+
+  def initialize(self, x: tf.Tensor, epsilon: float = 1e-6) -> None:
+    """Data-dependent init from images `x` `[..., H, W, C]`; a no-op once initialized.
+
+    Works eagerly and inside `tf.function` (it is plain variable assignment), so a distribution
+    strategy can run it once in cross-replica context for all replicas.
+    """
+    x = tf.convert_to_tensor(x, dtype=self.dtype)
+    check_images(x, self.dtype, self.name)
+    axes = list(range(x.shape.rank - 1))
+    mean, variance = tf.nn.moments(x, axes=axes)
+    log_scale = -tf.math.log(tf.sqrt(variance) + epsilon)
+    bias = -mean * tf.exp(log_scale)
+    p = self.layer
+    done = tf.convert_to_tensor(p.initialized)
+    p.log_scale.assign(tf.where(done, tf.convert_to_tensor(p.log_scale), log_scale))
+    p.bias.assign(tf.where(done, tf.convert_to_tensor(p.bias), bias))
+    p.initialized.assign(True)
+
+  def _inverse_4d(self, x):
+    p = self.layer
+    z = x * tf.exp(p.log_scale) + p.bias
+    return z, num_pixels(x, self.dtype) * tf.reduce_sum(p.log_scale)
+
+  def _forward_4d(self, z):
+    p = self.layer
+    x = (z - p.bias) * tf.exp(-p.log_scale)
+    return x, -num_pixels(z, self.dtype) * tf.reduce_sum(p.log_scale)

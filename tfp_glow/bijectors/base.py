@@ -1,0 +1,200 @@
+"""The base class of every tfp_glow bijector.
+
+Three things every Glow layer needs, and TFP's `Bijector` does not give on its own:
+
+1. Parameters that both TFP and Keras 3 see. Each bijector's parameters live in one Keras layer,
+   `bijector.layer` (Keras variables, so a `keras.Model` holding the layer trains and saves them).
+   Each Keras 3 variable wraps one `tf.Variable`; we keep those in an attribute so that
+   `tf.Module`'s variable walk, which TFP bijectors inherit, finds them: `bijector.trainable_variables`
+   lists them, also from inside a `tfb.Chain`, for a `GradientTape` loop or `tfp.math.minimize`.
+2. One network evaluation per transform-plus-log-det. Subclasses compute the value and the
+   log-det together (`_forward_4d`, `_inverse_4d`); TFP's greedy-attribute cache stores the log-det
+   beside the value, so `log_prob` (which calls `inverse` and then `inverse_log_det_jacobian`)
+   runs the coupling network once.
+3. Any batch shape. Events are images `[H, W, C]` with a static shape; batch dimensions, known or
+   not (`None` inside `tf.function`, Keras or XLA), are folded into one for the 4-D kernels and
+   unfolded after.
+
+Direction, as everywhere in TFP: forward = latent -> image (sampling), inverse = image -> latent
+(density). The paper writes each layer in the image -> latent direction, so the paper's formula of a
+layer is our `inverse`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import keras
+import tensorflow as tf
+from tensorflow_probability import bijectors as tfb
+from tensorflow_probability.python.internal import cache_util
+
+Tensor = tf.Tensor
+# (value, log-det): the log-det has shape [N] (one per image) or [] (the same for every image).
+ValueAndLogDet = tuple[Tensor, Tensor]
+
+
+class GlowBijector(tfb.Bijector):
+  """A bijector on images `[..., H, W, C]` whose parameters are owned by a Keras layer.
+
+  Subclasses implement, on 4-D tensors `[N, H, W, C]`:
+    _forward_4d(x, **kwargs) -> (y, forward log-det, shape [N] or [])
+    _inverse_4d(y, **kwargs) -> (x, inverse log-det, shape [N] or [])
+  and, if they change the event shape, the `_forward_event_shape` family of hooks.
+  """
+
+  # Store the log-det computed together with the value, keyed on the input (and output) tensor,
+  # so that asking for the log-det after the value costs nothing. This is TFP's own mechanism
+  # (FFJORD uses it).
+  _cache = cache_util.BijectorCacheWithGreedyAttrs(
+      forward_name='_augmented_forward', inverse_name='_augmented_inverse')
+
+  def __init__(self,
+               *,
+               layer: keras.layers.Layer | None,
+               channels: int | None = None,
+               is_constant_jacobian: bool = False,
+               dtype: tf.DType = tf.float32,
+               validate_args: bool = False,
+               parameters: dict[str, Any] | None = None,
+               name: str):
+    self._layer = layer
+    self._channels = channels  # the event's C on both sides, checked on every call; None: any
+    # The tf.Variables behind the Keras variables, as a plain attribute: this is what
+    # `tf.Module.trainable_variables` walks (it does not look inside Keras layers).
+    self._tf_variables = tuple(v.value for v in layer.weights) if layer is not None else ()
+    super().__init__(
+        forward_min_event_ndims=3,
+        is_constant_jacobian=is_constant_jacobian,
+        validate_args=validate_args,
+        dtype=tf.as_dtype(dtype),
+        parameters=parameters,
+        name=name)
+
+  @property
+  def channels(self) -> int | None:
+    return self._channels
+
+  @property
+  def layer(self) -> keras.layers.Layer | None:
+    """The Keras layer that owns this bijector's parameters (None if it has none)."""
+    return self._layer
+
+  @classmethod
+  def _parameter_properties(cls, dtype, num_classes=None):
+    # No batch of bijectors: parameters are per-channel, not per-batch-member, so the
+    # bijector's batch shape is [] (TFP derives batch shapes from these properties).
+    return {}
+
+  # ---- the fused value-and-log-det path, with batch folding ----------------------------------
+
+  def _fold(self, fn: Callable[..., ValueAndLogDet], x: Tensor, kwargs: dict) -> ValueAndLogDet:
+    """Applies a 4-D kernel to `[..., H, W, C]` and restores the batch shape."""
+    check_images(x, self.dtype, self.name)
+    if self._channels is not None and x.shape[-1] != self._channels:
+      raise ValueError(f'{self.name}: expected {self._channels} channels, got shape {x.shape}.')
+    if x.shape.rank == 4:  # the common case: no reshapes, fewer ops
+      return fn(x, **kwargs)
+    batch_shape = tf.shape(x)[:-3]
+    x4 = tf.reshape(x, [-1] + x.shape[-3:].as_list())
+    kwargs = {k: (tf.reshape(v, [-1]) if v is not None else None) for k, v in kwargs.items()}
+    y4, ldj = fn(x4, **kwargs)
+    y = tf.reshape(y4, tf.concat([batch_shape, y4.shape[1:].as_list()], axis=0))
+    if ldj.shape.rank != 0:
+      ldj = tf.reshape(ldj, batch_shape)
+    return y, ldj
+
+  def forward_and_log_det(self, x: Tensor, **kwargs) -> ValueAndLogDet:
+    """Returns `(forward(x), forward_log_det_jacobian(x, 3))` from one evaluation."""
+    y = self.forward(x, **kwargs)
+    return y, self.forward_log_det_jacobian(x, event_ndims=3, **kwargs)
+
+  def inverse_and_log_det(self, y: Tensor, **kwargs) -> ValueAndLogDet:
+    """Returns `(inverse(y), inverse_log_det_jacobian(y, 3))` from one evaluation."""
+    x = self.inverse(y, **kwargs)
+    return x, self.inverse_log_det_jacobian(y, event_ndims=3, **kwargs)
+
+  # ---- TFP hooks -----------------------------------------------------------------------------
+
+  def _augmented_forward(self, x, **kwargs):
+    y, fldj = self._fold(self._forward_4d, x, kwargs)
+    return y, {'fldj': fldj, 'ildj': -fldj}
+
+  def _augmented_inverse(self, y, **kwargs):
+    x, ildj = self._fold(self._inverse_4d, y, kwargs)
+    return x, {'ildj': ildj, 'fldj': -ildj}
+
+  def _forward(self, x, **kwargs):
+    return self._augmented_forward(x, **kwargs)[0]
+
+  def _inverse(self, y, **kwargs):
+    return self._augmented_inverse(y, **kwargs)[0]
+
+  def _forward_log_det_jacobian(self, x, **kwargs):
+    cached = self._cache.forward_attributes(x, **kwargs)
+    if 'fldj' not in cached:  # the value was not computed from this x yet: compute both once
+      cached.update(self._augmented_forward(x, **kwargs)[1])
+    return cached['fldj']
+
+  def _inverse_log_det_jacobian(self, y, **kwargs):
+    cached = self._cache.inverse_attributes(y, **kwargs)
+    if 'ildj' not in cached:
+      cached.update(self._augmented_inverse(y, **kwargs)[1])
+    return cached['ildj']
+
+  def _forward_4d(self, x: Tensor, **kwargs) -> ValueAndLogDet:
+    raise NotImplementedError
+
+  def _inverse_4d(self, y: Tensor, **kwargs) -> ValueAndLogDet:
+    raise NotImplementedError
+
+
+def check_images(x: Tensor, dtype: tf.DType | None = None, who: str = 'tfp_glow') -> None:
+  """Raises a clear error unless `x` is a batch of images `[..., H, W, C]` with a static event."""
+  shape = x.shape
+  if shape.rank is None or shape.rank < 3:
+    raise ValueError(f'{who}: expected images of shape [..., H, W, C] (rank >= 3), got shape {shape}.')
+  if not shape[-3:].is_fully_defined():
+    raise ValueError(f'{who}: the event shape [H, W, C] must be known statically, got {shape}.')
+  if dtype is not None and x.dtype != dtype:
+    raise TypeError(f'{who}: expected dtype {dtype.name}, got {x.dtype.name}. '
+                    f'Images must be floats in [-0.5, 0.5); build the flow with dtype={x.dtype.name} '
+                    'or cast the input.')
+
+
+def check_channels(channels: int, minimum: int, who: str) -> int:
+  """Validates a channel count at construction time."""
+  if not isinstance(channels, int) or isinstance(channels, bool) or channels < minimum:
+    raise ValueError(f'{who}: channels must be an integer >= {minimum}, got {channels!r}.')
+  return channels
+
+
+def num_pixels(x: Tensor, dtype: tf.DType) -> Tensor:
+  """H * W of a 4-D tensor, as a scalar of `dtype` (the log-det factor of per-pixel maps)."""
+  return tf.cast(x.shape[1] * x.shape[2], dtype)
+
+
+class ParameterLayer(keras.layers.Layer):
+  """A Keras layer that only holds variables, created at construction (no lazy build).
+
+  Creating the variables eagerly lets the bijector list them at once, for TFP and Keras alike.
+  """
+
+  def __init__(self, dtype: tf.DType, name: str):
+    super().__init__(dtype=tf.as_dtype(dtype).name, name=name)
+    self.built = True
+
+  def call(self, inputs):  # Keras wants a call; these layers are read, never called.
+    return inputs
+
+
+class LayerGroup(keras.layers.Layer):
+  """A Keras layer that owns a list of other layers, so one attribute carries a whole flow."""
+
+  def __init__(self, members: list[keras.layers.Layer], dtype: tf.DType, name: str):
+    super().__init__(dtype=tf.as_dtype(dtype).name, name=name)
+    self.members = list(members)
+    self.built = True
+
+  def call(self, inputs):
+    return inputs

@@ -1,0 +1,59 @@
+"""Fixed channel permutations: the paper's baselines for the 1x1 convolution (reverse, shuffle)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tfp_glow.bijectors.base import GlowBijector, ParameterLayer, check_channels
+
+
+class PermutationParameters(ParameterLayer):
+  """The permutation as a saved, non-trainable variable (a random shuffle must survive save/load)."""
+
+  def __init__(self, permutation: np.ndarray, dtype: tf.DType = tf.float32,
+               name: str = 'channel_permutation'):
+    super().__init__(dtype, name)
+    self.permutation = self.add_weight(
+        shape=permutation.shape, dtype='int32', trainable=False, name='permutation',
+        initializer=lambda shape, dtype=None: tf.constant(permutation, dtype=dtype))
+
+
+class ChannelPermutation(GlowBijector):
+  """A fixed permutation of the channels of `[..., H, W, C]`; log-det 0.
+
+  Image -> latent (`inverse`): z[..., c] = x[..., permutation[c]].
+  Latent -> image (`forward`): x = z[..., argsort(permutation)].
+  `ChannelPermutation.reverse(C)` and `ChannelPermutation.shuffle(C, seed)` are the paper's
+  "reverse" and "shuffle" baselines (section 3.2, figure 3).
+  """
+
+  def __init__(self, permutation: Sequence[int], dtype: tf.DType = tf.float32,
+               validate_args: bool = False, name: str = 'channel_permutation'):
+    parameters = dict(locals())
+    permutation = np.asarray(permutation, dtype=np.int32)
+    check_channels(len(permutation), 1, name)
+    if permutation.ndim != 1 or sorted(permutation.tolist()) != list(range(len(permutation))):
+      raise ValueError(f'{name}: not a permutation of 0..C-1: {permutation.tolist()}.')
+    super().__init__(layer=PermutationParameters(permutation, dtype, name),
+                     channels=len(permutation), is_constant_jacobian=True, dtype=dtype,
+                     validate_args=validate_args, parameters=parameters, name=name)
+
+  @classmethod
+  def reverse(cls, channels: int, **kwargs) -> 'ChannelPermutation':
+    """Reverses the channel order (RealNVP's fixed permutation)."""
+    return cls(np.arange(channels)[::-1], **{'name': 'reverse', **kwargs})
+
+  @classmethod
+  def shuffle(cls, channels: int, seed: int | None = None, **kwargs) -> 'ChannelPermutation':
+    """A fixed random permutation drawn once at construction (`seed` for reproducibility)."""
+    return cls(np.random.default_rng(seed).permutation(channels), **{'name': 'shuffle', **kwargs})
+
+  def _inverse_4d(self, x):
+    return tf.gather(x, self.layer.permutation, axis=-1), tf.zeros([], self.dtype)
+
+  def _forward_4d(self, z):
+    inverse = tf.math.invert_permutation(self.layer.permutation)
+    return tf.gather(z, inverse, axis=-1), tf.zeros([], self.dtype)

@@ -1,0 +1,327 @@
+"""The multi-scale Glow bijector: standard-normal latent -> image."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfp_glow.bijectors.actnorm import ActNorm
+from tfp_glow.bijectors.base import GlowBijector, LayerGroup, ValueAndLogDet, check_images
+from tfp_glow.bijectors.coupling import AffineCoupling
+from tfp_glow.bijectors.invertible_conv import Invertible1x1Conv
+from tfp_glow.bijectors.permutation import ChannelPermutation
+from tfp_glow.bijectors.split import SplitPrior
+from tfp_glow.bijectors.squeeze import Squeeze
+from tfp_glow.bijectors.top_prior import TopPrior
+
+COUPLINGS = ('affine', 'additive')
+PERMUTATIONS = ('conv_lu', 'conv', 'shuffle', 'reverse')
+NetworkFn = Callable[[int, int], keras.layers.Layer]  # (in_channels, out_channels) -> Keras layer
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+  """One step of flow, image -> latent order: actnorm -> permutation -> coupling."""
+  actnorm: ActNorm
+  permutation: GlowBijector
+  coupling: AffineCoupling
+
+  def bijectors(self) -> tuple[GlowBijector, GlowBijector, GlowBijector]:
+    return (self.actnorm, self.permutation, self.coupling)
+
+
+@dataclasses.dataclass(frozen=True)
+class Level:
+  """squeeze -> K steps -> exit: a SplitPrior (all levels but the last) or the TopPrior (or None)."""
+  steps: tuple[Step, ...]
+  exit: SplitPrior | TopPrior | None
+  shape: tuple[int, int, int]          # [h, w, c] after the squeeze
+  latent_shape: tuple[int, int, int]   # the part of the latent this level emits
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoding:
+  """Image -> latent, level by level (see `Glow.encode_with_log_det`).
+
+  latents: per level, standardized latents eps_i [N, h_i, w_i, c_i] (the last one is the top).
+  log_det: log|det d(latent)/d(image)| [N].
+  top: the top level's activations before its prior, [N, h_L, w_L, c_L] (for a class predictor).
+  """
+  latents: list[tf.Tensor]
+  log_det: tf.Tensor
+  top: tf.Tensor
+
+
+class Glow(GlowBijector):
+  """Glow (Kingma & Dhariwal 2018): the multi-scale flow as one TFP bijector.
+
+  Maps a standard-normal latent eps [..., H, W, C] to an image x [..., H, W, C] (forward), and back
+  (inverse). Image -> latent, per level l = 1..L:
+    h = squeeze(h)                                       [h, w, c] -> [h/2, w/2, 4c]
+    K times: h = coupling(permutation(actnorm(h)))        log-dets add up
+    l < L:  h, z_l = h[..., :c/2], h[..., c/2:];  eps_l = (z_l - mean(h)) / exp(log_std(h))
+    l = L:  eps_L = (h - mean_top[label]) / exp(log_std_top[label])
+  The eps_l, flattened and concatenated in level order, reshaped to [H, W, C], are the latent. Every
+  prior is inside the bijector, so the base distribution is N(0, I) and scaling eps by T samples
+  every level's prior at temperature T.
+
+  Args (names and defaults after the reference code):
+    image_shape: (H, W, C); H and W divisible by 2**levels.
+    levels: L. steps: K per level. width: the coupling networks' hidden channels.
+    coupling: 'affine' (scale = sigmoid(raw + 2)) or 'additive'.
+    permutation: 'conv_lu' (LU 1x1 conv), 'conv' (full 1x1 conv), 'shuffle' or 'reverse'.
+    learn_top: learn the top prior's per-channel mean and log-std (else N(0, 1)).
+    num_classes: if set, the top prior is class-conditional: pass `labels=` (int [...]) to
+      forward/inverse/log_prob/sample.
+    coupling_network: optional (in_channels, out_channels) -> Keras layer, replacing the default.
+    seed: seeds the random rotations / shuffles.
+    dtype: tf.float32 or tf.float64.
+
+  Parameters: `glow.layer` is one Keras layer holding every parameter (give it to a Keras model);
+  `glow.trainable_variables` lists the same variables for TFP-style training.
+  """
+
+  def __init__(self,
+               image_shape: Sequence[int],
+               levels: int = 3,
+               steps: int = 32,
+               width: int = 512,
+               coupling: str = 'affine',
+               permutation: str = 'conv_lu',
+               learn_top: bool = True,
+               num_classes: int | None = None,
+               coupling_network: NetworkFn | None = None,
+               seed: int | None = None,
+               dtype: tf.DType = tf.float32,
+               validate_args: bool = False,
+               name: str = 'glow'):
+    parameters = dict(locals())
+    dtype = tf.as_dtype(dtype)
+    self._image_shape = _check_config(image_shape, levels, steps, width, coupling, permutation,
+                                      num_classes, dtype)
+    self._num_classes = num_classes
+    rng = np.random.default_rng(seed)
+    self._levels = []
+    h, w, c = self._image_shape
+    for l in range(levels):
+      h, w, c = h // 2, w // 2, c * 4
+      steps_l = []
+      for k in range(steps):
+        prefix = f'level{l}_step{k}_'
+        perm = _make_permutation(permutation, c, int(rng.integers(2**31)), dtype, prefix)
+        net = coupling_network(c // 2, (c - c // 2) * (1 if coupling == 'additive' else 2)) \
+            if coupling_network else None
+        steps_l.append(Step(
+            ActNorm(c, dtype=dtype, name=prefix + 'actnorm'),
+            perm,
+            AffineCoupling(c, width, additive=(coupling == 'additive'), network=net, dtype=dtype,
+                           name=prefix + 'coupling')))
+      if l < levels - 1:
+        exit_ = SplitPrior(c, dtype=dtype, name=f'level{l}_split_prior')
+        latent_shape = (h, w, c - c // 2)
+      else:
+        exit_ = (TopPrior(c, num_classes, learn_top, dtype=dtype, name='top_prior')
+                 if (learn_top or num_classes) else None)
+        latent_shape = (h, w, c)
+      self._levels.append(Level(tuple(steps_l), exit_, (h, w, c), latent_shape))
+      if l < levels - 1:
+        c = c // 2
+    self._squeeze = Squeeze(2, dtype=dtype)
+    # tf.Module finds sub-bijectors (and their tf.Variables) in this flat list.
+    self._bijectors = [b for lv in self._levels for s in lv.steps for b in s.bijectors()]
+    self._bijectors += [lv.exit for lv in self._levels if lv.exit is not None]
+    layer = LayerGroup([b.layer for b in self._bijectors], dtype, name)
+    super().__init__(layer=layer, channels=self._image_shape[-1], dtype=dtype,
+                     validate_args=validate_args, parameters=parameters, name=name)
+
+  # ---- properties ----------------------------------------------------------------------------
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return self._image_shape
+
+  @property
+  def num_classes(self) -> int | None:
+    return self._num_classes
+
+  @property
+  def levels(self) -> tuple[Level, ...]:
+    return tuple(self._levels)
+
+  @property
+  def latent_shapes(self) -> list[tuple[int, int, int]]:
+    """Per level, the shape [h_i, w_i, c_i] of the latent it emits (the top one last)."""
+    return [lv.latent_shape for lv in self._levels]
+
+  @property
+  def actnorms(self) -> list[ActNorm]:
+    return [s.actnorm for lv in self._levels for s in lv.steps]
+
+  @property
+  def is_initialized(self) -> tf.Tensor:
+    """True once every actnorm has had its data-dependent initialization."""
+    return tf.reduce_all(tf.stack([a.is_initialized for a in self.actnorms]))
+
+  # ---- data-dependent init ---------------------------------------------------------------------
+
+  def initialize(self, images: tf.Tensor, labels: tf.Tensor | None = None) -> None:
+    """Actnorm data-dependent init from a batch of images [N, H, W, C] (the reference uses 256).
+
+    Runs the flow image -> latent; each actnorm, in order, is initialized from the activations it
+    sees, which already pass through the initialized layers before it. Idempotent; plain variable
+    assignments, so it works eagerly, in `tf.function`, and once in cross-replica context.
+    """
+    images = tf.convert_to_tensor(images, dtype=self.dtype)
+    self._check_image_input(images)
+    self._encode_4d(tf.reshape(images, [-1, *self._image_shape]), _flat(labels), initialize=True)
+
+  # ---- encode / decode -------------------------------------------------------------------------
+
+  def encode_with_log_det(self, images: tf.Tensor, labels: tf.Tensor | None = None) -> Encoding:
+    """Image [N, H, W, C] -> per-level latents, the log-det, and the top activations."""
+    images = tf.convert_to_tensor(images, dtype=self.dtype)
+    self._check_image_input(images)
+    if images.shape.rank != 4:
+      raise ValueError(f'{self.name}: encode expects images [N, H, W, C], got {images.shape}.')
+    return self._encode_4d(images, labels)
+
+  def encode(self, images: tf.Tensor, labels: tf.Tensor | None = None) -> list[tf.Tensor]:
+    """Image [N, H, W, C] -> [eps_1, ..., eps_L], eps_i [N, h_i, w_i, c_i] (standardized)."""
+    return self.encode_with_log_det(images, labels).latents
+
+  def decode(self, latents: Sequence[tf.Tensor], labels: tf.Tensor | None = None) -> tf.Tensor:
+    """[eps_1, ..., eps_L] (as from `encode`) -> images [N, H, W, C]."""
+    if len(latents) != len(self._levels):
+      raise ValueError(f'{self.name}: decode expects {len(self._levels)} latents (one per level), '
+                       f'got {len(latents)}.')
+    latents = [tf.convert_to_tensor(z, dtype=self.dtype) for z in latents]
+    for z, shape in zip(latents, self.latent_shapes):
+      if z.shape.rank != 4 or tuple(z.shape[1:]) != shape:
+        raise ValueError(f'{self.name}: expected latents of shapes [N, *{self.latent_shapes}], '
+                         f'got {[tuple(t.shape) for t in latents]}.')
+    return self._decode_4d(latents, labels)[0]
+
+  # ---- the two directions on 4-D tensors ---------------------------------------------------------
+
+  def _encode_4d(self, x, labels=None, initialize=False) -> Encoding:
+    h, log_det = x, tf.zeros(tf.shape(x)[:1], self.dtype)
+    latents = []
+    self._check_labels(labels)
+    for level in self._levels:
+      h = self._squeeze._inverse_4d(h)[0]  # pylint: disable=protected-access
+      for step in level.steps:
+        if initialize:
+          step.actnorm.initialize(h)
+        for b in step.bijectors():
+          h, ld = b._inverse_4d(h)  # pylint: disable=protected-access
+          log_det += ld
+      top = h
+      if isinstance(level.exit, SplitPrior):
+        h, ld = level.exit._inverse_4d(h)  # pylint: disable=protected-access
+        log_det += ld
+        stay = h.shape[-1] // 2
+        h, eps = h[..., :stay], h[..., stay:]
+      elif level.exit is not None:
+        eps, ld = level.exit._inverse_4d(h, labels=labels)  # pylint: disable=protected-access
+        log_det += ld
+      else:
+        eps = h
+      latents.append(eps)
+    return Encoding(latents, log_det, top)
+
+  def _decode_4d(self, latents, labels=None) -> ValueAndLogDet:
+    self._check_labels(labels)
+    log_det = tf.zeros(tf.shape(latents[0])[:1], self.dtype)
+    h = None
+    for level, eps in reversed(list(zip(self._levels, latents))):
+      if isinstance(level.exit, SplitPrior):
+        h, ld = level.exit._forward_4d(tf.concat([h, eps], axis=-1))  # pylint: disable=protected-access
+        log_det += ld
+      elif level.exit is not None:
+        h, ld = level.exit._forward_4d(eps, labels=labels)  # pylint: disable=protected-access
+        log_det += ld
+      else:
+        h = eps
+      for step in reversed(level.steps):
+        for b in reversed(step.bijectors()):
+          h, ld = b._forward_4d(h)  # pylint: disable=protected-access
+          log_det += ld
+      h = self._squeeze._forward_4d(h)[0]  # pylint: disable=protected-access
+    return h, log_det
+
+  def _flatten_latents(self, latents):
+    n = tf.shape(latents[0])[:1]
+    flat = tf.concat([tf.reshape(z, tf.concat([n, [-1]], 0)) for z in latents], axis=-1)
+    return tf.reshape(flat, tf.concat([n, self._image_shape], 0))
+
+  def _split_latent(self, eps):
+    n = tf.shape(eps)[:1]
+    sizes = [int(np.prod(s)) for s in self.latent_shapes]
+    parts = tf.split(tf.reshape(eps, tf.concat([n, [-1]], 0)), sizes, axis=-1)
+    return [tf.reshape(p, tf.concat([n, s], 0)) for p, s in zip(parts, self.latent_shapes)]
+
+  def _inverse_4d(self, x, labels=None):
+    self._check_image_input(x)
+    enc = self._encode_4d(x, labels)
+    return self._flatten_latents(enc.latents), enc.log_det
+
+  def _forward_4d(self, eps, labels=None):
+    self._check_image_input(eps, 'latents')
+    return self._decode_4d(self._split_latent(eps), labels)
+
+  def _check_image_input(self, images, what='images'):
+    check_images(images, self.dtype, self.name)
+    if tuple(images.shape[-3:]) != self._image_shape:
+      raise ValueError(f'{self.name}: expected {what} of shape [..., '
+                       f'{", ".join(map(str, self._image_shape))}], got {images.shape}.')
+    self._check_finite(images)
+
+  def _check_labels(self, labels):
+    if labels is not None and not self._num_classes:
+      raise ValueError(f'{self.name}: labels were given, but this Glow is not class-conditional '
+                       '(num_classes=None).')
+
+  def _check_finite(self, x):
+    if self.validate_args:
+      tf.debugging.assert_all_finite(x, f'{self.name}: the input contains NaN or Inf.')
+
+
+def _flat(labels):
+  return None if labels is None else tf.reshape(labels, [-1])
+
+
+def _make_permutation(kind: str, channels: int, seed: int, dtype, prefix: str) -> GlowBijector:
+  if kind in ('conv_lu', 'conv'):
+    return Invertible1x1Conv(channels, lu_decomposed=(kind == 'conv_lu'), seed=seed, dtype=dtype,
+                             name=prefix + 'invertible_1x1_conv')
+  if kind == 'shuffle':
+    return ChannelPermutation.shuffle(channels, seed=seed, dtype=dtype, name=prefix + 'shuffle')
+  return ChannelPermutation.reverse(channels, dtype=dtype, name=prefix + 'reverse')
+
+
+def _check_config(image_shape, levels, steps, width, coupling, permutation, num_classes, dtype):
+  """Validates the constructor's arguments with errors that name the problem."""
+  shape = tuple(image_shape)
+  if len(shape) != 3 or not all(isinstance(d, (int, np.integer)) and d > 0 for d in shape):
+    raise ValueError(f'Glow: image_shape must be (H, W, C) positive integers, got {image_shape!r}.')
+  shape = tuple(int(d) for d in shape)
+  for arg, value in (('levels', levels), ('steps', steps), ('width', width)):
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f'Glow: {arg} must be a positive integer, got {value!r}.')
+  f = 2**levels
+  if shape[0] % f or shape[1] % f:
+    raise ValueError(f'Glow: image height and width must be divisible by 2**levels = {f} '
+                     f'(one 2x2 squeeze per level), got {shape[0]}x{shape[1]} with levels={levels}.')
+  if coupling not in COUPLINGS:
+    raise ValueError(f'Glow: coupling must be one of {COUPLINGS}, got {coupling!r}.')
+  if permutation not in PERMUTATIONS:
+    raise ValueError(f'Glow: permutation must be one of {PERMUTATIONS}, got {permutation!r}.')
+  if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 2):
+    raise ValueError(f'Glow: num_classes must be None or an integer >= 2, got {num_classes!r}.')
+  if dtype not in (tf.float32, tf.float64):
+    raise TypeError(f'Glow: dtype must be float32 or float64, got {dtype.name}.')
+  return shape

@@ -1,0 +1,61 @@
+"""The Keras networks inside the flow: the coupling network and the zero-initialized conv."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package='tfp_glow')
+class ZeroConv2D(keras.layers.Layer):
+  """The reference code's "Conv2dZeros": a zero-initialized 3x3 conv with a learned output scale.
+
+    y = (conv3x3(x; kernel) + bias) * exp(logscale_factor * logs)      per output channel
+
+  kernel, bias and logs all start at zero, so y starts at zero: a coupling or a prior that ends
+  with this layer starts as the identity (resp. N(0, 1)). The exp(3 * logs) factor lets the output
+  scale grow quickly once training starts.
+  Shapes: [N, H, W, C_in] -> [N, H, W, filters].
+  """
+
+  def __init__(self, filters: int, kernel_size: int = 3, logscale_factor: float = 3.0, **kwargs):
+    super().__init__(**kwargs)
+    self.filters = filters
+    self.kernel_size = kernel_size
+    self.logscale_factor = logscale_factor
+    self.conv = keras.layers.Conv2D(filters, kernel_size, padding='same', kernel_initializer='zeros',
+                                    bias_initializer='zeros', dtype=self.dtype_policy, name='conv')
+
+  def build(self, input_shape):
+    self.conv.build(input_shape)
+    self.logs = self.add_weight(shape=(self.filters,), initializer='zeros', name='logs')
+
+  def call(self, x):
+    return self.conv(x) * keras.ops.exp(self.logs * self.logscale_factor)
+
+  def compute_output_shape(self, input_shape):
+    return tuple(input_shape[:-1]) + (self.filters,)
+
+  def get_config(self):
+    return {**super().get_config(), 'filters': self.filters, 'kernel_size': self.kernel_size,
+            'logscale_factor': self.logscale_factor}
+
+
+def coupling_network(in_channels: int, out_channels: int, width: int = 512,
+                     dtype: tf.DType | str = 'float32', name: str = 'coupling_nn') -> keras.Sequential:
+  """The affine coupling's network NN(x_a), after the reference code, with biases for actnorm.
+
+    conv3x3(width) -> bias -> ReLU -> conv1x1(width) -> bias -> ReLU -> ZeroConv2D(out_channels)
+
+  The reference puts a data-initialized actnorm where we put a bias; a bias needs no
+  initialization pass and the zero-initialized last layer keeps the coupling the identity at start.
+  Shapes: [N, H, W, in_channels] -> [N, H, W, out_channels]; any H, W (all convs are 'same').
+  """
+  dtype = tf.as_dtype(dtype).name
+  net = keras.Sequential([
+      keras.Input(shape=(None, None, in_channels), dtype=dtype),
+      keras.layers.Conv2D(width, 3, padding='same', activation='relu', dtype=dtype, name='conv_in'),
+      keras.layers.Conv2D(width, 1, padding='same', activation='relu', dtype=dtype, name='conv_hidden'),
+      ZeroConv2D(out_channels, dtype=dtype, name='conv_out'),
+  ], name=name)
+  return net
