@@ -164,7 +164,7 @@ def _pipeline(ds: tf.data.Dataset, n_bins: int, *, num_examples: int | None, cac
         buffer = min(num_examples or _MAX_SHUFFLE_BUFFER, _MAX_SHUFFLE_BUFFER)
         ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    noise_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=False).batch(2)
+    noise_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
     def add_noise(batch, noise_seed):
         if isinstance(batch, tuple):

@@ -1,0 +1,303 @@
+"""GlowModel: Glow as a Keras 3 model, trained with `fit` on the negative log-likelihood in bits/dim."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfp_glow import data as glow_data
+from tfp_glow.distribution import GlowDistribution
+from tfp_glow.glow import Glow
+from tfp_glow.optim import default_optimizer
+
+
+@keras.saving.register_keras_serializable(package='tfp_glow')
+class GlowModel(keras.Model):
+  """A Keras model around the Glow distribution over images x in [-0.5, 0.5) (dequantized).
+
+  Loss (per batch, in bits per dimension, D = H * W * C):
+    bits_per_dim = mean_n (-log p(x_n) + D * log(n_bins)) / (D * ln 2)
+  which is the discrete data's negative log-likelihood bound; a uniform model scores log2(n_bins).
+  Class-conditional (`num_classes`): data is (images, labels); the top prior depends on the label,
+  and a zero-initialized linear classifier on the mean of the top activations adds
+  `class_loss_weight` * cross-entropy in bits (the reference's ycond and weight_y = 0.01).
+
+  Every parameter of every bijector lives in `self.flow` (one Keras layer), so `fit`,
+  `trainable_variables`, `save_weights`, `model.save` and `keras.models.load_model` see them all.
+  Actnorm's data-dependent init runs once, before the first training step: call
+  `initialize(images)`, or let `fit` do it from the first `init_batch_size` training images.
+
+  Use: model = GlowModel((8, 8, 1), levels=2, steps=8, width=64, n_bins=17)
+       model.compile(); model.fit(train_ds, validation_data=test_ds, epochs=...)
+       model.sample(16, temperature=0.7)    # uint8 images
+  """
+
+  def __init__(self,
+               image_shape: Sequence[int],
+               levels: int = 3,
+               steps: int = 32,
+               width: int = 512,
+               coupling: str = 'affine',
+               permutation: str = 'conv_lu',
+               learn_top: bool = True,
+               num_classes: int | None = None,
+               n_bins: int = 256,
+               class_loss_weight: float = 0.01,
+               init_batch_size: int = 256,
+               validate_inputs: bool = True,
+               seed: int | None = None,
+               flow_dtype: str = 'float32',
+               **kwargs):
+    super().__init__(**kwargs)
+    if not isinstance(n_bins, int) or n_bins < 2:
+      raise ValueError(f'GlowModel: n_bins must be an integer >= 2, got {n_bins!r}.')
+    self._glow_config = dict(image_shape=tuple(int(d) for d in image_shape), levels=levels, steps=steps,
+                        width=width, coupling=coupling, permutation=permutation, learn_top=learn_top,
+                        num_classes=num_classes, n_bins=n_bins, class_loss_weight=class_loss_weight,
+                        init_batch_size=init_batch_size, validate_inputs=validate_inputs, seed=seed,
+                        flow_dtype=flow_dtype)
+    glow = Glow(image_shape, levels, steps, width, coupling, permutation, learn_top, num_classes,
+                seed=seed, dtype=tf.as_dtype(flow_dtype))
+    self.flow = glow.layer  # every flow parameter, in one Keras layer
+    # The TFP objects hold no variables of their own; keep them out of Keras/TF tracking.
+    self._tfp = _Untracked(glow=glow, distribution=GlowDistribution(glow))
+    self.classifier = None
+    if num_classes:
+      self.classifier = keras.layers.Dense(num_classes, kernel_initializer='zeros', dtype=flow_dtype,
+                                           name='class_predictor')
+      self.classifier.build((None, glow.levels[-1].shape[-1]))
+    self.num_dims = int(np.prod(image_shape))
+    self.n_bins = n_bins
+    self.loss_tracker = keras.metrics.Mean(name='loss')
+    self.bpd_tracker = keras.metrics.Mean(name='bits_per_dim')
+    self.class_tracker = keras.metrics.SparseCategoricalAccuracy(name='class_accuracy')
+    self.built = True
+
+  def get_config(self):
+    return {**super().get_config(), **self._glow_config}
+
+  # ---- the TFP side --------------------------------------------------------------------------
+
+  @property
+  def glow(self) -> Glow:
+    return self._tfp.glow
+
+  @property
+  def distribution(self) -> GlowDistribution:
+    """The TFP distribution over images (log_prob, sample(n, temperature=...), ...)."""
+    return self._tfp.distribution
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return self.glow.image_shape
+
+  @property
+  def num_classes(self) -> int | None:
+    return self.glow.num_classes
+
+  @property
+  def is_initialized(self) -> bool:
+    return bool(self.glow.is_initialized.numpy())
+
+  # ---- actnorm init --------------------------------------------------------------------------
+
+  def initialize(self, images, labels=None) -> None:
+    """Actnorm data-dependent init from images [N, H, W, C] in [-0.5, 0.5); a no-op once done."""
+    images = self._check_images(images)
+    self.glow.initialize(images, self._check_labels(labels, required=False))
+
+  def fit(self, x=None, y=None, **kwargs):
+    """`keras.Model.fit`, which first initializes actnorm from the first training images if needed."""
+    if not self.is_initialized:
+      images, labels = _first_images(x, y, self._glow_config['init_batch_size'])
+      self.initialize(images, labels if self.num_classes else None)
+    return super().fit(x, y, **kwargs)
+
+  def compile(self, optimizer=None, **kwargs):
+    """`keras.Model.compile`; the default optimizer is Adamax, lr 1e-3, with linear warmup."""
+    kwargs.setdefault('loss', None)
+    super().compile(optimizer=optimizer or default_optimizer(), **kwargs)
+
+  # ---- loss and Keras steps ------------------------------------------------------------------
+
+  def bits_per_dim(self, log_prob: tf.Tensor) -> tf.Tensor:
+    """(-log p(x) + D log(n_bins)) / (D ln 2), per image."""
+    d = float(self.num_dims)
+    return (-log_prob + d * math.log(self.n_bins)) / (d * math.log(2.0))
+
+  def _loss_terms(self, data):
+    images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+    images = self._check_images(images)
+    labels = self._check_labels(labels, required=True)
+    enc = self.glow.encode_with_log_det(images, labels)
+    base = self.distribution.distribution
+    log_prob = base.log_prob(self.glow._flatten_latents(enc.latents)) + enc.log_det  # pylint: disable=protected-access
+    bpd = tf.reduce_mean(self.bits_per_dim(log_prob))
+    loss, logits = bpd, None
+    if self.classifier is not None:
+      logits = self.classifier(tf.reduce_mean(enc.top, axis=[1, 2]))
+      xent = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+      loss = loss + self._glow_config['class_loss_weight'] * tf.reduce_mean(xent) / math.log(2.0)
+    return loss, bpd, labels, logits
+
+  def _record_metrics(self, loss, bpd, labels, logits):
+    self.loss_tracker.update_state(loss)
+    self.bpd_tracker.update_state(bpd)
+    if logits is not None:
+      self.class_tracker.update_state(labels, logits)
+    return {m.name: m.result() for m in self.metrics}
+
+  @property
+  def metrics(self):
+    trackers = [self.loss_tracker, self.bpd_tracker]
+    return trackers + ([self.class_tracker] if self.classifier is not None else [])
+
+  def train_step(self, data):
+    with tf.GradientTape() as tape:
+      loss, bpd, labels, logits = self._loss_terms(data)
+      scaled = self.optimizer.scale_loss(loss)  # mixed precision loss scaling (identity otherwise)
+    grads = tape.gradient(scaled, self.trainable_variables)
+    self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+    return self._record_metrics(loss, bpd, labels, logits)
+
+  def test_step(self, data):
+    return self._record_metrics(*self._loss_terms(data))
+
+  def call(self, inputs):
+    """log p(x) per image; `inputs` is images, or (images, labels) for a conditional model."""
+    images, labels = (inputs if isinstance(inputs, (tuple, list)) else (inputs, None))
+    return self.log_prob(images, labels)
+
+  # ---- user-facing density and sampling ------------------------------------------------------
+
+  def log_prob(self, images, labels=None) -> tf.Tensor:
+    """log p(x) [N] of images [N, H, W, C] in [-0.5, 0.5) (continuous density)."""
+    return self.distribution.log_prob(self._check_images(images),
+                                      labels=self._check_labels(labels, required=True))
+
+  def sample(self, n: int, temperature: float = 1.0, labels=None, as_uint8: bool = True,
+             seed=None) -> tf.Tensor:
+    """n images at a temperature (T = 0.7 looks best in the paper): uint8 [n, H, W, C] in
+    0..255 (quantized to n_bins levels), or floats in the model's [-0.5, 0.5) scale."""
+    if not isinstance(n, (int, np.integer)) or n <= 0:
+      raise ValueError(f'sample: n must be a positive integer, got {n!r}.')
+    if not temperature > 0:
+      raise ValueError(f'sample: temperature must be > 0, got {temperature!r}.')
+    labels = self._check_labels(labels, required=True, batch=n)
+    x = self.distribution.sample(int(n), temperature=temperature, labels=labels, seed=seed)
+    return glow_data.to_uint8(x, self.n_bins) if as_uint8 else x
+
+  def encode(self, images, labels=None) -> list[tf.Tensor]:
+    """Images [N, H, W, C] -> per-level latents [eps_1, ..., eps_L]."""
+    return self.glow.encode(self._check_images(images), self._check_labels(labels, required=True))
+
+  def decode(self, latents, labels=None) -> tf.Tensor:
+    """Per-level latents -> images [N, H, W, C] (floats, model scale)."""
+    return self.glow.decode(latents, self._check_labels(labels, required=True))
+
+  def interpolate(self, image_a, image_b, steps: int = 8, labels=None) -> tf.Tensor:
+    """Decodes `steps` points on the straight line between the latents of two images [H, W, C]."""
+    if not isinstance(steps, int) or steps < 2:
+      raise ValueError(f'interpolate: steps must be an integer >= 2, got {steps!r}.')
+    pair = self._check_images(tf.stack([image_a, image_b]))
+    pair_labels = None if labels is None else tf.reshape(labels, [2])
+    latents = self.encode(pair, pair_labels)
+    t = tf.linspace(0.0, 1.0, steps)
+    t = tf.cast(tf.reshape(t, [steps, 1, 1, 1]), latents[0].dtype)
+    mixed = [z[:1] * (1 - t) + z[1:] * t for z in latents]
+    mixed_labels = None
+    if pair_labels is not None:  # labels follow the nearer end
+      mixed_labels = tf.where(tf.reshape(t, [-1]) < 0.5, pair_labels[0], pair_labels[1])
+    return self.decode(mixed, mixed_labels)
+
+  # ---- export ---------------------------------------------------------------------------------
+
+  def export(self, filepath, format='tf_saved_model', verbose=True, **kwargs):  # pylint: disable=redefined-builtin
+    """Writes a SavedModel with `log_prob` and `sample` endpoints (loadable with
+    `tf.saved_model.load`, without tfp_glow installed):
+      log_prob(images [None, H, W, C] float32[, labels [None] int32]) -> [None]
+      sample(n [] int32, temperature [] float32[, labels [None] int32]) -> images float32
+    """
+    from tfp_glow.export import export_saved_model  # pylint: disable=import-outside-toplevel
+    if format != 'tf_saved_model':
+      raise ValueError(f'GlowModel.export supports format="tf_saved_model" only, got {format!r}.')
+    export_saved_model(self, filepath, verbose=verbose)
+
+  # ---- input checks ---------------------------------------------------------------------------
+
+  def _check_images(self, images) -> tf.Tensor:
+    images = tf.convert_to_tensor(images)
+    if images.dtype.is_integer or images.dtype == tf.uint8:
+      raise TypeError(
+          f'GlowModel: got {images.dtype.name} images; the model expects floats in [-0.5, 0.5). '
+          'Convert raw 0..255 pixels with tfp_glow.data.dequantize(tfp_glow.data.reduce_bits(x, '
+          'n_bits), 2**n_bits) or load data with tfp_glow.data.load_dataset.')
+    images = tf.cast(images, self.glow.dtype)
+    if images.shape.rank != 4 or tuple(images.shape[1:]) != self.image_shape:
+      raise ValueError(f'GlowModel: expected images of shape [N, {", ".join(map(str, self.image_shape))}], '
+                       f'got {images.shape}.')
+    if self._glow_config['validate_inputs']:
+      tf.debugging.assert_all_finite(images, 'GlowModel: the images contain NaN or Inf.')
+      tf.debugging.assert_greater_equal(
+          images, tf.constant(-0.5, images.dtype),
+          message='GlowModel: image values must be in [-0.5, 0.5) (raw 0..255 pixels? see tfp_glow.data).')
+      tf.debugging.assert_less_equal(
+          images, tf.constant(0.5, images.dtype),
+          message='GlowModel: image values must be in [-0.5, 0.5) (raw 0..255 pixels? see tfp_glow.data).')
+    return images
+
+  def _check_labels(self, labels, required: bool, batch=None):
+    if not self.num_classes:
+      if labels is not None:
+        raise ValueError('GlowModel: labels were given, but the model is not class-conditional '
+                         '(num_classes=None).')
+      return None
+    if labels is None:
+      if required:
+        raise ValueError(f'GlowModel: this model is class-conditional (num_classes={self.num_classes}); '
+                         'pass labels (integer class ids), or (images, labels) pairs to fit.')
+      return None
+    labels = tf.convert_to_tensor(labels)
+    if not labels.dtype.is_integer:
+      raise TypeError(f'GlowModel: labels must be integer class ids, got {labels.dtype.name}.')
+    labels = tf.cast(labels, tf.int32)
+    if batch is not None:
+      labels = tf.broadcast_to(labels, [batch])
+    if self._glow_config['validate_inputs']:
+      tf.debugging.assert_non_negative(labels, message='GlowModel: labels must be >= 0.')
+      tf.debugging.assert_less(labels, self.num_classes,
+                               message=f'GlowModel: labels must be < num_classes={self.num_classes}.')
+    return labels
+
+
+class _Untracked:
+  """Holds objects as plain Python attributes that Keras and TF checkpointing do not walk."""
+
+  def __init__(self, **objects):
+    self.__dict__.update(objects)
+
+
+def _first_images(x, y, count: int):
+  """The first `count` images (and labels) of fit's training data, for actnorm init."""
+  if isinstance(x, tf.data.Dataset):
+    images, labels, n = [], [], 0
+    for batch in x:
+      bx, by, _ = keras.utils.unpack_x_y_sample_weight(batch)
+      images.append(bx)
+      labels.append(by)
+      n += int(bx.shape[0])
+      if n >= count:
+        break
+    if not images:
+      raise ValueError('GlowModel.fit: the training dataset is empty.')
+    cat = lambda parts: None if parts[0] is None else tf.concat(parts, 0)[:count]  # noqa: E731
+    return cat(images), cat(labels)
+  if x is None:
+    raise ValueError('GlowModel.fit: no training data given.')
+  if isinstance(x, (tuple, list)) and y is None:
+    x, y = x
+  return x[:count], (None if y is None else y[:count])
