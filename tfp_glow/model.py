@@ -115,12 +115,25 @@ class GlowModel(keras.Model):
     if not self.is_initialized:
       images, labels = _first_images(x, y, self._glow_config['init_batch_size'])
       self.initialize(images, labels if self.num_classes else None)
+    if isinstance(x, tf.data.Dataset):
+      kwargs.setdefault('shuffle', False)  # a Dataset shuffles itself; Keras warns otherwise
     return super().fit(x, y, **kwargs)
 
   def compile(self, optimizer=None, **kwargs):
     """`keras.Model.compile`; the default optimizer is Adamax, lr 1e-3, with linear warmup."""
     kwargs.setdefault('loss', None)
     super().compile(optimizer=optimizer or default_optimizer(), **kwargs)
+    # Our variables exist from construction: build the optimizer's now, so that load_weights and
+    # load_model restore its state (moments, step) too, for resuming.
+    self.optimizer.build(self.trainable_variables)
+
+  # Declared so that `load_model` restores the compiled optimizer (and its state) of a saved model.
+  def get_compile_config(self):
+    return super().get_compile_config()
+
+  def compile_from_config(self, config):
+    # keras.Model's version refuses to run when `compile` is overridden; ours only adds a default.
+    self.compile(**keras.saving.deserialize_keras_object(config))
 
   # ---- loss and Keras steps ------------------------------------------------------------------
 

@@ -1,0 +1,138 @@
+"""Keras callbacks and image helpers for watching a GlowModel train: sample grids as PNG files.
+
+No Pillow or matplotlib: PNGs are encoded with `tf.io.encode_png` and written with `tf.io.write_file`
+(so `gs://` and other `tf.io.gfile` paths work too). Checkpointing needs nothing from here: use
+`keras.callbacks.ModelCheckpoint` and `keras.callbacks.BackupAndRestore` directly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def image_grid(images, columns: int | None = None, pad: int = 1, pad_value: int = 128,
+               zoom: int = 1) -> np.ndarray:
+  """Tiles uint8 images [N, H, W, C] into one uint8 image, row by row.
+
+  Returns [rows * h + (rows - 1) * pad, columns * w + (columns - 1) * pad, C] with h = H * zoom,
+  w = W * zoom (each image enlarged `zoom` times by pixel repetition, handy for 8x8 digits), rows =
+  ceil(N / columns), columns default ceil(sqrt(N)). Separators and unused cells are `pad_value`.
+  C is kept as is (1: grayscale, 3: RGB, 2 / 4: with alpha).
+  """
+  images = np.asarray(images)
+  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] == 0 or images.shape[-1] not in (1, 2, 3, 4):
+    raise ValueError(f'image_grid: expected uint8 images [N >= 1, H, W, C in 1..4], got {images.dtype} '
+                     f'{images.shape}.')
+  if zoom < 1 or pad < 0:
+    raise ValueError(f'image_grid: need zoom >= 1 and pad >= 0, got zoom={zoom}, pad={pad}.')
+  n = images.shape[0]
+  columns = columns or math.ceil(math.sqrt(n))
+  if columns < 1:
+    raise ValueError(f'image_grid: columns must be >= 1, got {columns}.')
+  columns = min(columns, n)
+  rows = math.ceil(n / columns)
+  if zoom > 1:
+    images = images.repeat(zoom, axis=1).repeat(zoom, axis=2)
+  _, h, w, c = images.shape
+  grid = np.full((rows * h + (rows - 1) * pad, columns * w + (columns - 1) * pad, c), pad_value, np.uint8)
+  for i, image in enumerate(images):
+    top, left = (i // columns) * (h + pad), (i % columns) * (w + pad)
+    grid[top:top + h, left:left + w] = image
+  return grid
+
+
+def save_png(path: str, image) -> None:
+  """Writes uint8 [H, W, C] (C in 1..4) as a PNG; via a temporary name, so `path` is never half-written."""
+  image = tf.convert_to_tensor(image)
+  if image.dtype != tf.uint8 or image.shape.rank != 3:
+    raise ValueError(f'save_png: expected a uint8 image [H, W, C], got {image.dtype.name} {image.shape}.')
+  directory = os.path.dirname(path)
+  if directory:
+    tf.io.gfile.makedirs(directory)
+  tmp = f'{path}.tmp'
+  tf.io.write_file(tmp, tf.io.encode_png(image))
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+class SampleGrid(keras.callbacks.Callback):
+  """Every `every_n_epochs` epochs and at the end of training, samples the model at each temperature.
+
+  Writes one PNG per temperature, `directory/samples_epoch{E:03d}_t{T:g}.png` (E counted from 1, as
+  Keras prints it), holding `n` samples in a square-ish grid (see `image_grid`). The same `seed`
+  is used every time, so successive files show the same latent noise as the model learns, and the
+  temperatures show the same noise scaled by T. With `log_dir`, also logs the grids to TensorBoard
+  as `samples/T={T:g}`.
+
+  Class-conditional models sample `labels` (one per image, or one for all); by default the
+  labels cycle over the classes, i % num_classes.
+  Temperatures must be > 0 (the model rejects 0; use e.g. 0.01 for the mode-like look).
+  """
+
+  def __init__(self, directory: str, every_n_epochs: int = 1,
+               temperatures: Sequence[float] = (0.5, 0.7, 1.0), n: int = 16, log_dir: str | None = None,
+               labels=None, seed: int = 0, columns: int | None = None, zoom: int = 1):
+    super().__init__()
+    if every_n_epochs < 1:
+      raise ValueError(f'SampleGrid: every_n_epochs must be >= 1, got {every_n_epochs}.')
+    if not temperatures or any(not t > 0 for t in temperatures):
+      raise ValueError(f'SampleGrid: temperatures must be > 0, got {temperatures!r}.')
+    if n < 1:
+      raise ValueError(f'SampleGrid: n must be >= 1, got {n}.')
+    self.directory = directory
+    self.every_n_epochs = every_n_epochs
+    self.temperatures = tuple(float(t) for t in temperatures)
+    self.n = n
+    self.log_dir = log_dir
+    self.labels = labels
+    self.seed = seed
+    self.columns = columns
+    self.zoom = zoom
+    self._writer = None
+    self._last_epoch_written = None
+    self._epochs_done = 0
+
+  def paths(self, epoch: int) -> list[str]:
+    """The files written for (1-based) `epoch`, one per temperature."""
+    return [os.path.join(self.directory, f'samples_epoch{epoch:03d}_t{t:g}.png') for t in self.temperatures]
+
+  def on_train_begin(self, logs=None):
+    if self.log_dir and self._writer is None:
+      self._writer = tf.summary.create_file_writer(self.log_dir)
+
+  def on_epoch_end(self, epoch, logs=None):
+    self._epochs_done = epoch + 1
+    if self._epochs_done % self.every_n_epochs == 0:
+      self.write(self._epochs_done)
+
+  def on_train_end(self, logs=None):
+    if self._epochs_done and self._last_epoch_written != self._epochs_done:
+      self.write(self._epochs_done)
+    if self._writer is not None:
+      self._writer.flush()
+
+  def write(self, epoch: int) -> None:
+    """Samples the model now and writes the grids under the name of (1-based) `epoch`."""
+    labels = self._sample_labels()
+    for temperature, path in zip(self.temperatures, self.paths(epoch)):
+      images = self.model.sample(self.n, temperature=temperature, labels=labels,
+                                 seed=tf.constant([self.seed, 0], tf.int32))
+      grid = image_grid(images.numpy(), columns=self.columns, zoom=self.zoom)
+      save_png(path, grid)
+      if self._writer is not None:
+        with self._writer.as_default():
+          tf.summary.image(f'samples/T={temperature:g}', grid[None], step=epoch)
+    self._last_epoch_written = epoch
+
+  def _sample_labels(self):
+    num_classes = getattr(self.model, 'num_classes', None)
+    if not num_classes:
+      return None
+    if self.labels is not None:
+      return self.labels
+    return np.arange(self.n, dtype=np.int32) % num_classes
