@@ -186,3 +186,13 @@ def test_distribution_in_tf_function_and_xla_with_unknown_batch():
     s = tf.function(lambda n: dist.sample(n, labels=tf.zeros([n], tf.int32), temperature=0.7),
                     jit_compile=jit)
     assert s(tf.constant(2)).shape[1:] == (8, 8, 1)
+
+
+def test_variables_visible_through_tfp_containers():
+  """A GlowDistribution inside another TFP distribution still exposes the flow's variables."""
+  dists = [tg.GlowDistribution(small_glow(seed=s)) for s in (0, 1)]
+  mixture = tfd.Mixture(tfd.Categorical(logits=tf.Variable([0.0, 0.0])), dists)
+  flow_vars = {id(v) for d in dists for v in d.trainable_variables}
+  assert flow_vars and flow_vars <= {id(v) for v in mixture.trainable_variables}
+  x = tf.random.uniform([2, 8, 8, 1]) - 0.5
+  assert mixture.log_prob(x).shape == (2,)

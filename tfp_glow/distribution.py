@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import tensorflow as tf
 import tensorflow_probability as tfp
+# TFP's non-CompositeTensor TransformedDistribution: what `tfd.TransformedDistribution(...)` itself
+# returns for a bijector that is not a CompositeTensor, as ours (Keras-owned variables) is not.
+# Subclasses of the public class are forced to be CompositeTensors, and a CompositeTensor hides our
+# variables from `tf.Module.trainable_variables` of any TFP object that holds it (e.g. tfd.Mixture).
+from tensorflow_probability.python.distributions.transformed_distribution import \
+    _TransformedDistribution
 
 from tfp_glow.glow import Glow
 
 tfd = tfp.distributions
+
+
+def bits_per_dim(log_prob: tf.Tensor, num_dims: int, n_bins: int) -> tf.Tensor:
+  """Bits per dimension of dequantized data x in [-0.5, 0.5) with n_bins levels per dimension:
+
+    bits/dim = (-log p(x) + D * log(n_bins)) / (D * ln 2),   D = num_dims = H * W * C
+
+  The D log(n_bins) term converts the density on [-0.5, 0.5)^D to one on bins of width 1/n_bins;
+  a uniform model scores log2(n_bins).
+  """
+  d = float(num_dims)
+  return (-log_prob + d * math.log(n_bins)) / (d * math.log(2.0))
 
 
 def _split_kwargs(kwargs):
@@ -26,12 +45,13 @@ def _split_kwargs(kwargs):
   return distribution_kwargs, bijector_kwargs
 
 
-class GlowDistribution(tfd.TransformedDistribution):
+class GlowDistribution(_TransformedDistribution):
   """p(x) of images x [..., H, W, C] under Glow: x = glow.forward(eps), eps ~ base (N(0, I)).
 
     log p(x) = log p_base(glow.inverse(x)) + glow.inverse_log_det_jacobian(x)
 
-  A `tfd.TransformedDistribution`, so every TFP method and composition works; additions:
+  A TFP TransformedDistribution (the class `tfd.TransformedDistribution(base, glow)` returns), so
+  every TFP method and composition works; additions:
     sample(n, temperature=T, labels=None): eps ~ base, scaled by T (T < 1: typical images; the paper
       likes T = 0.7). With the N(0, I) base this scales the std of every level's prior by T.
     log_prob(x, labels=None), encode(x) -> per-level latents, decode(latents) -> images.

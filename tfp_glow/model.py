@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_glow import data as glow_data
-from tfp_glow.distribution import GlowDistribution
+from tfp_glow.distribution import GlowDistribution, bits_per_dim
 from tfp_glow.glow import Glow
 from tfp_glow.optim import default_optimizer
 
@@ -138,9 +138,8 @@ class GlowModel(keras.Model):
   # ---- loss and Keras steps ------------------------------------------------------------------
 
   def bits_per_dim(self, log_prob: tf.Tensor) -> tf.Tensor:
-    """(-log p(x) + D log(n_bins)) / (D ln 2), per image."""
-    d = float(self.num_dims)
-    return (-log_prob + d * math.log(self.n_bins)) / (d * math.log(2.0))
+    """(-log p(x) + D log(n_bins)) / (D ln 2), per image (see `tfp_glow.distribution.bits_per_dim`)."""
+    return bits_per_dim(log_prob, self.num_dims, self.n_bins)
 
   def _loss_terms(self, data):
     images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
