@@ -26,7 +26,8 @@ def image_grid(images, columns: int | None = None, pad: int = 1, pad_value: int 
   C is kept as is (1: grayscale, 3: RGB, 2 / 4: with alpha).
   """
   images = np.asarray(images)
-  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] == 0 or images.shape[-1] not in (1, 2, 3, 4):
+  if (images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] == 0
+      or images.shape[-1] not in (1, 2, 3, 4)):
     raise ValueError(f'image_grid: expected uint8 images [N >= 1, H, W, C in 1..4], got {images.dtype} '
                      f'{images.shape}.')
   if zoom < 1 or pad < 0:
@@ -60,6 +61,26 @@ def save_png(path: str, image) -> None:
   tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
+def read_image(path: str, shape: Sequence[int] | None = None) -> tf.Tensor:
+  """A PNG / JPEG / BMP / GIF file as uint8 [H, W, C]; with `shape` (H, W, C in {1, 3}) resized
+  (bilinear, antialiased) and converted to C channels (RGB -> luma, gray -> RGB; alpha dropped).
+  Raises ValueError if the file cannot be decoded."""
+  try:
+    image = tf.io.decode_image(tf.io.read_file(path), dtype=tf.uint8, expand_animations=False)
+  except tf.errors.OpError as e:
+    raise ValueError(f'cannot read image {path!r}: {e.message.strip().splitlines()[0]}') from None
+  if shape is None:
+    return image
+  height, width, channels = shape
+  image = tf.cast(image, tf.float32)
+  if channels == 1 and image.shape[-1] >= 3:
+    image = tf.image.rgb_to_grayscale(image[..., :3])
+  elif channels == 3 and image.shape[-1] < 3:
+    image = tf.tile(image[..., :1], [1, 1, 3])
+  image = tf.image.resize(image[..., :channels], (height, width), antialias=True)
+  return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+
 class SampleGrid(keras.callbacks.Callback):
   """Every `every_n_epochs` epochs and at the end of training, samples the model at each temperature.
 
@@ -67,7 +88,7 @@ class SampleGrid(keras.callbacks.Callback):
   Keras prints it), holding `n` samples in a square-ish grid (see `image_grid`). The same `seed`
   is used every time, so successive files show the same latent noise as the model learns, and the
   temperatures show the same noise scaled by T. With `log_dir`, also logs the grids to TensorBoard
-  as `samples/T={T:g}`.
+  as `samples/T={T:g}` (image summaries, written without needing the tensorboard package).
 
   Class-conditional models sample `labels` (one per image, or one for all); by default the
   labels cycle over the classes, i % num_classes.
@@ -125,8 +146,7 @@ class SampleGrid(keras.callbacks.Callback):
       grid = image_grid(images.numpy(), columns=self.columns, zoom=self.zoom)
       save_png(path, grid)
       if self._writer is not None:
-        with self._writer.as_default():
-          tf.summary.image(f'samples/T={temperature:g}', grid[None], step=epoch)
+        _write_image_summary(self._writer, f'samples/T={temperature:g}', grid, epoch)
     self._last_epoch_written = epoch
 
   def _sample_labels(self):
@@ -136,3 +156,14 @@ class SampleGrid(keras.callbacks.Callback):
     if self.labels is not None:
       return self.labels
     return np.arange(self.n, dtype=np.int32) % num_classes
+
+
+def _write_image_summary(writer, tag: str, image: np.ndarray, step: int) -> None:
+  """What `tf.summary.image` writes for one uint8 image [H, W, C], but with core TF alone:
+  a string tensor [width, height, png] tagged for TensorBoard's image plugin."""
+  metadata = tf.compat.v1.SummaryMetadata(
+      plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name='images'))
+  height, width = image.shape[:2]
+  tensor = tf.stack([tf.as_string(width), tf.as_string(height), tf.io.encode_png(image)])
+  with writer.as_default():
+    tf.summary.write(tag, tensor, step=step, metadata=metadata)

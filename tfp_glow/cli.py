@@ -1,0 +1,349 @@
+"""`tfp-glow`: train, sample, evaluate and interpolate Glow models from the command line.
+
+  tfp-glow train                          # offline 8x8 digits into runs/digits, minutes on 2 CPU cores
+  tfp-glow sample runs/digits --n 64 --temperature 0.7 --out grid.png
+  tfp-glow evaluate runs/digits/model.keras      # JSON: test bits/dim, reconstruction error
+  tfp-glow interpolate runs/digits test:0 test:1 --steps 8 --out row.png
+Bad flags, missing data and unreadable models print one `error:` line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import re
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfp_glow import data as glow_data
+from tfp_glow.callbacks import SampleGrid, image_grid, read_image, save_png
+from tfp_glow.model import GlowModel
+from tfp_glow.optim import default_optimizer
+
+_LARGE = dict(levels=3, steps=16, width=256, batch_size=64, epochs=10, lr=1e-3, warmup_epochs=1.0,
+              ema=False, n_bits=8, image_size=None, pad_to_32=False)
+# Per-data-set defaults of `train`; "folder:PATH" uses _LARGE. Only digits runs in minutes on a CPU.
+DEFAULTS = {
+    'digits': dict(_LARGE, levels=2, steps=8, width=64, epochs=80, lr=2e-3, warmup_epochs=2.0, ema=True),
+    'mnist': dict(_LARGE, levels=2), 'fashion_mnist': dict(_LARGE, levels=2),  # 28 = 4 * 7: levels <= 2
+    'cifar10': _LARGE, 'downsampled_imagenet/32x32': _LARGE,
+    'downsampled_imagenet/64x64': dict(_LARGE, levels=4),
+    'celeb_a': dict(_LARGE, levels=4, n_bits=5),
+}
+_MAY_CHANGE_ON_RESUME = ('epochs', 'sample_every')  # other config changes would invalidate a backup
+SAMPLE_TEMPERATURE = 0.7
+
+
+class UsageError(Exception):
+  """A problem with the user's flags or files: reported as one line, exit code 2."""
+
+
+@contextlib.contextmanager
+def _flag_errors():
+  """ValueErrors (and TF argument checks) raised while acting on the user's flags become UsageErrors."""
+  try:
+    yield
+  except ValueError as e:
+    raise UsageError(str(e)) from e
+  except tf.errors.InvalidArgumentError as e:
+    raise UsageError(e.message.strip().splitlines()[0]) from e
+
+
+def _train_config(args) -> dict:
+  """The flags, with unset ones taken from the data set's DEFAULTS."""
+  if args.dataset not in DEFAULTS and not args.dataset.startswith(glow_data.FOLDER_PREFIX):
+    raise UsageError(f'unknown data set {args.dataset!r}; accepted: {", ".join(glow_data.DATASETS)}, '
+                     f'or {glow_data.FOLDER_PREFIX}PATH (a folder of PNG/JPEG images)')
+  config = {k: getattr(args, k) for k in ('dataset', 'coupling', 'permutation', 'clipnorm', 'conditional',
+                                          'seed')}
+  for key, default in DEFAULTS.get(args.dataset, _LARGE).items():
+    config[key] = default if getattr(args, key) is None else getattr(args, key)
+  config['sample_every'] = args.sample_every or max(1, config['epochs'] // 10)
+  return config
+
+
+def _load_split(config: dict, split: str, shuffle: bool, data_dir: str | None):
+  return glow_data.load_dataset(
+      config['dataset'], split, batch_size=config['batch_size'], n_bits=config['n_bits'],
+      image_size=config['image_size'], pad_to_32=config['pad_to_32'], with_labels=config['conditional'],
+      shuffle=shuffle, data_dir=data_dir, seed=config['seed'])
+
+
+def _check_resume(out: str, config: dict) -> bool:
+  """True if `out` holds an interrupted run (a backup) of the same configuration."""
+  if not tf.io.gfile.exists(os.path.join(out, 'backup', 'latest.weights.h5')):
+    if tf.io.gfile.exists(os.path.join(out, 'metrics.json')):
+      print(f'note: {out} holds a finished run; training a new model from scratch, replacing it.')
+    return False
+  saved = _read_json_dict(os.path.join(out, 'config.json'))
+  changed = [k for k in saved if k not in _MAY_CHANGE_ON_RESUME and saved[k] != config.get(k)]
+  if changed:
+    raise UsageError(f'{out} holds an interrupted run with different {", ".join(changed)} '
+                     f'({", ".join(f"{k}={saved[k]!r}" for k in changed)}); use those flags to resume it, '
+                     f'or another --out (or delete {os.path.join(out, "backup")}) to start afresh')
+  print(f'note: resuming the interrupted run in {out}')
+  return True
+
+
+def _grid_layout(n: int, num_classes: int | None) -> tuple[int, int, np.ndarray | None]:
+  """(n, columns, labels) for a sample grid; conditional models get one column per class."""
+  if not num_classes:
+    return n, math.ceil(math.sqrt(n)), None
+  n = math.ceil(n / num_classes) * num_classes
+  return n, num_classes, np.arange(n, dtype=np.int32) % num_classes
+
+
+def _display_zoom(image_shape) -> int:
+  return max(1, 32 // max(image_shape[:2]))  # small images (8x8 digits) shown at about 32x32
+
+
+def _save_grid(path: str, images, columns: int, zoom: int | None = None) -> None:
+  save_png(path, image_grid(np.asarray(images), columns, zoom=zoom or _display_zoom(images.shape[1:])))
+
+
+def _bits_per_dim(model: GlowModel, dataset) -> float:
+  return float(model.evaluate(dataset, verbose=0, return_dict=True)['bits_per_dim'])
+
+
+def train(args) -> int:
+  """Trains, then writes model.keras, samples.png and metrics.json into --out."""
+  started = time.time()
+  config = _train_config(args)
+  out = args.out or os.path.join('runs', re.sub(r'[^A-Za-z0-9_.-]+', '_', config['dataset']).strip('_'))
+  keras.utils.set_random_seed(config['seed'])
+  with _flag_errors():
+    train_ds, info = _load_split(config, 'train', shuffle=True, data_dir=args.data_dir)
+    test_ds, _ = _load_split(config, 'test', shuffle=False, data_dir=args.data_dir)
+    model = GlowModel(info.image_shape, levels=config['levels'], steps=config['steps'],
+                      width=config['width'], coupling=config['coupling'], permutation=config['permutation'],
+                      num_classes=info.num_classes if config['conditional'] else None,
+                      n_bins=info.n_bins, seed=config['seed'])
+    steps_per_epoch = math.ceil(info.num_examples / config['batch_size']) if info.num_examples else 1000
+    model.compile(optimizer=default_optimizer(
+        config['lr'], round(config['warmup_epochs'] * steps_per_epoch), use_ema=config['ema'],
+        clipnorm=config['clipnorm']))
+    n, columns, labels = _grid_layout(16, model.num_classes)
+    sample_grid = SampleGrid(os.path.join(out, 'samples'), every_n_epochs=config['sample_every'], n=n,
+                             labels=labels, seed=config['seed'], columns=columns,
+                             zoom=_display_zoom(info.image_shape))
+    resuming = _check_resume(out, config)
+  tf.io.gfile.makedirs(out)
+  _write_json(os.path.join(out, 'config.json'), config)
+  callbacks = [
+      keras.callbacks.BackupAndRestore(os.path.join(out, 'backup')),  # first: restores before the rest
+      keras.callbacks.ModelCheckpoint(os.path.join(out, 'checkpoints', 'latest.keras')),
+      keras.callbacks.CSVLogger(os.path.join(out, 'history.csv'), append=resuming), sample_grid]
+  fit_started = time.time()
+  history = model.fit(train_ds, validation_data=test_ds, epochs=config['epochs'], callbacks=callbacks,
+                      verbose=1 if sys.stdout.isatty() else 2)
+  train_seconds = time.time() - fit_started
+  partial = os.path.join(out, 'model.partial.keras')  # then renamed: never a half-written model.keras
+  model.save(partial)
+  tf.io.gfile.rename(partial, os.path.join(out, 'model.keras'), overwrite=True)
+  n, columns, labels = _grid_layout(64, model.num_classes)
+  _save_grid(os.path.join(out, 'samples.png'), model.sample(
+      n, temperature=SAMPLE_TEMPERATURE, labels=labels, seed=tf.constant([config['seed'], 1])), columns)
+  train_eval_ds, _ = _load_split(config, 'train', shuffle=False, data_dir=args.data_dir)
+  metrics = dict(
+      train_bits_per_dim=_bits_per_dim(model, train_eval_ds), test_bits_per_dim=_bits_per_dim(model, test_ds),
+      epochs=config['epochs'], epochs_this_run=len(history.epoch), train_seconds=round(train_seconds, 1),
+      wall_seconds=round(time.time() - started, 1), image_shape=list(info.image_shape), n_bins=info.n_bins,
+      num_classes=model.num_classes, config=config,
+      num_parameters=int(sum(np.prod(v.shape) for v in model.trainable_variables)))
+  _write_json(os.path.join(out, 'metrics.json'), metrics)
+  print(f'test {metrics["test_bits_per_dim"]:.4f} bits/dim, train {metrics["train_bits_per_dim"]:.4f} '
+        f'bits/dim, {metrics["wall_seconds"]:.0f} s; wrote {out}/model.keras, samples.png, metrics.json')
+  return 0
+
+
+def _write_json(path: str, obj) -> None:
+  """Writes via a temporary name, so `path` is complete or absent."""
+  with tf.io.gfile.GFile(f'{path}.tmp', 'w') as f:
+    json.dump(obj, f, indent=2)
+  tf.io.gfile.rename(f'{path}.tmp', path, overwrite=True)
+
+
+def _load_model(path: str) -> GlowModel:
+  """A trained GlowModel from a .keras file (or a `train --out` directory holding model.keras)."""
+  if tf.io.gfile.isdir(path) and tf.io.gfile.exists(os.path.join(path, 'model.keras')):
+    path = os.path.join(path, 'model.keras')
+  if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
+    raise UsageError(f'model file {path!r} does not exist')
+  try:
+    model = keras.models.load_model(path, compile=False)
+  except Exception as e:  # pylint: disable=broad-except  (corrupt zip, wrong format, unknown class, ...)
+    detail = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    raise UsageError(f'cannot load model file {path!r} ({type(e).__name__}: {detail})') from e
+  if not isinstance(model, GlowModel):
+    raise UsageError(f'model file {path!r} holds a {type(model).__name__}, not a tfp_glow GlowModel')
+  model.compile()
+  return model
+
+
+def _read_json_dict(path: str) -> dict:
+  """A JSON object from `path`, or {} if there is none."""
+  if not tf.io.gfile.exists(path):
+    return {}
+  with tf.io.gfile.GFile(path) as f:
+    obj = json.load(f)
+  return obj if isinstance(obj, dict) else {}
+
+
+def _load_matching_split(model: GlowModel, args, split: str = 'test'):
+  """The split of --dataset (default: the model's training data set), in the model's shape and bins."""
+  model_dir = args.model if tf.io.gfile.isdir(args.model) else os.path.dirname(args.model)
+  trained = _read_json_dict(os.path.join(model_dir, 'config.json'))  # the `train` config of its --out
+  dataset = args.dataset or trained.get('dataset', 'digits')
+  same = trained.get('dataset') == dataset  # then default to the training run's resizing and padding
+  image_size = trained.get('image_size') if same and args.image_size is None else args.image_size
+  pad_to_32 = args.pad_to_32 if args.pad_to_32 is not None else bool(same and trained.get('pad_to_32'))
+  n_bits = max(1, min(8, round(math.log2(model.n_bins))))
+  ds, info = glow_data.load_dataset(
+      dataset, split, batch_size=args.batch_size, n_bits=n_bits, image_size=image_size, pad_to_32=pad_to_32,
+      with_labels=bool(model.num_classes), shuffle=False, data_dir=args.data_dir, seed=0)
+  if tuple(info.image_shape) != tuple(model.image_shape) or info.n_bins != model.n_bins:
+    raise UsageError(f'data set {dataset!r} gives images {info.image_shape} with {info.n_bins} levels, but '
+                     f'the model expects {model.image_shape} with {model.n_bins}; pick the data set it was '
+                     'trained on (--dataset), or match its shape with --image-size / --pad-to-32')
+  return ds, info, dataset
+
+
+def sample(args) -> int:
+  model = _load_model(args.model)
+  n, columns, labels = _grid_layout(args.n, None if args.label is not None else model.num_classes)
+  labels = labels if args.label is None else np.full([n], args.label, np.int32)
+  seed = None if args.seed is None else tf.constant([args.seed, 0], tf.int32)
+  images = model.sample(n, temperature=args.temperature, labels=labels, seed=seed)
+  _save_grid(args.out, images, args.columns or columns, args.zoom)
+  print(f'wrote {args.out}: {n} samples at temperature {args.temperature:g}')
+  return 0
+
+
+def evaluate(args) -> int:
+  model = _load_model(args.model)
+  ds, info, dataset = _load_matching_split(model, args)
+  roundtrip_error = tf.function(lambda x, y: tf.reduce_max(tf.abs(model.decode(model.encode(x, y), y) - x)))
+  error = 0.0
+  for batch in ds:
+    images, labels = batch if model.num_classes else (batch, None)
+    error = max(error, float(roundtrip_error(images, labels)))  # max |decode(encode(x)) - x|
+  print(json.dumps(dict(model=args.model, dataset=dataset, split='test', num_examples=info.num_examples,
+                        test_bits_per_dim=_bits_per_dim(model, ds), reconstruction_max_abs_error=error),
+                   indent=2))
+  return 0
+
+
+def _read_image(spec: str, model: GlowModel, args) -> tuple[tf.Tensor, int | None]:
+  """`test:I` (the I-th test image of --dataset, with its label) or an image file -> (bin centres, label)."""
+  if re.fullmatch(r'test:\d+', spec):
+    ds, info, _ = _load_matching_split(model, args)
+    batch = next(iter(ds.unbatch().skip(int(spec[len('test:'):])).take(1)), None)
+    if batch is None:
+      raise UsageError(f'{spec!r}: the test split has {info.num_examples} images, counted from 0')
+    x, label = batch if model.num_classes else (batch, None)
+    bins = tf.floor((x + 0.5) * model.n_bins)  # undo the dequantization noise
+    return (bins + 0.5) / model.n_bins - 0.5, (None if label is None else int(label))
+  if not tf.io.gfile.exists(spec):
+    raise UsageError(f'image {spec!r} does not exist (give an image file or test:INDEX)')
+  pixels = tf.cast(read_image(spec, model.image_shape), tf.float32)
+  bins = tf.floor(pixels * model.n_bins / 256.0)  # 0..255 -> n_bins levels
+  return (bins + 0.5) / model.n_bins - 0.5, args.label
+
+
+def interpolate(args) -> int:
+  model = _load_model(args.model)
+  (a, label_a), (b, label_b) = _read_image(args.image1, model, args), _read_image(args.image2, model, args)
+  labels = None
+  if model.num_classes:
+    if label_a is None or label_b is None:
+      raise UsageError('the model is class-conditional: pass --label K for image files')
+    labels = tf.constant([label_a, label_b], tf.int32)
+  row = glow_data.to_uint8(model.interpolate(a, b, steps=args.steps, labels=labels), model.n_bins)
+  _save_grid(args.out, row, args.steps, args.zoom)
+  print(f'wrote {args.out}: {args.steps} images from {args.image1} to {args.image2}')
+  return 0
+
+
+def _add_data_flags(p: argparse.ArgumentParser, default_dataset: str | None) -> None:
+  fallback = default_dataset or 'that of the model\'s training run, else digits'
+  p.add_argument('--dataset', default=default_dataset, help=f'{", ".join(glow_data.DATASETS)} or '
+                 f'{glow_data.FOLDER_PREFIX}PATH (default: {fallback})')
+  p.add_argument('--data-dir', help='tensorflow_datasets data directory (data prepared with `tfds build`)')
+  p.add_argument('--image-size', type=int, help='resize images to SIZE x SIZE')
+  p.add_argument('--pad-to-32', action=argparse.BooleanOptionalAction, help='zero-pad images to 32x32')
+
+
+def _build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog='tfp-glow', description=__doc__.split('\n')[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  commands = parser.add_subparsers(dest='command', required=True)
+
+  p = commands.add_parser('train', help='train a Glow model (defaults: offline digits, a few CPU minutes)')
+  _add_data_flags(p, 'digits')
+  for flag, kind in (('levels', int), ('steps', int), ('width', int), ('n-bits', int), ('batch-size', int),
+                     ('epochs', int), ('lr', float), ('warmup-epochs', float)):
+    p.add_argument(f'--{flag}', type=kind, help=f'default: {DEFAULTS["digits"][flag.replace("-", "_")]} for '
+                   'digits, per data set otherwise (tfp_glow.cli.DEFAULTS)')
+  p.add_argument('--coupling', choices=('affine', 'additive'), default='affine')
+  p.add_argument('--permutation', choices=('conv_lu', 'conv', 'shuffle', 'reverse'), default='conv_lu')
+  p.add_argument('--ema', action=argparse.BooleanOptionalAction,
+                 help='Polyak-average the weights, used after training (default: per data set)')
+  p.add_argument('--clipnorm', type=float, help='clip each gradient to this norm')
+  p.add_argument('--conditional', action='store_true', help='class-conditional model (labeled data sets)')
+  p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--sample-every', type=int, help='write samples/ every N epochs (default: epochs // 10)')
+  p.add_argument('--out', help='output directory (default: runs/DATASET); rerun to resume a killed run')
+  p.set_defaults(handler=train)
+
+  sample_p = commands.add_parser('sample', help='write a grid of samples as PNG')
+  evaluate_p = commands.add_parser('evaluate', help='print JSON: test bits/dim and reconstruction error')
+  interpolate_p = commands.add_parser('interpolate', help='decode the line between two images\' latents')
+  for p, handler in ((sample_p, sample), (evaluate_p, evaluate), (interpolate_p, interpolate)):
+    p.add_argument('model', help='a .keras file, or a train --out directory')
+    p.set_defaults(handler=handler)
+  for p in (evaluate_p, interpolate_p):  # data for evaluation and for test:I
+    _add_data_flags(p, None)
+    p.add_argument('--batch-size', type=int, default=256)
+  for p, out in ((sample_p, 'samples.png'), (interpolate_p, 'interpolation.png')):
+    p.add_argument('--zoom', type=int, help='enlarge each image ZOOM times (default: small ones to ~32 px)')
+    p.add_argument('--out', default=out)
+  sample_p.add_argument('--n', type=int, default=16)
+  sample_p.add_argument('--temperature', type=float, default=SAMPLE_TEMPERATURE)
+  sample_p.add_argument('--label', type=int, help='class of every sample (default: cycle over the classes)')
+  sample_p.add_argument('--seed', type=int, help='fixes the samples (default: random)')
+  sample_p.add_argument('--columns', type=int)
+  interpolate_p.add_argument('image1', help='an image file (PNG/JPEG), or test:I, the I-th test image')
+  interpolate_p.add_argument('image2')
+  interpolate_p.add_argument('--steps', type=int, default=8)
+  interpolate_p.add_argument('--label', type=int, help='class of image files (conditional models)')
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  """Runs `tfp-glow`; returns the exit code (0: done, 2: bad flags, data or files)."""
+  parser = _build_parser()
+  try:
+    args = parser.parse_args(argv)
+  except SystemExit as e:  # --help, or argparse's own usage errors
+    return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+  try:
+    with contextlib.nullcontext() if args.command == 'train' else _flag_errors():  # train: its own
+      return args.handler(args)
+  except (UsageError, glow_data.DatasetUnavailableError) as e:
+    print(f'tfp-glow {args.command}: error: {e}', file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    resume = '; rerun the same command to resume' if args.command == 'train' else ''
+    print(f'tfp-glow {args.command}: interrupted{resume}', file=sys.stderr)
+    return 130
+
+
+if __name__ == '__main__':
+  sys.exit(main())
