@@ -47,6 +47,13 @@ def run(tmp_path_factory):
 
 # ---- train -----------------------------------------------------------------------------------------
 
+def test_diverged_training_fails_and_saves_nothing(tmp_path, capsys):
+  out = tmp_path / 'diverged'
+  assert _train(out, '--lr', '1e4', '--warmup-epochs', '0') == 1
+  assert 'NaN or Inf' in capsys.readouterr().err
+  assert not (out / 'model.keras').exists() and not (out / 'metrics.json').exists()
+
+
 def test_train_writes_every_output(run):
   for name in ('model.keras', 'samples.png', 'history.csv', 'metrics.json', 'config.json',
                'checkpoints/latest.keras'):

@@ -139,11 +139,18 @@ def train(args) -> int:
   callbacks = [
       keras.callbacks.BackupAndRestore(os.path.join(out, 'backup')),  # first: restores before the rest
       keras.callbacks.ModelCheckpoint(os.path.join(out, 'checkpoints', 'latest.keras')),
-      keras.callbacks.CSVLogger(os.path.join(out, 'history.csv'), append=resuming), sample_grid]
+      keras.callbacks.CSVLogger(os.path.join(out, 'history.csv'), append=resuming), sample_grid,
+      keras.callbacks.TerminateOnNaN()]
   fit_started = time.time()
   history = model.fit(train_ds, validation_data=test_ds, epochs=config['epochs'], callbacks=callbacks,
                       verbose=1 if sys.stdout.isatty() else 2)
   train_seconds = time.time() - fit_started
+  losses = history.history.get('loss', [])
+  if not np.all(np.isfinite(losses)):
+    # Never save or report a diverged model as if it were trained.
+    print(f'tfp-glow train: error: the loss became NaN or Inf in epoch {len(losses)}; nothing was '
+          'saved. Try a lower --lr, --clipnorm 1.0, or more --warmup-epochs.', file=sys.stderr)
+    return 1
   partial = os.path.join(out, 'model.partial.keras')  # then renamed: never a half-written model.keras
   model.save(partial)
   tf.io.gfile.rename(partial, os.path.join(out, 'model.keras'), overwrite=True)
