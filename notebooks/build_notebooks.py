@@ -450,8 +450,9 @@ NB02 = [
 
     A mixture of two flows, `p(x) = pi_1 p_1(x) + pi_2 p_2(x)`, with `tfd.Mixture` and a learnable
     `tfd.Categorical`. We check its `log_prob` against `logsumexp(log pi_k + log p_k(x))` and that
-    gradients reach both flows and the mixture weights. The variables are listed from the parts:
-    `mixture.trainable_variables` itself does not find the flows' variables (see the note below).
+    gradients reach both flows and the mixture weights. `mixture.trainable_variables` lists the mixture
+    weights and both flows' parameters: a `GlowDistribution` is a plain (non-composite) TFP distribution,
+    so `tf.Module`'s variable walk reaches the Keras-owned variables of its bijectors.
     '''),
     code('''
     glow_1 = tfp_glow.Glow((8, 8, 1), levels=2, steps=1, width=16, seed=2)
@@ -470,9 +471,10 @@ NB02 = [
     print("logsumexp by hand:    ", np.round(by_hand.numpy(), 4))
     print("samples:", mixture.sample(6, seed=[3, 4]).shape)
 
-    mixture_variables = [mixture_logits, *glow_1.trainable_variables, *glow_2.trainable_variables]
-    print("mixture.trainable_variables finds", len(mixture.trainable_variables), "variable(s);",
-          "listed from the parts:", len(mixture_variables))
+    mixture_variables = mixture.trainable_variables
+    from_parts = [mixture_logits, *glow_1.trainable_variables, *glow_2.trainable_variables]
+    print("mixture.trainable_variables:", len(mixture_variables), "| mixture logits + both flows:",
+          len(from_parts), "| the same set:", {id(v) for v in mixture_variables} == {id(v) for v in from_parts})
     with tf.GradientTape() as tape:
         loss = -tf.reduce_mean(mixture.log_prob(x_train[:64]))
     grads = tape.gradient(loss, mixture_variables)
@@ -484,12 +486,6 @@ NB02 = [
     Every variable is reached. Some gradients are still exactly zero: each coupling network ends in a
     zero-initialized convolution, so at the start nothing flows back into the layers before it. One step of
     training changes that.
-
-    Note: a `GlowDistribution` is a TFP `TransformedDistribution`, which TFP makes a composite tensor. When
-    `tf.Module` walks a parent object (here the `Mixture`) for variables, it flattens composite tensors into their
-    tensor parts, and the Glow bijector's variables are not among them, so they are missed; a
-    `GlowDistribution` (or the `Glow` bijector) asked directly does list them. Collect variables from the
-    parts, as above, when a flow is nested inside another distribution.
 
     ## 5. Training: `GradientTape`, `tfp.math.minimize`, Keras
 

@@ -104,16 +104,6 @@ class GlowBijector(tfb.Bijector):
       ldj = tf.reshape(ldj, batch_shape)
     return y, ldj
 
-  def forward_and_log_det(self, x: Tensor, **kwargs) -> ValueAndLogDet:
-    """Returns `(forward(x), forward_log_det_jacobian(x, 3))` from one evaluation."""
-    y = self.forward(x, **kwargs)
-    return y, self.forward_log_det_jacobian(x, event_ndims=3, **kwargs)
-
-  def inverse_and_log_det(self, y: Tensor, **kwargs) -> ValueAndLogDet:
-    """Returns `(inverse(y), inverse_log_det_jacobian(y, 3))` from one evaluation."""
-    x = self.inverse(y, **kwargs)
-    return x, self.inverse_log_det_jacobian(y, event_ndims=3, **kwargs)
-
   # ---- TFP hooks -----------------------------------------------------------------------------
 
   def _augmented_forward(self, x, **kwargs):
