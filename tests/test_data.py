@@ -1,5 +1,8 @@
 """Tests for tfp_glow.data: quantization helpers and the input pipelines (all offline)."""
 
+import contextlib
+import logging
+
 import numpy as np
 import pytest
 import requests
@@ -179,10 +182,24 @@ def test_tfds_unlabeled_sizes(mock_tfds, name, size):
     assert next(iter(ds)).shape == (4, size, size, 3)
 
 
+@contextlib.contextmanager
+def caplog_warnings():
+    """Collects the warnings logged by tfp_glow.data."""
+    records = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("tfp_glow.data")
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
 def test_tfds_unavailable(monkeypatch, tmp_path):
     # Offline, a real tfds.load retries its download for minutes and then raises requests' ConnectionError;
     # simulate that instead of waiting.
-    err = requests.exceptions.ConnectionError("Failed to resolve 'storage.googleapis.com'")
+    err = requests.exceptions.ConnectionError("Failed to resolve the download host")
 
     def offline_load(*args, **kwargs):
         assert kwargs["data_dir"] == str(tmp_path)
@@ -190,7 +207,10 @@ def test_tfds_unavailable(monkeypatch, tmp_path):
 
     monkeypatch.setattr(tfds, "load", offline_load)
     with pytest.raises(data.DatasetUnavailableError, match="digits") as info:
-        data.load_dataset("mnist", data_dir=str(tmp_path))
+        with caplog_warnings() as records:
+            data.load_dataset("mnist", data_dir=str(tmp_path))
+    # Before the (minutes-long, offline) download attempt, the user was told it would happen.
+    assert any("not prepared" in r.getMessage() and "--dataset digits" in r.getMessage() for r in records)
     assert "data_dir" in str(info.value) and "mnist" in str(info.value)
     assert info.value.__cause__ is err
     # Our own argument errors are not turned into "unavailable".

@@ -16,6 +16,7 @@ or from a folder of image files ("folder:PATH").
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 import numpy as np
@@ -29,6 +30,7 @@ TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "celeb_a",
                  "downsampled_imagenet/32x32", "downsampled_imagenet/64x64")
 DATASETS = ("digits",) + TFDS_DATASETS  # plus any "folder:PATH"
 
+_LOG = logging.getLogger(__name__)
 _SPLIT_SEED = 0  # fixed: the digits / folder train-test split must not depend on the user's seed
 _LABELED = ("mnist", "fashion_mnist", "cifar10")
 _NO_TEST_SPLIT = ("downsampled_imagenet/32x32", "downsampled_imagenet/64x64")  # train/validation only
@@ -180,6 +182,7 @@ def _tfds_bins(name: str, split: str, *, n_bits: int, image_size: int | None, pa
     """tfds data set -> (dataset of uint8 bins [, int32 labels], image_shape, num_classes, num_examples)."""
     tfds_split = "validation" if split == "test" and name in _NO_TEST_SPLIT else split
     read_config = tfds.ReadConfig(shuffle_seed=seed) if seed is not None else None
+    _warn_if_download_needed(name, data_dir)
     try:
         ds, info = tfds.load(name, split=tfds_split, data_dir=data_dir, as_supervised=False,
                              with_info=True, shuffle_files=shuffle, read_config=read_config)
@@ -216,6 +219,18 @@ def _tfds_bins(name: str, split: str, *, n_bits: int, image_size: int | None, pa
         return (bins, tf.cast(example["label"], tf.int32)) if with_labels else bins
 
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE), shape, num_classes, num_examples
+
+
+def _warn_if_download_needed(name: str, data_dir: str | None) -> None:
+    """Says up front that tfds will download: offline, its retries take minutes before failing."""
+    try:
+        prepared = tfds.builder(name, data_dir=data_dir).is_prepared()
+    except Exception:  # an unknown name or a broken install: tfds.load below reports it
+        return
+    if not prepared:
+        _LOG.warning("tfp_glow: tfds data set %r is not prepared in data_dir=%r; tensorflow-datasets will "
+                     "try to download it. Offline this fails after a few minutes of retries: use the "
+                     "offline default (--dataset digits) or a data_dir with prepared data.", name, data_dir)
 
 
 def _folder_images(path: str, split: str, image_size: int | None) -> np.ndarray:
