@@ -301,7 +301,8 @@ def _build_parser() -> argparse.ArgumentParser:
   p.add_argument('--coupling', choices=('affine', 'additive'), default='affine')
   p.add_argument('--permutation', choices=('conv_lu', 'conv', 'shuffle', 'reverse'), default='conv_lu')
   p.add_argument('--ema', action=argparse.BooleanOptionalAction,
-                 help='Polyak-average the weights, used after training (default: per data set)')
+                 help='Polyak-average the weights (EMA, momentum 0.99), used after training; it lags a short '
+                      'run (a few hundred steps): use --no-ema there (default: per data set)')
   p.add_argument('--clipnorm', type=float, help='clip each gradient to this norm')
   p.add_argument('--conditional', action='store_true', help='class-conditional model (labeled data sets)')
   p.add_argument('--seed', type=int, default=0)
