@@ -18,7 +18,6 @@ import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfp_glow.model import GlowModel  # noqa: E402
@@ -78,7 +77,6 @@ def main() -> None:
     print(json.dumps(dict(round=r, glow_train_images_per_s=round(glow, 1),
                           conv_stacks_only_images_per_s=round(convs, 1),
                           glow_fraction_of_conv_ceiling=round(glow / convs, 2))), flush=True)
-  del keras
 
 
 if __name__ == '__main__':

@@ -68,7 +68,7 @@ def bench_tfp(train_steps: int, sample_batches: int) -> dict:
   dist = tfd.TransformedDistribution(tfd.Sample(tfd.Normal(0.0, 1.0), glow.inverse_event_shape([H, W, C])), glow)
   x = tf.random.uniform([BATCH * (train_steps + 1), H, W, C]) - 0.5
   dist.log_prob(x[:2])  # creates the variables (and initializes its actnorm from this batch)
-  opt = tf.keras.optimizers.Adam(1e-3) if hasattr(tf.keras.optimizers, 'Adam') else None
+  opt = tf.keras.optimizers.Adam(1e-3)
 
   @tf.function
   def step(batch):

@@ -253,12 +253,14 @@ class Glow(GlowBijector):
       h = self._squeeze._forward_4d(h)[0]  # pylint: disable=protected-access
     return h, log_det
 
-  def _flatten_latents(self, latents):
+  def join_latents(self, latents: Sequence[tf.Tensor]) -> tf.Tensor:
+    """Per-level latents [N, h_i, w_i, c_i] -> the bijector's latent [N, H, W, C] (flattened, concatenated)."""
     n = tf.shape(latents[0])[:1]
     flat = tf.concat([tf.reshape(z, tf.concat([n, [-1]], 0)) for z in latents], axis=-1)
     return tf.reshape(flat, tf.concat([n, self._image_shape], 0))
 
-  def _split_latent(self, eps):
+  def split_latent(self, eps: tf.Tensor) -> list[tf.Tensor]:
+    """The bijector's latent [N, H, W, C] -> per-level latents [N, h_i, w_i, c_i] (`join_latents`' inverse)."""
     n = tf.shape(eps)[:1]
     sizes = [int(np.prod(s)) for s in self.latent_shapes]
     parts = tf.split(tf.reshape(eps, tf.concat([n, [-1]], 0)), sizes, axis=-1)
@@ -267,11 +269,11 @@ class Glow(GlowBijector):
   def _inverse_4d(self, x, labels=None):
     self._check_image_input(x)
     enc = self._encode_4d(x, labels)
-    return self._flatten_latents(enc.latents), enc.log_det
+    return self.join_latents(enc.latents), enc.log_det
 
   def _forward_4d(self, eps, labels=None):
     self._check_image_input(eps, 'latents')
-    return self._decode_4d(self._split_latent(eps), labels)
+    return self._decode_4d(self.split_latent(eps), labels)
 
   def _check_image_input(self, images, what='images'):
     check_images(images, self.dtype, self.name)

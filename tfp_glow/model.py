@@ -52,16 +52,12 @@ class GlowModel(keras.Model):
                seed: int | None = None,
                flow_dtype: str = 'float32',
                **kwargs):
+    config = {k: v for k, v in locals().items() if k not in ('self', 'kwargs', '__class__')}
     super().__init__(**kwargs)
     if not isinstance(n_bins, int) or n_bins < 2:
       raise ValueError(f'GlowModel: n_bins must be an integer >= 2, got {n_bins!r}.')
-    self._glow_config = dict(image_shape=tuple(int(d) for d in image_shape), levels=levels, steps=steps,
-                        width=width, coupling=coupling, permutation=permutation, learn_top=learn_top,
-                        num_classes=num_classes, n_bins=n_bins, class_loss_weight=class_loss_weight,
-                        init_batch_size=init_batch_size, validate_inputs=validate_inputs, seed=seed,
-                        flow_dtype=flow_dtype)
-    glow = Glow(image_shape, levels, steps, width, coupling, permutation, learn_top, num_classes,
-                seed=seed, dtype=tf.as_dtype(flow_dtype))
+    self._glow_config = dict(config, image_shape=tuple(int(d) for d in image_shape))  # for get_config
+    glow = Glow(**{k: config[k] for k in _GLOW_ARGS}, dtype=tf.as_dtype(flow_dtype))
     self.flow = glow.layer  # every flow parameter, in one Keras layer
     # The TFP objects hold no variables of their own; keep them out of Keras/TF tracking.
     self._tfp = _Untracked(glow=glow, distribution=GlowDistribution(glow))
@@ -147,7 +143,7 @@ class GlowModel(keras.Model):
     labels = self._check_labels(labels, required=True)
     enc = self.glow.encode_with_log_det(images, labels)
     base = self.distribution.distribution
-    log_prob = base.log_prob(self.glow._flatten_latents(enc.latents)) + enc.log_det  # pylint: disable=protected-access
+    log_prob = base.log_prob(self.glow.join_latents(enc.latents)) + enc.log_det
     bpd = tf.reduce_mean(self.bits_per_dim(log_prob))
     loss, logits = bpd, None
     if self.classifier is not None:
@@ -284,6 +280,11 @@ class GlowModel(keras.Model):
       tf.debugging.assert_less(labels, self.num_classes,
                                message=f'GlowModel: labels must be < num_classes={self.num_classes}.')
     return labels
+
+
+# The constructor arguments that GlowModel hands to the Glow bijector unchanged.
+_GLOW_ARGS = ('image_shape', 'levels', 'steps', 'width', 'coupling', 'permutation', 'learn_top',
+              'num_classes', 'seed')
 
 
 class _Untracked:
