@@ -5,5 +5,5 @@ nbmake starts each notebook's kernel as a subprocess of pytest, so it inherits t
 
 import os
 
-os.environ["TFP_GLOW_NOTEBOOK_QUICK"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ['TFP_GLOW_NOTEBOOK_QUICK'] = '1'
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')

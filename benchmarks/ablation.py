@@ -24,10 +24,10 @@ import numpy as np  # noqa: E402
 from tfp_glow import GlowModel, data, optim  # noqa: E402
 
 VARIANTS = {  # name -> (permutation, coupling)
-    'reverse + affine': ('reverse', 'affine'),
-    'shuffle + affine': ('shuffle', 'affine'),
-    '1x1 conv + affine': ('conv_lu', 'affine'),
-    '1x1 conv + additive': ('conv_lu', 'additive'),
+  'reverse + affine': ('reverse', 'affine'),
+  'shuffle + affine': ('shuffle', 'affine'),
+  '1x1 conv + affine': ('conv_lu', 'affine'),
+  '1x1 conv + additive': ('conv_lu', 'additive'),
 }
 
 
@@ -35,14 +35,24 @@ def run(permutation: str, coupling: str, seed: int, epochs: int) -> dict:
   keras.utils.set_random_seed(seed)
   train, info = data.load_dataset('digits', 'train', batch_size=64, seed=seed)
   test, _ = data.load_dataset('digits', 'test', batch_size=297, shuffle=False, seed=seed)
-  model = GlowModel(info.image_shape, levels=2, steps=8, width=64, coupling=coupling,
-                    permutation=permutation, n_bins=info.n_bins, seed=seed)
+  model = GlowModel(
+    info.image_shape,
+    levels=2,
+    steps=8,
+    width=64,
+    coupling=coupling,
+    permutation=permutation,
+    n_bins=info.n_bins,
+    seed=seed,
+  )
   model.compile(optimizer=optim.default_optimizer(2e-3, warmup_steps=48))
   t0 = time.perf_counter()
   history = model.fit(train, validation_data=test, epochs=epochs, verbose=0)
-  return dict(test_bits_per_dim=round(history.history['val_bits_per_dim'][-1], 4),
-              train_bits_per_dim=round(history.history['bits_per_dim'][-1], 4),
-              seconds=round(time.perf_counter() - t0, 1))
+  return dict(
+    test_bits_per_dim=round(history.history['val_bits_per_dim'][-1], 4),
+    train_bits_per_dim=round(history.history['bits_per_dim'][-1], 4),
+    seconds=round(time.perf_counter() - t0, 1),
+  )
 
 
 def main() -> None:

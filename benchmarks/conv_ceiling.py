@@ -74,9 +74,17 @@ def main() -> None:
   for r in range(args.rounds):
     glow = images_per_s(lambda: train_step(x))
     convs = images_per_s(convs_only)
-    print(json.dumps(dict(round=r, glow_train_images_per_s=round(glow, 1),
-                          conv_stacks_only_images_per_s=round(convs, 1),
-                          glow_fraction_of_conv_ceiling=round(glow / convs, 2))), flush=True)
+    print(
+      json.dumps(
+        dict(
+          round=r,
+          glow_train_images_per_s=round(glow, 1),
+          conv_stacks_only_images_per_s=round(convs, 1),
+          glow_fraction_of_conv_ceiling=round(glow / convs, 2),
+        )
+      ),
+      flush=True,
+    )
 
 
 if __name__ == '__main__':

@@ -32,6 +32,7 @@ def peak_rss_gb() -> float:
 def bench_tfp_glow(train_steps: int, sample_batches: int) -> dict:
   import keras
   import tensorflow as tf
+
   from tfp_glow.model import GlowModel
   from tfp_glow.optim import default_optimizer
 
@@ -45,7 +46,9 @@ def bench_tfp_glow(train_steps: int, sample_batches: int) -> dict:
   first_step = time.perf_counter() - t0
   # Steady state inside fit: the time between the ends of the first and the last batch.
   batch_ends = []
-  clock = keras.callbacks.LambdaCallback(on_train_batch_end=lambda *_, **__: batch_ends.append(time.perf_counter()))
+  clock = keras.callbacks.LambdaCallback(
+    on_train_batch_end=lambda *_, **__: batch_ends.append(time.perf_counter())
+  )
   rest = tf.data.Dataset.from_tensor_slices(x[BATCH:]).batch(BATCH)
   model.fit(rest, epochs=1, verbose=0, callbacks=[clock])
   train = (len(batch_ends) - 1) * BATCH / (batch_ends[-1] - batch_ends[0])
@@ -61,11 +64,19 @@ def bench_tfp_glow(train_steps: int, sample_batches: int) -> dict:
 def bench_tfp(train_steps: int, sample_batches: int) -> dict:
   import tensorflow as tf
   import tensorflow_probability as tfp
+
   tfb, tfd = tfp.bijectors, tfp.distributions
 
-  glow = tfb.Glow(output_shape=(H, W, C), num_glow_blocks=LEVELS, num_steps_per_block=STEPS,
-                  coupling_bijector_fn=tfb.GlowDefaultNetwork, exit_bijector_fn=tfb.GlowDefaultExitNetwork)
-  dist = tfd.TransformedDistribution(tfd.Sample(tfd.Normal(0.0, 1.0), glow.inverse_event_shape([H, W, C])), glow)
+  glow = tfb.Glow(
+    output_shape=(H, W, C),
+    num_glow_blocks=LEVELS,
+    num_steps_per_block=STEPS,
+    coupling_bijector_fn=tfb.GlowDefaultNetwork,
+    exit_bijector_fn=tfb.GlowDefaultExitNetwork,
+  )
+  dist = tfd.TransformedDistribution(
+    tfd.Sample(tfd.Normal(0.0, 1.0), glow.inverse_event_shape([H, W, C])), glow
+  )
   x = tf.random.uniform([BATCH * (train_steps + 1), H, W, C]) - 0.5
   dist.log_prob(x[:2])  # creates the variables (and initializes its actnorm from this batch)
   opt = tf.keras.optimizers.Adam(1e-3)
@@ -81,10 +92,10 @@ def bench_tfp(train_steps: int, sample_batches: int) -> dict:
   t0 = time.perf_counter()
   step(x[:BATCH]).numpy()
   first_step = time.perf_counter() - t0
-  step(x[BATCH:2 * BATCH]).numpy()  # steady state from here, as for tfp_glow
+  step(x[BATCH : 2 * BATCH]).numpy()  # steady state from here, as for tfp_glow
   t0 = time.perf_counter()
   for i in range(2, train_steps + 1):
-    loss = step(x[i * BATCH:(i + 1) * BATCH])
+    loss = step(x[i * BATCH : (i + 1) * BATCH])
   loss.numpy()
   train = (train_steps - 1) * BATCH / (time.perf_counter() - t0)
   sample = tf.function(lambda: dist.sample(BATCH))
@@ -106,15 +117,39 @@ def main() -> None:
   if args.impl == 'both':
     for _ in range(args.repeats):
       for impl in ('tfp_glow', 'tfp'):
-        subprocess.run([sys.executable, __file__, '--impl', impl, '--train-steps', str(args.train_steps),
-                        '--sample-batches', str(args.sample_batches)], check=True)
+        subprocess.run(
+          [
+            sys.executable,
+            __file__,
+            '--impl',
+            impl,
+            '--train-steps',
+            str(args.train_steps),
+            '--sample-batches',
+            str(args.sample_batches),
+          ],
+          check=True,
+        )
     return
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   fn = bench_tfp_glow if args.impl == 'tfp_glow' else bench_tfp
   result = fn(args.train_steps, args.sample_batches)
   result = {k: round(v, 2) for k, v in result.items()}
-  print(json.dumps(dict(impl=args.impl, shape=[H, W, C], levels=LEVELS, steps=STEPS, width=WIDTH,
-                        batch=BATCH, **result, peak_rss_gb=round(peak_rss_gb(), 2))), flush=True)
+  print(
+    json.dumps(
+      dict(
+        impl=args.impl,
+        shape=[H, W, C],
+        levels=LEVELS,
+        steps=STEPS,
+        width=WIDTH,
+        batch=BATCH,
+        **result,
+        peak_rss_gb=round(peak_rss_gb(), 2),
+      )
+    ),
+    flush=True,
+  )
 
 
 if __name__ == '__main__':

@@ -32,13 +32,13 @@ def code(text: str):
   return new_code_cell(textwrap.dedent(text).strip())
 
 
-PARAMS_INTRO = '''
+PARAMS_INTRO = """
     import os
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported: quieter logs
 
     # Quick mode (set by the test suite): tiny settings, only checks that every cell runs.
     QUICK = os.environ.get("TFP_GLOW_NOTEBOOK_QUICK") == "1"
-'''
+"""
 
 SHOW_HELPER = '''
     def show(images, columns, title=None, ax=None, zoom=1):
@@ -56,7 +56,7 @@ SHOW_HELPER = '''
 # --------------------------------------------------------------------------------------------------
 
 NB01 = [
-    md('''
+  md("""
     # Glow in five minutes: train a normalizing flow on 8x8 digits
 
     Glow (Kingma & Dhariwal, 2018) is a *normalizing flow*: an invertible network `f` that maps a simple
@@ -69,15 +69,19 @@ NB01 = [
 
     This notebook trains `tfp_glow.model.GlowModel` with plain Keras `fit` on scikit-learn's 8x8
     handwritten digits (bundled offline), plots the learning curves, and samples at several temperatures.
-    '''),
-    code(PARAMS_INTRO + '''
+    """),
+  code(
+    PARAMS_INTRO
+    + """
     # Model and training settings. Full mode trains for about 1-2 minutes on 2 CPU cores.
     LEVELS, STEPS, WIDTH = (2, 2, 16) if QUICK else (2, 8, 64)
     EPOCHS = 2 if QUICK else 60
     BATCH_SIZE = 128
     LEARNING_RATE, WARMUP_STEPS = 3e-3, 20
-    '''),
-    code('''
+    """
+  ),
+  code(
+    """
     import math
     import time
 
@@ -94,8 +98,10 @@ NB01 = [
 
     keras.utils.set_random_seed(0)
     print("tfp_glow", tfp_glow.__version__, "| TensorFlow", tf.__version__, "| Keras", keras.__version__)
-    ''' + SHOW_HELPER),
-    md('''
+    """
+    + SHOW_HELPER
+  ),
+  md("""
     ## 1. Data: discrete pixels, continuous density
 
     The digits hold integers 0..16 per pixel, so there are `n_bins = 17` levels (`tfp_glow.data.DIGITS_BINS`).
@@ -109,8 +115,8 @@ NB01 = [
     A model that spreads its mass uniformly over the 17 levels scores **log2(17) = 4.09 bits/dim**: anything
     below that has learned something. `load_dataset` returns a batched, dequantized `tf.data.Dataset`
     (1500 training and 297 test images, a fixed split) and a `DatasetInfo`.
-    '''),
-    code('''
+    """),
+  code("""
     train_ds, info = load_dataset("digits", "train", batch_size=BATCH_SIZE, seed=0)
     test_ds, _ = load_dataset("digits", "test", batch_size=BATCH_SIZE, shuffle=False, seed=1)
     print(info)
@@ -122,8 +128,8 @@ NB01 = [
     plt.figure(figsize=(4, 4))
     show(to_uint8(batch[:64], info.n_bins), columns=8, title="training images")
     plt.show()
-    '''),
-    md('''
+    """),
+  md("""
     ## 2. The model
 
     `GlowModel(image_shape, levels=L, steps=K, width=W, n_bins=...)` is a `keras.Model`. In the
@@ -141,8 +147,8 @@ NB01 = [
     The loss is the bits/dim above. `compile()` defaults to Adamax with a linear learning-rate warmup
     (the reference code's optimizer); here a larger rate with a short warmup suits the tiny data set.
     `fit` first runs actnorm's data-dependent initialization on the first training images.
-    '''),
-    code('''
+    """),
+  code("""
     model = GlowModel(info.image_shape, levels=LEVELS, steps=STEPS, width=WIDTH, n_bins=info.n_bins, seed=0)
     model.compile(optimizer=default_optimizer(LEARNING_RATE, warmup_steps=WARMUP_STEPS))
     print(f"L={LEVELS} levels, K={STEPS} steps, width {WIDTH}: "
@@ -155,8 +161,8 @@ NB01 = [
     h = history.history
     for epoch in sorted({0, *range(9, EPOCHS, 10), EPOCHS - 1}):
         print(f"epoch {epoch + 1:3d}: train {h['bits_per_dim'][epoch]:.3f}  val {h['val_bits_per_dim'][epoch]:.3f} bits/dim")
-    '''),
-    code('''
+    """),
+  code("""
     epochs = np.arange(1, EPOCHS + 1)
     plt.figure(figsize=(6, 3.5))
     plt.plot(epochs, h["bits_per_dim"], label="train")
@@ -168,12 +174,12 @@ NB01 = [
     plt.legend()
     plt.grid(alpha=0.3)
     plt.show()
-    '''),
-    md('''
+    """),
+  md("""
     The training curve is the average over each epoch's batches while the weights move; the validation curve
     is measured at the end of each epoch. A gap that opens late is over-fitting: 1500 images are few.
-    '''),
-    md('''
+    """),
+  md("""
     ## 3. Sampling at a temperature
 
     Sampling draws `eps ~ N(0, I)`, scales it by a temperature `T`, and runs the flow forward:
@@ -184,8 +190,8 @@ NB01 = [
     `T = 0` would be the "mode" (every latent at its prior mean), but the API requires `T > 0`
     (`sample` raises for `T <= 0`), so we use `T = 0.01` instead: for all 16 draws the result is almost the
     same image. The same seed is used for every temperature, so each grid holds the same `eps` scaled differently.
-    '''),
-    code('''
+    """),
+  code("""
     temperatures = [0.01, 0.5, 0.7, 1.0]
     seed = tf.constant([0, 0], tf.int32)
     fig, axes = plt.subplots(1, len(temperatures), figsize=(3.2 * len(temperatures), 3.4))
@@ -194,29 +200,29 @@ NB01 = [
         show(images, columns=4, ax=ax, title=f"T = {t}")
     plt.tight_layout()
     plt.show()
-    '''),
-    md('''
+    """),
+  md("""
     ## 4. Evaluation
 
     `model.evaluate` computes the same bits/dim on the test split (new dequantization noise, so it differs
     slightly from the last validation number). `model.log_prob(images)` gives per-image log-densities,
     `model.bits_per_dim(log_prob)` converts them.
-    '''),
-    code('''
+    """),
+  code("""
     test_bpd = model.evaluate(test_ds, verbose=0, return_dict=True)["bits_per_dim"]
     print(f"test: {test_bpd:.3f} bits/dim   (uniform baseline {UNIFORM_BPD:.2f})")
 
     images = next(iter(test_ds))[:5]
     bpd = model.bits_per_dim(model.log_prob(images))
     print("five test images, bits/dim each:", np.round(bpd.numpy(), 2))
-    '''),
-    md('''
+    """),
+  md("""
     Next: `02_bijectors_and_tfp.ipynb` takes the flow apart into its TFP bijectors; `03_latent_space.ipynb`
     explores the latent space; `04_conditional.ipynb` trains a class-conditional model. For real images,
     `load_dataset("mnist" | "cifar10" | ...)` and a larger model (e.g. `levels=3, steps=32, width=512`) work the
     same way, given the data and a GPU. `model.save_weights(...)`, `model.save("glow.keras")` and
     `model.export(...)` (a SavedModel with `log_prob` and `sample`) persist a trained model.
-    '''),
+    """),
 ]
 
 # --------------------------------------------------------------------------------------------------
@@ -224,7 +230,7 @@ NB01 = [
 # --------------------------------------------------------------------------------------------------
 
 NB02 = [
-    md('''
+  md("""
     # The bijectors, and Glow as a citizen of TensorFlow Probability
 
     Every layer of `tfp_glow` is a `tfp.bijectors.Bijector` on images `[..., H, W, C]`, and the
@@ -237,13 +243,17 @@ NB02 = [
     autodiff, (2) composes our bijectors with TFP's own (`tfb.Chain`, `tfb.Invert`), (3) swaps the base
     distribution, (4) puts a `GlowDistribution` inside a `tfd.Mixture`, and (5) trains one distribution
     with a `GradientTape` loop, `tfp.math.minimize` and Keras `fit`, one after the other.
-    '''),
-    code(PARAMS_INTRO + '''
+    """),
+  code(
+    PARAMS_INTRO
+    + """
     # Training steps of section 5 (each of three stages). Full mode: about a minute in all.
     TAPE_STEPS, MINIMIZE_STEPS, KERAS_EPOCHS = (5, 5, 1) if QUICK else (300, 300, 20)
     LEVELS, STEPS, WIDTH = (2, 1, 8) if QUICK else (2, 4, 32)
-    '''),
-    code('''
+    """
+  ),
+  code(
+    """
     import math
 
     import keras
@@ -264,8 +274,10 @@ NB02 = [
     rng = np.random.default_rng(0)
     F64 = tf.float64
     print("TensorFlow", tf.__version__, "| TFP", tfp.__version__)
-    ''' + SHOW_HELPER),
-    md('''
+    """
+    + SHOW_HELPER
+  ),
+  md("""
     ## 1. Each bijector against autodiff
 
     For a bijector `x = f(z)` on images with D = H * W * C values, flatten both sides: the Jacobian
@@ -287,8 +299,8 @@ NB02 = [
     | `Squeeze()` | depth-to-space `[h, w, 4c] -> [2h, 2w, c]` | 0 |
     | `SplitPrior(C)` | `z_b = mean(z_a) + exp(log_std(z_a)) * eps_b` | `sum log_std` |
     | `TopPrior(C, num_classes)` | `h = mean[y] + exp(log_std[y]) * eps` | `H W sum log_std[y]` |
-    '''),
-    code('''
+    """),
+  code('''
     def perturb(bijector, scale=0.3):
         """Moves every trainable parameter away from its (often identity-making) initial value."""
         for v in bijector.trainable_variables:
@@ -335,7 +347,7 @@ NB02 = [
         print(f"{name:32s} {len(bijector.trainable_variables):5d} {roundtrip:13.1e} {logdet_err:11.1e}   {np.round(logdets, 4)}")
         assert roundtrip < 1e-10 and logdet_err < 1e-10, name
     '''),
-    md('''
+  md("""
     The additive coupling, the permutation and the squeeze are volume preserving (log-det exactly 0);
     the others have non-zero log-dets that match autodiff to float64 round-off. The conditional `TopPrior`
     takes the class labels as a keyword (`labels=`), as TFP's conditional bijectors do, and its log-det differs
@@ -343,16 +355,16 @@ NB02 = [
 
     The whole multi-scale flow passes the same check (a tiny one: 4x4x1 images, 2 levels, 2 steps each).
     Before use, a Glow's actnorm layers need their data-dependent initialization, `glow.initialize(images)`.
-    '''),
-    code('''
+    """),
+  code("""
     tiny_glow = tfp_glow.Glow((4, 4, 1), levels=2, steps=2, width=8, seed=0, dtype=F64)
     tiny_glow.initialize(tf.constant(rng.uniform(-0.5, 0.5, (64, 4, 4, 1)), F64))
     perturb(tiny_glow, scale=0.1)
     roundtrip, logdet_err, logdets = check_against_autodiff(tiny_glow, (3, 4, 4, 1))
     print(f"Glow (4x4x1, L=2, K=2): {len(tiny_glow.trainable_variables)} variables, "
           f"roundtrip err {roundtrip:.1e}, log-det err {logdet_err:.1e}, log-dets {np.round(logdets, 3)}")
-    '''),
-    md('''
+    """),
+  md("""
     ## 2. Composing with TFP's bijectors
 
     Our bijectors mix freely with TFP's. `tfb.Chain([b1, b2, b3])` applies `b3` first in the forward
@@ -363,8 +375,8 @@ NB02 = [
 
     The `Squeeze` changes the event shape, and the chain knows it (`forward_event_shape`).
     `tfb.Scale(0.5)` on D = 16 values adds `16 * log(0.5)` to the log-det.
-    '''),
-    code('''
+    """),
+  code("""
     actnorm = tfp_glow.ActNorm(4, dtype=F64)
     conv = tfp_glow.Invertible1x1Conv(4, seed=1, dtype=F64)
     coupling = tfp_glow.AffineCoupling(4, width=8, dtype=F64)
@@ -385,12 +397,12 @@ NB02 = [
              + 16 * math.log(0.5))
     print("sum of the parts' log-dets:", np.round(parts.numpy(), 6))
     print("the chain's log-det:       ", np.round(chain.forward_log_det_jacobian(z, 3).numpy(), 6))
-    '''),
-    md('''
+    """),
+  md("""
     `tfb.Invert(b)` swaps the directions: its `forward` is `b.inverse`. Inverting a whole `Glow` gives
     an image -> latent bijector, e.g. to push data *into* latent space inside another TFP construct.
-    '''),
-    code('''
+    """),
+  code("""
     image = tf.constant(rng.uniform(-0.5, 0.5, (2, 4, 4, 1)), F64)
     to_latent = tfb.Invert(tiny_glow)
     print("Invert(glow).forward == glow.inverse:",
@@ -403,8 +415,8 @@ NB02 = [
     ramp = tf.reshape(tf.range(16, dtype=F64), [1, 4, 4, 1])
     print("Invert(Squeeze()) maps a 4x4x1 ramp to 2x2x4 (space-to-depth):")
     print(tfb.Invert(squeeze).forward(ramp)[0].numpy().transpose(2, 0, 1))
-    '''),
-    md('''
+    """),
+  md("""
     The squeeze puts each 2x2 block of pixels into the 4 channels of one position: channel k of position
     (i, j) holds pixel (2i + k // 2, 2j + k % 2).
 
@@ -418,8 +430,8 @@ NB02 = [
     Here a Student-t base with a *learned* number of degrees of freedom (heavier tails than a Gaussian),
     on a small float32 Glow for the 8x8 digits. `tfp.util.TransformedVariable` keeps `df` positive;
     its variable appears in the distribution's `trainable_variables` next to the flow's.
-    '''),
-    code('''
+    """),
+  code('''
     train_bins, _ = load_digits("train")
     test_bins, _ = load_digits("test")
     x_train = dequantize(train_bins, DIGITS_BINS, seed=[0, 0])   # float32 [1500, 8, 8, 1] in [-0.5, 0.5)
@@ -445,7 +457,7 @@ NB02 = [
     samples = dist_t.sample(5, temperature=0.7, seed=[1, 2])
     print("samples:", samples.shape, "(temperature scales the Student-t draws, as it scales Gaussian ones)")
     '''),
-    md('''
+  md("""
     ## 4. A `GlowDistribution` inside `tfd.Mixture`
 
     A mixture of two flows, `p(x) = pi_1 p_1(x) + pi_2 p_2(x)`, with `tfd.Mixture` and a learnable
@@ -453,8 +465,8 @@ NB02 = [
     gradients reach both flows and the mixture weights. `mixture.trainable_variables` lists the mixture
     weights and both flows' parameters: a `GlowDistribution` is a plain (non-composite) TFP distribution,
     so `tf.Module`'s variable walk reaches the Keras-owned variables of its bijectors.
-    '''),
-    code('''
+    """),
+  code("""
     glow_1 = tfp_glow.Glow((8, 8, 1), levels=2, steps=1, width=16, seed=2)
     glow_2 = tfp_glow.Glow((8, 8, 1), levels=2, steps=1, width=16, seed=3)
     for g in (glow_1, glow_2):
@@ -481,8 +493,8 @@ NB02 = [
     print("variables the gradient reaches:", sum(g is not None for g in grads), "of", len(grads),
           "| with a non-zero gradient right now:",
           sum(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads))
-    '''),
-    md('''
+    """),
+  md("""
     Every variable is reached. Some gradients are still exactly zero: each coupling network ends in a
     zero-initialized convolution, so at the start nothing flows back into the layers before it. One step of
     training changes that.
@@ -501,8 +513,8 @@ NB02 = [
 
     The loss is the mean bits/dim of the batch, i.e. the negative log-likelihood rescaled.
     Each stage has its own optimizer (Adamax with a 20-step warmup), so its moment estimates restart.
-    '''),
-    code('''
+    """),
+  code("""
     glow = tfp_glow.Glow((8, 8, 1), levels=LEVELS, steps=STEPS, width=WIDTH, seed=0)
     dist = tfp_glow.GlowDistribution(glow)
     glow.initialize(x_train[:256])
@@ -538,8 +550,8 @@ NB02 = [
         trainable_variables=variables)
     curves["tfp.math.minimize"] = trace.numpy().tolist()
     print(f"after {MINIMIZE_STEPS} tfp.math.minimize steps: test {test_bpd():.3f} bits/dim")
-    '''),
-    code('''
+    """),
+  code('''
     # --- stage 3: Keras ---
     class FlowTrainer(keras.Model):
         """A minimal Keras model around a TFP distribution: `flow` (a Keras layer) owns the variables."""
@@ -565,7 +577,7 @@ NB02 = [
     curves["Keras fit (per-epoch mean)"] = keras_history.history["bits_per_dim"]
     print(f"after {KERAS_EPOCHS} Keras epoch(s) ({KERAS_EPOCHS * 12} steps): test {test_bpd():.3f} bits/dim")
     '''),
-    code('''
+  code("""
     plt.figure(figsize=(7, 3.5))
     start = 0
     for label, values in curves.items():
@@ -586,12 +598,12 @@ NB02 = [
     plt.figure(figsize=(5, 1.8))
     show(to_uint8(samples, DIGITS_BINS), columns=8, title="samples at T = 0.7 from the distribution trained above")
     plt.show()
-    '''),
-    md('''
+    """),
+  md("""
     The three loops hand the same variables to each other, so the loss continues where the previous stage
     left off. The Keras curve is the mean over each epoch's batches, plotted at the epoch's last step.
     This small flow (K = 4 steps per level, width 32) is weaker than the quickstart's, and so are its samples.
-    '''),
+    """),
 ]
 
 # --------------------------------------------------------------------------------------------------
@@ -599,18 +611,22 @@ NB02 = [
 # --------------------------------------------------------------------------------------------------
 
 NB03 = [
-    md('''
+  md("""
     # The latent space: reconstruction, interpolation, temperature, arithmetic, and out-of-distribution inputs
 
     A flow gives every image an exact latent code `z = f^-1(x)` and maps every code back, `x = f(z)`, with no
     reconstruction loss: the two are inverses. This notebook trains a Glow on the 8x8 digits and then works in
     its latent space.
-    '''),
-    code(PARAMS_INTRO + '''
+    """),
+  code(
+    PARAMS_INTRO
+    + """
     LEVELS, STEPS, WIDTH = (2, 2, 16) if QUICK else (2, 8, 64)
     EPOCHS = 2 if QUICK else 60
-    '''),
-    code('''
+    """
+  ),
+  code(
+    """
     import math
     import time
 
@@ -625,13 +641,15 @@ NB03 = [
     from tfp_glow.optim import default_optimizer
 
     keras.utils.set_random_seed(0)
-    ''' + SHOW_HELPER),
-    md('''
+    """
+    + SHOW_HELPER
+  ),
+  md("""
     ## 1. Train a model
 
     The same model as in the quickstart (`01_quickstart.ipynb` explains the pieces).
-    '''),
-    code('''
+    """),
+  code("""
     train_ds, info = load_dataset("digits", "train", batch_size=128, seed=0)
     test_ds, _ = load_dataset("digits", "test", batch_size=128, shuffle=False, seed=1)
     model = GlowModel(info.image_shape, levels=LEVELS, steps=STEPS, width=WIDTH, n_bins=info.n_bins, seed=0)
@@ -645,8 +663,8 @@ NB03 = [
     # Fixed test images (fixed dequantization noise) and their labels, for the rest of the notebook.
     test_bins, test_labels = load_digits("test")
     x_test = dequantize(test_bins, info.n_bins, seed=[0, 1])
-    '''),
-    md('''
+    """),
+  md("""
     ## 2. Encode and decode
 
     `model.encode(x)` returns one latent per level: the multi-scale architecture splits half of the channels off
@@ -654,8 +672,8 @@ NB03 = [
     level 1) and a `[2, 2, 8]` top latent: 32 + 32 = 64 numbers, as many as pixels. Each latent is
     *standardized* by its prior (`eps = (z - mean) / std`), so under the model every latent is N(0, I).
     `model.decode(latents)` inverts exactly; the only error is float32 round-off.
-    '''),
-    code('''
+    """),
+  code("""
     latents = model.encode(x_test)
     for level, z in enumerate(latents, 1):
         print(f"level {level}: latent {tuple(z.shape)}, mean {float(tf.reduce_mean(z)):+.3f}, std {float(tf.math.reduce_std(z)):.3f}")
@@ -663,8 +681,8 @@ NB03 = [
     print(f"max |decode(encode(x)) - x| = {float(tf.reduce_max(tf.abs(x_back - x_test))):.2e}  (pixel values span 1.0)")
     same_bins = np.mean(to_uint8(x_back, info.n_bins).numpy() == to_uint8(x_test, info.n_bins).numpy())
     print(f"pixels that land in the same one of 17 bins after the round trip: {100 * same_bins:.3f}%")
-    '''),
-    md('''
+    """),
+  md("""
     If the model fitted the test images perfectly, their latents would have mean 0 and standard deviation 1.
     A standard deviation somewhat above 1 says the test images are a little less typical for the model than
     its training images: the same train/test gap as in the bits/dim.
@@ -673,8 +691,8 @@ NB03 = [
 
     `model.interpolate(a, b, steps)` encodes two images, walks the straight line
     `z_t = (1 - t) z_a + t z_b` for `t` from 0 to 1 (at every level), and decodes each point.
-    '''),
-    code('''
+    """),
+  code("""
     def first_of(digit, skip=0):
         return x_test[int(np.flatnonzero(test_labels == digit)[skip])]
 
@@ -686,15 +704,15 @@ NB03 = [
         ax.set_title(f"{a} -> {b}", fontsize=9, loc="left")
     plt.tight_layout()
     plt.show()
-    '''),
-    md('''
+    """),
+  md("""
     ## 4. Temperature sweep
 
     Sampling at temperature `T` decodes `T * eps` with `eps ~ N(0, I)`. With a fixed seed, each column below
     uses one `eps`, scaled by the `T` of its row. (`T` must be > 0; 0.01 stands in for 0, where every column
     would decode the same all-prior-means latent.)
-    '''),
-    code('''
+    """),
+  code("""
     temperatures = [0.01, 0.3, 0.5, 0.7, 0.85, 1.0]
     fig, axes = plt.subplots(len(temperatures), 1, figsize=(8, 0.95 * len(temperatures)))
     for ax, t in zip(axes, temperatures):
@@ -702,8 +720,8 @@ NB03 = [
         ax.set_title(f"T = {t}", fontsize=9, loc="left")
     plt.tight_layout()
     plt.show()
-    '''),
-    md('''
+    """),
+  md("""
     ## 5. Latent arithmetic with class means
 
     The Glow paper moves a face along "attribute directions": the mean latent of faces with an attribute minus
@@ -714,8 +732,8 @@ NB03 = [
         z(alpha) = z_x + alpha * (m_b - m_a),    image = decode(z(alpha)),   alpha = 0 ... 1.5
 
     The last column decodes the class mean `m_b` itself.
-    '''),
-    code('''
+    """),
+  code("""
     class_means = [[tf.reduce_mean(tf.boolean_mask(z, test_labels == c), axis=0) for z in latents]
                    for c in range(10)]
 
@@ -737,8 +755,8 @@ NB03 = [
         ax.set_title(f"a {a}, moved towards {b}: alpha = {alphas}, then m_{b}", fontsize=8, loc="left")
     plt.tight_layout()
     plt.show()
-    '''),
-    md('''
+    """),
+  md("""
     ## 6. Likelihood on out-of-distribution inputs
 
     A density model could, in principle, flag unusual inputs by a low likelihood (high bits/dim). Flows are known
@@ -753,8 +771,8 @@ NB03 = [
 
     AUROC below is the probability that a random OOD image gets *more* bits/dim than a random test image
     (1.0: bits/dim separates them perfectly, 0.5: not at all).
-    '''),
-    code('''
+    """),
+  code("""
     def bpd(x):
         return model.bits_per_dim(model.log_prob(x)).numpy()
 
@@ -784,14 +802,14 @@ NB03 = [
     plt.ylabel("images")
     plt.legend()
     plt.show()
-    '''),
-    md('''
+    """),
+  md("""
     Bits/dim far above log2(17) = 4.09 are possible: a model that concentrates its mass on digits leaves
     noise far less than the uniform share. In the run saved here, noise and inverted digits are easy cases: no
     test digit comes near them. Upside-down and faint digits are harder: they keep the strokes and the dark
     background the model knows, many digits (0, 1, 8) look alike upside down, and their histograms overlap
     the test digits', so a likelihood threshold would let many of them through.
-    '''),
+    """),
 ]
 
 # --------------------------------------------------------------------------------------------------
@@ -799,7 +817,7 @@ NB03 = [
 # --------------------------------------------------------------------------------------------------
 
 NB04 = [
-    md('''
+  md("""
     # A class-conditional Glow
 
     With `num_classes=K`, the prior of the top latent depends on the label `y`, as in the reference code's
@@ -811,12 +829,16 @@ NB04 = [
     classification loss: a linear classifier on the spatial mean of the top activations predicts `y`, and
     `0.01 * cross-entropy` (in bits) is added to the bits/dim (the reference's `weight_y = 0.01`). Keras reports
     its accuracy as `class_accuracy`. Data come as `(images, labels)` pairs, and sampling takes `labels=`.
-    '''),
-    code(PARAMS_INTRO + '''
+    """),
+  code(
+    PARAMS_INTRO
+    + """
     LEVELS, STEPS, WIDTH = (2, 2, 16) if QUICK else (2, 8, 64)
     EPOCHS = 2 if QUICK else 120   # the class-dependent part learns more slowly than the rest: ~2 minutes
-    '''),
-    code('''
+    """
+  ),
+  code(
+    """
     import math
     import time
 
@@ -831,8 +853,10 @@ NB04 = [
     from tfp_glow.optim import default_optimizer
 
     keras.utils.set_random_seed(0)
-    ''' + SHOW_HELPER),
-    code('''
+    """
+    + SHOW_HELPER
+  ),
+  code("""
     train_ds, info = load_dataset("digits", "train", batch_size=128, with_labels=True, seed=0)
     test_ds, _ = load_dataset("digits", "test", batch_size=128, with_labels=True, shuffle=False, seed=1)
     images, labels = next(iter(train_ds))
@@ -848,8 +872,8 @@ NB04 = [
     print(f"{EPOCHS} epochs in {time.time() - start:.0f} s; metrics: {sorted(h)}")
     print(f"final: train {h['bits_per_dim'][-1]:.3f} / test {h['val_bits_per_dim'][-1]:.3f} bits/dim, "
           f"class accuracy train {h['class_accuracy'][-1]:.3f} / test {h['val_class_accuracy'][-1]:.3f}")
-    '''),
-    code('''
+    """),
+  code("""
     epochs = np.arange(1, EPOCHS + 1)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
     ax1.plot(epochs, h["bits_per_dim"], label="train")
@@ -866,8 +890,8 @@ NB04 = [
         ax.grid(alpha=0.3)
     plt.tight_layout()
     plt.show()
-    '''),
-    md('''
+    """),
+  md("""
     ## Samples per class
 
     Each row asks for one class: `model.sample(n, temperature=T, labels=[y] * n)`. The columns of a row are
@@ -877,8 +901,8 @@ NB04 = [
     Only the *top* prior sees the label (as in the reference code); the latent split off at level 1 has a prior
     that depends on the top half of the activations, not on `y` directly. The label therefore steers the coarse
     layout most, and lower temperatures make the class clearer.
-    '''),
-    code('''
+    """),
+  code("""
     temperatures = (0.5, 0.7, 1.0)
     fig, axes = plt.subplots(1, len(temperatures), figsize=(4.6 * len(temperatures), 4.9))
     for ax, t in zip(axes, temperatures):
@@ -887,14 +911,14 @@ NB04 = [
         show(tf.concat(rows, 0), columns=10, ax=ax, title=f"rows: classes 0-9, T = {t}")
     plt.tight_layout()
     plt.show()
-    '''),
-    md('''
+    """),
+  md("""
     ## The conditional flow as a classifier
 
     The auxiliary classifier above is a linear read-out with a tiny loss weight. The flow itself also classifies,
     by Bayes' rule with uniform class priors: `argmax_y log p(x | y)`. This costs one `log_prob` pass per class.
-    '''),
-    code('''
+    """),
+  code("""
     test_bins, test_labels = load_digits("test")
     x_test = dequantize(test_bins, info.n_bins, seed=[0, 1])
     log_px_given_y = np.stack([model.log_prob(x_test, labels=np.full(len(x_test), y, np.int32)).numpy()
@@ -906,14 +930,14 @@ NB04 = [
     np.add.at(confusion, (test_labels, predicted), 1)
     print("confusion matrix (rows: true class, columns: predicted):")
     print(confusion)
-    '''),
+    """),
 ]
 
 NOTEBOOKS = {
-    '01_quickstart.ipynb': NB01,
-    '02_bijectors_and_tfp.ipynb': NB02,
-    '03_latent_space.ipynb': NB03,
-    '04_conditional.ipynb': NB04,
+  '01_quickstart.ipynb': NB01,
+  '02_bijectors_and_tfp.ipynb': NB02,
+  '03_latent_space.ipynb': NB03,
+  '04_conditional.ipynb': NB04,
 }
 
 KERNELSPEC = {'name': 'python3', 'display_name': 'Python 3 (ipykernel)', 'language': 'python'}
@@ -928,14 +952,20 @@ def build(name: str) -> nbformat.NotebookNode:
 
 def execute(nb: nbformat.NotebookNode) -> float:
   from nbclient import NotebookClient  # pylint: disable=import-outside-toplevel
+
   env_quick = os.environ.pop('TFP_GLOW_NOTEBOOK_QUICK', None)  # full mode
   try:
     start = time.time()
     # capture_fd_output=False: TensorFlow's C++ start-up logs (oneDNN, CUDA probing) written straight to
     # file descriptor 2 stay in this terminal instead of filling the saved notebooks.
-    NotebookClient(nb, timeout=1800, kernel_name='python3', record_timing=False,
-                   extra_arguments=['--IPKernelApp.capture_fd_output=False'],
-                   resources={'metadata': {'path': HERE}}).execute()
+    NotebookClient(
+      nb,
+      timeout=1800,
+      kernel_name='python3',
+      record_timing=False,
+      extra_arguments=['--IPKernelApp.capture_fd_output=False'],
+      resources={'metadata': {'path': HERE}},
+    ).execute()
     return time.time() - start
   finally:
     if env_quick is not None:

@@ -38,7 +38,7 @@ def _actnorm_outputs(glow, x):
       outputs.append(h)
       h = step.coupling.inverse(step.permutation.inverse(h))
     if isinstance(level.exit, tg.SplitPrior):
-      h = h[..., :h.shape[-1] // 2]
+      h = h[..., : h.shape[-1] // 2]
   return outputs
 
 

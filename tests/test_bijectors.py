@@ -4,50 +4,82 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from bijector_checks import (
+  assert_bijective,
+  assert_event_shapes,
+  assert_graph_and_xla,
+  assert_log_det_matches_jacobian,
+  perturb,
+)
 
 import tfp_glow as tg
-from bijector_checks import (assert_bijective, assert_event_shapes, assert_graph_and_xla,
-                             assert_log_det_matches_jacobian, perturb)
 
 F64 = tf.float64
 
 
 def custom_network(in_channels, out_channels):
   """A user's own coupling network: any Keras layer with the right channel counts."""
-  return keras.Sequential([keras.Input((None, None, in_channels), dtype='float64'),
-                           keras.layers.Conv2D(6, 3, padding='same', activation='tanh', dtype='float64'),
-                           keras.layers.Conv2D(out_channels, 1, dtype='float64')])
+  return keras.Sequential(
+    [
+      keras.Input((None, None, in_channels), dtype='float64'),
+      keras.layers.Conv2D(6, 3, padding='same', activation='tanh', dtype='float64'),
+      keras.layers.Conv2D(out_channels, 1, dtype='float64'),
+    ]
+  )
 
 
 # name -> (factory, image shape [H, W, C], number of classes or None)
 CASES = {
-    'actnorm': (lambda: tg.ActNorm(4, dtype=F64), (2, 3, 4), None),
-    'conv_lu': (lambda: tg.Invertible1x1Conv(4, seed=1, dtype=F64), (2, 3, 4), None),
-    'conv_full': (lambda: tg.Invertible1x1Conv(4, lu_decomposed=False, seed=2, dtype=F64), (2, 3, 4), None),
-    'reverse': (lambda: tg.ChannelPermutation.reverse(4, dtype=F64), (2, 3, 4), None),
-    'shuffle': (lambda: tg.ChannelPermutation.shuffle(5, seed=3, dtype=F64), (2, 3, 5), None),
-    'affine_coupling': (lambda: tg.AffineCoupling(4, width=8, dtype=F64), (3, 3, 4), None),
-    'affine_coupling_odd': (lambda: tg.AffineCoupling(5, width=8, dtype=F64), (2, 2, 5), None),
-    'additive_coupling': (lambda: tg.AffineCoupling(4, width=8, additive=True, dtype=F64), (3, 3, 4), None),
-    'coupling_user_network': (lambda: tg.AffineCoupling(4, network=custom_network(2, 4), dtype=F64),
-                              (3, 3, 4), None),
-    'squeeze': (lambda: tg.Squeeze(dtype=F64), (4, 2, 2), None),
-    'split_prior': (lambda: tg.SplitPrior(4, dtype=F64), (3, 3, 4), None),
-    'top_prior': (lambda: tg.TopPrior(4, dtype=F64), (2, 2, 4), None),
-    'top_prior_conditional': (lambda: tg.TopPrior(4, num_classes=3, dtype=F64), (2, 2, 4), 3),
-    'glow': (lambda: tg.Glow((4, 4, 2), levels=2, steps=2, width=8, seed=0, dtype=F64), (4, 4, 2), None),
-    'glow_additive_shuffle_fixed_top': (
-        lambda: tg.Glow((4, 4, 1), levels=2, steps=1, width=8, coupling='additive',
-                        permutation='shuffle', learn_top=False, seed=1, dtype=F64), (4, 4, 1), None),
-    'glow_conv_full_reverse': (
-        lambda: tg.Glow((2, 4, 3), levels=1, steps=2, width=8, permutation='conv', seed=2, dtype=F64),
-        (2, 4, 3), None),
-    'glow_reverse_conditional': (
-        lambda: tg.Glow((4, 4, 1), levels=2, steps=1, width=8, permutation='reverse', num_classes=3,
-                        seed=3, dtype=F64), (4, 4, 1), 3),
-    'glow_user_network': (
-        lambda: tg.Glow((2, 2, 1), levels=1, steps=2, coupling_network=custom_network, seed=4,
-                        dtype=F64), (2, 2, 1), None),
+  'actnorm': (lambda: tg.ActNorm(4, dtype=F64), (2, 3, 4), None),
+  'conv_lu': (lambda: tg.Invertible1x1Conv(4, seed=1, dtype=F64), (2, 3, 4), None),
+  'conv_full': (lambda: tg.Invertible1x1Conv(4, lu_decomposed=False, seed=2, dtype=F64), (2, 3, 4), None),
+  'reverse': (lambda: tg.ChannelPermutation.reverse(4, dtype=F64), (2, 3, 4), None),
+  'shuffle': (lambda: tg.ChannelPermutation.shuffle(5, seed=3, dtype=F64), (2, 3, 5), None),
+  'affine_coupling': (lambda: tg.AffineCoupling(4, width=8, dtype=F64), (3, 3, 4), None),
+  'affine_coupling_odd': (lambda: tg.AffineCoupling(5, width=8, dtype=F64), (2, 2, 5), None),
+  'additive_coupling': (lambda: tg.AffineCoupling(4, width=8, additive=True, dtype=F64), (3, 3, 4), None),
+  'coupling_user_network': (
+    lambda: tg.AffineCoupling(4, network=custom_network(2, 4), dtype=F64),
+    (3, 3, 4),
+    None,
+  ),
+  'squeeze': (lambda: tg.Squeeze(dtype=F64), (4, 2, 2), None),
+  'split_prior': (lambda: tg.SplitPrior(4, dtype=F64), (3, 3, 4), None),
+  'top_prior': (lambda: tg.TopPrior(4, dtype=F64), (2, 2, 4), None),
+  'top_prior_conditional': (lambda: tg.TopPrior(4, num_classes=3, dtype=F64), (2, 2, 4), 3),
+  'glow': (lambda: tg.Glow((4, 4, 2), levels=2, steps=2, width=8, seed=0, dtype=F64), (4, 4, 2), None),
+  'glow_additive_shuffle_fixed_top': (
+    lambda: tg.Glow(
+      (4, 4, 1),
+      levels=2,
+      steps=1,
+      width=8,
+      coupling='additive',
+      permutation='shuffle',
+      learn_top=False,
+      seed=1,
+      dtype=F64,
+    ),
+    (4, 4, 1),
+    None,
+  ),
+  'glow_conv_full_reverse': (
+    lambda: tg.Glow((2, 4, 3), levels=1, steps=2, width=8, permutation='conv', seed=2, dtype=F64),
+    (2, 4, 3),
+    None,
+  ),
+  'glow_reverse_conditional': (
+    lambda: tg.Glow(
+      (4, 4, 1), levels=2, steps=1, width=8, permutation='reverse', num_classes=3, seed=3, dtype=F64
+    ),
+    (4, 4, 1),
+    3,
+  ),
+  'glow_user_network': (
+    lambda: tg.Glow((2, 2, 1), levels=1, steps=2, coupling_network=custom_network, seed=4, dtype=F64),
+    (2, 2, 1),
+    None,
+  ),
 }
 
 
@@ -109,8 +141,9 @@ def test_trainable_variables_all_listed_and_all_trained(name):
   before = [v.numpy().copy() for v in bijector.trainable_variables]
   with tf.GradientTape() as tape:
     z = bijector.inverse(x, **kwargs)
-    loss = -tf.reduce_mean(-0.5 * tf.reduce_sum(z**2, [-3, -2, -1])
-                           + bijector.inverse_log_det_jacobian(x, 3, **kwargs))
+    loss = -tf.reduce_mean(
+      -0.5 * tf.reduce_sum(z**2, [-3, -2, -1]) + bijector.inverse_log_det_jacobian(x, 3, **kwargs)
+    )
   grads = tape.gradient(loss, bijector.trainable_variables)
   keras.optimizers.SGD(0.1).apply_gradients(zip(grads, bijector.trainable_variables))
   for v, old in zip(bijector.trainable_variables, before):
@@ -120,6 +153,7 @@ def test_trainable_variables_all_listed_and_all_trained(name):
 def test_inside_tfp_chain_and_invert():
   """Our bijectors compose with TFP's: Chain lists their variables, Invert swaps directions."""
   import tensorflow_probability as tfp
+
   tfb = tfp.bijectors
   actnorm = tg.ActNorm(2, dtype=F64)
   perturb(actnorm)
@@ -129,4 +163,3 @@ def test_inside_tfp_chain_and_invert():
   np.testing.assert_allclose(chain.inverse(tf.identity(chain.forward(x))), x, atol=1e-9)
   inverted = tfb.Invert(actnorm)
   np.testing.assert_allclose(inverted.forward(x), actnorm.inverse(x))
-

@@ -47,6 +47,7 @@ def run(tmp_path_factory):
 
 # ---- train -----------------------------------------------------------------------------------------
 
+
 def test_diverged_training_fails_and_saves_nothing(tmp_path, capsys):
   out = tmp_path / 'diverged'
   assert _train(out, '--lr', '1e4', '--warmup-epochs', '0') == 1
@@ -55,8 +56,14 @@ def test_diverged_training_fails_and_saves_nothing(tmp_path, capsys):
 
 
 def test_train_writes_every_output(run):
-  for name in ('model.keras', 'samples.png', 'history.csv', 'metrics.json', 'config.json',
-               'checkpoints/latest.keras'):
+  for name in (
+    'model.keras',
+    'samples.png',
+    'history.csv',
+    'metrics.json',
+    'config.json',
+    'checkpoints/latest.keras',
+  ):
     assert (run / name).is_file(), name
   assert not (run / 'backup').exists()  # BackupAndRestore removes its backup after a finished run
   assert not list(run.rglob('*.tmp')) and not list(run.rglob('*.partial.keras'))
@@ -70,7 +77,8 @@ def test_train_writes_every_output(run):
   assert metrics['image_shape'] == [8, 8, 1] and metrics['n_bins'] == 17
   # samples/: sample_every defaults to max(1, epochs // 10) = 1: both epochs, three temperatures.
   assert sorted(p.name for p in (run / 'samples').iterdir()) == [
-      f'samples_epoch{e:03d}_t{t}.png' for e in (1, 2) for t in ('0.5', '0.7', '1')]
+    f'samples_epoch{e:03d}_t{t}.png' for e in (1, 2) for t in ('0.5', '0.7', '1')
+  ]
   # samples.png: 64 samples, 8 x 8 grid of 8x8 digits shown 4x larger, 1-pixel separators.
   assert _png(run / 'samples.png').shape == (8 * 32 + 7, 8 * 32 + 7, 1)
 
@@ -141,6 +149,7 @@ def test_conditional_training_samples_and_evaluation(tmp_path, capsys):
 
 # ---- errors ---------------------------------------------------------------------------------------
 
+
 def test_unknown_dataset_names_the_accepted_ones(tmp_path, capsys):
   assert cli.main(['train', '--dataset', 'not_a_dataset', '--out', str(tmp_path / 'x')]) == 2
   err = capsys.readouterr().err
@@ -152,8 +161,10 @@ def test_conditional_needs_a_labeled_dataset(tmp_path, capsys):
   folder = tmp_path / 'images'
   for i in range(4):
     save_png(str(folder / f'{i}.png'), _digit_pixels(i))
-  assert cli.main(['train', *TINY, '--dataset', f'folder:{folder}', '--conditional',
-                   '--out', str(tmp_path / 'x')]) == 2
+  assert (
+    cli.main(['train', *TINY, '--dataset', f'folder:{folder}', '--conditional', '--out', str(tmp_path / 'x')])
+    == 2
+  )
   assert 'labels' in capsys.readouterr().err
 
 
@@ -180,17 +191,52 @@ def test_corrupt_missing_and_foreign_model_files(tmp_path, capsys):
 
 # ---- sample, evaluate, interpolate ------------------------------------------------------------------
 
+
 def test_sample_writes_a_grid_of_the_requested_size(run, tmp_path):
   out = tmp_path / 'grid.png'
-  assert cli.main(['sample', str(run / 'model.keras'), '--n', '6', '--columns', '3', '--zoom', '2',
-                   '--seed', '1', '--out', str(out)]) == 0
+  assert (
+    cli.main(
+      [
+        'sample',
+        str(run / 'model.keras'),
+        '--n',
+        '6',
+        '--columns',
+        '3',
+        '--zoom',
+        '2',
+        '--seed',
+        '1',
+        '--out',
+        str(out),
+      ]
+    )
+    == 0
+  )
   assert _png(out).shape == (2 * 16 + 1, 3 * 16 + 2, 1)
   assert cli.main(['sample', str(run), '--out', str(tmp_path / 'default.png')]) == 0  # a run directory works
   assert _png(tmp_path / 'default.png').shape == (4 * 32 + 3, 4 * 32 + 3, 1)  # 16 samples, zoom 4
   # --seed fixes the samples.
   for name, seed in (('same.png', '1'), ('other.png', '2')):
-    assert cli.main(['sample', str(run), '--n', '6', '--columns', '3', '--zoom', '2', '--seed', seed,
-                     '--out', str(tmp_path / name)]) == 0
+    assert (
+      cli.main(
+        [
+          'sample',
+          str(run),
+          '--n',
+          '6',
+          '--columns',
+          '3',
+          '--zoom',
+          '2',
+          '--seed',
+          seed,
+          '--out',
+          str(tmp_path / name),
+        ]
+      )
+      == 0
+    )
   assert np.array_equal(_png(out), _png(tmp_path / 'same.png'))
   assert not np.array_equal(_png(out), _png(tmp_path / 'other.png'))
 
@@ -212,8 +258,10 @@ def test_evaluate_rejects_data_of_another_shape(run, capsys):
 
 def test_interpolate_between_test_images(run, tmp_path):
   out = tmp_path / 'row.png'
-  assert cli.main(['interpolate', str(run), 'test:0', 'test:1', '--steps', '5', '--zoom', '1',
-                   '--out', str(out)]) == 0
+  assert (
+    cli.main(['interpolate', str(run), 'test:0', 'test:1', '--steps', '5', '--zoom', '1', '--out', str(out)])
+    == 0
+  )
   row = _png(out)
   assert row.shape == (8, 5 * 8 + 4, 1)
   # The ends reproduce the two test images (encode/decode is invertible).
@@ -226,11 +274,26 @@ def test_interpolate_between_image_files(run, tmp_path, capsys):
   save_png(str(tmp_path / 'gray.png'), digit)
   save_png(str(tmp_path / 'rgb.png'), np.repeat(digit, 3, axis=-1))
   out = tmp_path / 'row.png'
-  assert cli.main(['interpolate', str(run), str(tmp_path / 'gray.png'), str(tmp_path / 'rgb.png'),
-                   '--steps', '3', '--zoom', '1', '--out', str(out)]) == 0
+  assert (
+    cli.main(
+      [
+        'interpolate',
+        str(run),
+        str(tmp_path / 'gray.png'),
+        str(tmp_path / 'rgb.png'),
+        '--steps',
+        '3',
+        '--zoom',
+        '1',
+        '--out',
+        str(out),
+      ]
+    )
+    == 0
+  )
   row = _png(out)
   for i in range(3):  # the same image at both ends (RGB converted to gray): every step is that image
-    np.testing.assert_array_equal(row[:, i * 9:i * 9 + 8], digit)
+    np.testing.assert_array_equal(row[:, i * 9 : i * 9 + 8], digit)
   (tmp_path / 'bad.png').write_bytes(b'not an image')
   for bad in ('nope.png', 'bad.png'):
     assert cli.main(['interpolate', str(run), str(tmp_path / bad), 'test:0', '--out', str(out)]) == 2
@@ -241,6 +304,7 @@ def test_interpolate_between_image_files(run, tmp_path, capsys):
 
 
 # ---- callbacks ------------------------------------------------------------------------------------
+
 
 def test_image_grid_layout_and_separators():
   images = np.arange(5 * 2 * 3 * 1, dtype=np.uint8).reshape(5, 2, 3, 1)
@@ -273,7 +337,8 @@ def test_sample_grid_writes_pngs_every_n_epochs_and_at_the_end(tmp_path):
     callback.on_epoch_end(epoch)
   callback.on_train_end()
   assert sorted(p.name for p in (tmp_path / 'samples').iterdir()) == [
-      f'samples_epoch{e:03d}_t{t}.png' for e in (2, 3) for t in ('0.5', '0.7', '1')]
+    f'samples_epoch{e:03d}_t{t}.png' for e in (2, 3) for t in ('0.5', '0.7', '1')
+  ]
   grids = {t: _png(tmp_path / 'samples' / f'samples_epoch002_t{t}.png') for t in ('0.5', '1')}
   assert grids['0.5'].shape == (17, 17, 1)
   assert not np.array_equal(grids['0.5'], grids['1'])  # the temperature matters

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import json, os
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     import numpy as np
@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent('''
     print(json.dumps(dict(replicas=strategy.num_replicas_in_sync, initialized=model.is_initialized,
                           bits_per_dim=history.history["bits_per_dim"][-1], replicas_equal=same, mirrored=len(mirrored),
                           changed=changed, total=len(before))))
-''')
+""")
 
 
 def test_mirrored_strategy_two_replicas_trains_every_variable():

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
+from bijector_checks import perturb
 
 import tfp_glow as tg
-from bijector_checks import perturb
 
 tfd = tfp.distributions
 
@@ -18,7 +18,9 @@ def small_glow(**kwargs):
   return tg.Glow(**args)
 
 
-@pytest.mark.parametrize('kwargs, message', [
+@pytest.mark.parametrize(
+  'kwargs, message',
+  [
     (dict(image_shape=(6, 8, 1), levels=2), 'divisible by 2\\*\\*levels = 4'),
     (dict(image_shape=(8, 8)), 'image_shape must be \\(H, W, C\\)'),
     (dict(levels=0), 'levels must be a positive integer'),
@@ -26,7 +28,8 @@ def small_glow(**kwargs):
     (dict(permutation='random'), 'permutation must be one of'),
     (dict(num_classes=1), 'num_classes'),
     (dict(dtype=tf.float16), 'float32 or float64'),
-])
+  ],
+)
 def test_bad_construction_is_refused_with_a_clear_error(kwargs, message):
   with pytest.raises((ValueError, TypeError), match=message):
     small_glow(**kwargs)
@@ -92,8 +95,9 @@ def test_log_prob_is_base_density_plus_log_det_and_matches_transformed_distribut
   dist = tg.GlowDistribution(glow)
   x = tf.random.uniform([4, 8, 8, 1]) - 0.5
   eps = glow.inverse(x)
-  expected = (tfd.Sample(tfd.Normal(0.0, 1.0), (8, 8, 1)).log_prob(tf.identity(eps))
-              + glow.inverse_log_det_jacobian(tf.identity(x), 3))
+  expected = tfd.Sample(tfd.Normal(0.0, 1.0), (8, 8, 1)).log_prob(
+    tf.identity(eps)
+  ) + glow.inverse_log_det_jacobian(tf.identity(x), 3)
   np.testing.assert_allclose(dist.log_prob(tf.identity(x)), expected, rtol=1e-5)
   plain = tfd.TransformedDistribution(tfd.Sample(tfd.Normal(0.0, 1.0), (8, 8, 1)), glow)
   np.testing.assert_allclose(plain.log_prob(tf.identity(x)), expected, rtol=1e-5)
@@ -120,7 +124,9 @@ class CountingNetwork(keras.layers.Layer):
 
 def test_each_coupling_network_runs_once_per_log_prob():
   nets = []
-  glow = tg.Glow((4, 4, 1), levels=1, steps=3, coupling_network=lambda i, o: nets.append(CountingNetwork(o)) or nets[-1])
+  glow = tg.Glow(
+    (4, 4, 1), levels=1, steps=3, coupling_network=lambda i, o: nets.append(CountingNetwork(o)) or nets[-1]
+  )
   dist = tg.GlowDistribution(glow)
   dist.log_prob(tf.random.uniform([2, 4, 4, 1]))
   assert [n.calls for n in nets] == [1, 1, 1]
@@ -164,9 +170,12 @@ def test_other_base_distribution_and_tfp_minimize_trains_every_parameter():
   dist = tg.GlowDistribution(glow, base_distribution=base)
   x = tf.random.uniform([32, 4, 4, 1]) * 0.2
   before = [v.numpy().copy() for v in glow.trainable_variables]
-  losses = tfp.math.minimize(lambda: -tf.reduce_mean(dist.log_prob(x)), num_steps=5,
-                             optimizer=keras.optimizers.Adam(1e-2),
-                             trainable_variables=dist.trainable_variables)
+  losses = tfp.math.minimize(
+    lambda: -tf.reduce_mean(dist.log_prob(x)),
+    num_steps=5,
+    optimizer=keras.optimizers.Adam(1e-2),
+    trainable_variables=dist.trainable_variables,
+  )
   assert losses[-1] < losses[0]
   for v, old in zip(glow.trainable_variables, before):
     assert not np.allclose(v.numpy(), old), v.name
@@ -180,11 +189,15 @@ def test_distribution_in_tf_function_and_xla_with_unknown_batch():
   y = tf.constant([0, 1, 1])
   eager = dist.log_prob(x, labels=y)
   for jit in (False, True):
-    f = tf.function(lambda x, y: dist.log_prob(x, labels=y), jit_compile=jit,
-                    input_signature=[tf.TensorSpec([None, 8, 8, 1]), tf.TensorSpec([None], tf.int32)])
+    f = tf.function(
+      lambda x, y: dist.log_prob(x, labels=y),
+      jit_compile=jit,
+      input_signature=[tf.TensorSpec([None, 8, 8, 1]), tf.TensorSpec([None], tf.int32)],
+    )
     np.testing.assert_allclose(f(x, y), eager, rtol=1e-5)
-    s = tf.function(lambda n: dist.sample(n, labels=tf.zeros([n], tf.int32), temperature=0.7),
-                    jit_compile=jit)
+    s = tf.function(
+      lambda n: dist.sample(n, labels=tf.zeros([n], tf.int32), temperature=0.7), jit_compile=jit
+    )
     assert s(tf.constant(2)).shape[1:] == (8, 8, 1)
 
 

@@ -20,8 +20,9 @@ def tiny_model(**kwargs):
 
 
 def digits(split='train', batch_size=64, with_labels=False, shuffle=True):
-  ds, _ = data.load_dataset('digits', split, batch_size=batch_size, with_labels=with_labels,
-                            shuffle=shuffle, seed=0)
+  ds, _ = data.load_dataset(
+    'digits', split, batch_size=batch_size, with_labels=with_labels, shuffle=shuffle, seed=0
+  )
   return ds
 
 
@@ -60,8 +61,9 @@ def test_short_training_on_digits_beats_the_uniform_model_by_far():
   ~2.97 (L=2, K=4, width 32). The threshold leaves margin for other seeds and TF versions."""
   model = GlowModel((8, 8, 1), levels=2, steps=4, width=32, n_bins=17, seed=0)
   model.compile(optimizer=optim.default_optimizer(3e-3, warmup_steps=20))
-  history = model.fit(digits(batch_size=128), validation_data=digits('test', 297, shuffle=False),
-                      epochs=15, verbose=0)
+  history = model.fit(
+    digits(batch_size=128), validation_data=digits('test', 297, shuffle=False), epochs=15, verbose=0
+  )
   assert history.history['val_bits_per_dim'][-1] < 3.5 < math.log2(17)
 
 

@@ -4,12 +4,33 @@ Direction, as in TFP: forward = latent -> image (sampling), inverse = image -> l
 """
 
 from tfp_glow import bijectors, callbacks, data, optim
-from tfp_glow.bijectors import (ActNorm, AffineCoupling, ChannelPermutation, Invertible1x1Conv,
-                                SplitPrior, Squeeze, TopPrior)
+from tfp_glow.bijectors import (
+  ActNorm,
+  AffineCoupling,
+  ChannelPermutation,
+  Invertible1x1Conv,
+  SplitPrior,
+  Squeeze,
+  TopPrior,
+)
 from tfp_glow.distribution import GlowDistribution
 from tfp_glow.glow import Glow
 from tfp_glow.model import GlowModel
 
 __version__ = '0.1.0'
-__all__ = ['ActNorm', 'AffineCoupling', 'ChannelPermutation', 'Glow', 'GlowDistribution', 'GlowModel',
-           'Invertible1x1Conv', 'SplitPrior', 'Squeeze', 'TopPrior', 'bijectors', 'callbacks', 'data', 'optim']
+__all__ = [
+  'ActNorm',
+  'AffineCoupling',
+  'ChannelPermutation',
+  'Glow',
+  'GlowDistribution',
+  'GlowModel',
+  'Invertible1x1Conv',
+  'SplitPrior',
+  'Squeeze',
+  'TopPrior',
+  'bijectors',
+  'callbacks',
+  'data',
+  'optim',
+]

@@ -16,8 +16,9 @@ import numpy as np
 import tensorflow as tf
 
 
-def image_grid(images, columns: int | None = None, pad: int = 1, pad_value: int = 128,
-               zoom: int = 1) -> np.ndarray:
+def image_grid(
+  images, columns: int | None = None, pad: int = 1, pad_value: int = 128, zoom: int = 1
+) -> np.ndarray:
   """Tiles uint8 images [N, H, W, C] into one uint8 image, row by row.
 
   Returns [rows * h + (rows - 1) * pad, columns * w + (columns - 1) * pad, C] with h = H * zoom,
@@ -26,10 +27,15 @@ def image_grid(images, columns: int | None = None, pad: int = 1, pad_value: int 
   C is kept as is (1: grayscale, 3: RGB, 2 / 4: with alpha).
   """
   images = np.asarray(images)
-  if (images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] == 0
-      or images.shape[-1] not in (1, 2, 3, 4)):
-    raise ValueError(f'image_grid: expected uint8 images [N >= 1, H, W, C in 1..4], got {images.dtype} '
-                     f'{images.shape}.')
+  if (
+    images.dtype != np.uint8
+    or images.ndim != 4
+    or images.shape[0] == 0
+    or images.shape[-1] not in (1, 2, 3, 4)
+  ):
+    raise ValueError(
+      f'image_grid: expected uint8 images [N >= 1, H, W, C in 1..4], got {images.dtype} {images.shape}.'
+    )
   if zoom < 1 or pad < 0:
     raise ValueError(f'image_grid: need zoom >= 1 and pad >= 0, got zoom={zoom}, pad={pad}.')
   n = images.shape[0]
@@ -44,7 +50,7 @@ def image_grid(images, columns: int | None = None, pad: int = 1, pad_value: int 
   grid = np.full((rows * h + (rows - 1) * pad, columns * w + (columns - 1) * pad, c), pad_value, np.uint8)
   for i, image in enumerate(images):
     top, left = (i // columns) * (h + pad), (i % columns) * (w + pad)
-    grid[top:top + h, left:left + w] = image
+    grid[top : top + h, left : left + w] = image
   return grid
 
 
@@ -95,9 +101,18 @@ class SampleGrid(keras.callbacks.Callback):
   Temperatures must be > 0 (the model rejects 0; use e.g. 0.01 for the mode-like look).
   """
 
-  def __init__(self, directory: str, every_n_epochs: int = 1,
-               temperatures: Sequence[float] = (0.5, 0.7, 1.0), n: int = 16, log_dir: str | None = None,
-               labels=None, seed: int = 0, columns: int | None = None, zoom: int = 1):
+  def __init__(
+    self,
+    directory: str,
+    every_n_epochs: int = 1,
+    temperatures: Sequence[float] = (0.5, 0.7, 1.0),
+    n: int = 16,
+    log_dir: str | None = None,
+    labels=None,
+    seed: int = 0,
+    columns: int | None = None,
+    zoom: int = 1,
+  ):
     super().__init__()
     if every_n_epochs < 1:
       raise ValueError(f'SampleGrid: every_n_epochs must be >= 1, got {every_n_epochs}.')
@@ -141,8 +156,9 @@ class SampleGrid(keras.callbacks.Callback):
     """Samples the model now and writes the grids under the name of (1-based) `epoch`."""
     labels = self._sample_labels()
     for temperature, path in zip(self.temperatures, self.paths(epoch)):
-      images = self.model.sample(self.n, temperature=temperature, labels=labels,
-                                 seed=tf.constant([self.seed, 0], tf.int32))
+      images = self.model.sample(
+        self.n, temperature=temperature, labels=labels, seed=tf.constant([self.seed, 0], tf.int32)
+      )
       grid = image_grid(images.numpy(), columns=self.columns, zoom=self.zoom)
       save_png(path, grid)
       if self._writer is not None:
@@ -162,7 +178,8 @@ def _write_image_summary(writer, tag: str, image: np.ndarray, step: int) -> None
   """What `tf.summary.image` writes for one uint8 image [H, W, C], but with core TF alone:
   a string tensor [width, height, png] tagged for TensorBoard's image plugin."""
   metadata = tf.compat.v1.SummaryMetadata(
-      plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name='images'))
+    plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name='images')
+  )
   height, width = image.shape[:2]
   tensor = tf.stack([tf.as_string(width), tf.as_string(height), tf.io.encode_png(image)])
   with writer.as_default():

@@ -27,15 +27,28 @@ from tfp_glow.callbacks import SampleGrid, image_grid, read_image, save_png
 from tfp_glow.model import GlowModel
 from tfp_glow.optim import default_optimizer
 
-_LARGE = dict(levels=3, steps=16, width=256, batch_size=64, epochs=10, lr=1e-3, warmup_epochs=1.0,
-              ema=False, n_bits=8, image_size=None, pad_to_32=False)
+_LARGE = dict(
+  levels=3,
+  steps=16,
+  width=256,
+  batch_size=64,
+  epochs=10,
+  lr=1e-3,
+  warmup_epochs=1.0,
+  ema=False,
+  n_bits=8,
+  image_size=None,
+  pad_to_32=False,
+)
 # Per-data-set defaults of `train`; "folder:PATH" uses _LARGE. Only digits runs in minutes on a CPU.
 DEFAULTS = {
-    'digits': dict(_LARGE, levels=2, steps=8, width=64, epochs=80, lr=2e-3, warmup_epochs=2.0, ema=True),
-    'mnist': dict(_LARGE, levels=2), 'fashion_mnist': dict(_LARGE, levels=2),  # 28 = 4 * 7: levels <= 2
-    'cifar10': _LARGE, 'downsampled_imagenet/32x32': _LARGE,
-    'downsampled_imagenet/64x64': dict(_LARGE, levels=4),
-    'celeb_a': dict(_LARGE, levels=4, n_bits=5),
+  'digits': dict(_LARGE, levels=2, steps=8, width=64, epochs=80, lr=2e-3, warmup_epochs=2.0, ema=True),
+  'mnist': dict(_LARGE, levels=2),
+  'fashion_mnist': dict(_LARGE, levels=2),  # 28 = 4 * 7: levels <= 2
+  'cifar10': _LARGE,
+  'downsampled_imagenet/32x32': _LARGE,
+  'downsampled_imagenet/64x64': dict(_LARGE, levels=4),
+  'celeb_a': dict(_LARGE, levels=4, n_bits=5),
 }
 _MAY_CHANGE_ON_RESUME = ('epochs', 'sample_every')  # other config changes would invalidate a backup
 SAMPLE_TEMPERATURE = 0.7
@@ -59,10 +72,13 @@ def _flag_errors():
 def _train_config(args) -> dict:
   """The flags, with unset ones taken from the data set's DEFAULTS."""
   if args.dataset not in DEFAULTS and not args.dataset.startswith(glow_data.FOLDER_PREFIX):
-    raise UsageError(f'unknown data set {args.dataset!r}; accepted: {", ".join(glow_data.DATASETS)}, '
-                     f'or {glow_data.FOLDER_PREFIX}PATH (a folder of PNG/JPEG images)')
-  config = {k: getattr(args, k) for k in ('dataset', 'coupling', 'permutation', 'clipnorm', 'conditional',
-                                          'seed')}
+    raise UsageError(
+      f'unknown data set {args.dataset!r}; accepted: {", ".join(glow_data.DATASETS)}, '
+      f'or {glow_data.FOLDER_PREFIX}PATH (a folder of PNG/JPEG images)'
+    )
+  config = {
+    k: getattr(args, k) for k in ('dataset', 'coupling', 'permutation', 'clipnorm', 'conditional', 'seed')
+  }
   for key, default in DEFAULTS.get(args.dataset, _LARGE).items():
     config[key] = default if getattr(args, key) is None else getattr(args, key)
   config['sample_every'] = args.sample_every or max(1, config['epochs'] // 10)
@@ -71,9 +87,17 @@ def _train_config(args) -> dict:
 
 def _load_split(config: dict, split: str, shuffle: bool, data_dir: str | None):
   return glow_data.load_dataset(
-      config['dataset'], split, batch_size=config['batch_size'], n_bits=config['n_bits'],
-      image_size=config['image_size'], pad_to_32=config['pad_to_32'], with_labels=config['conditional'],
-      shuffle=shuffle, data_dir=data_dir, seed=config['seed'])
+    config['dataset'],
+    split,
+    batch_size=config['batch_size'],
+    n_bits=config['n_bits'],
+    image_size=config['image_size'],
+    pad_to_32=config['pad_to_32'],
+    with_labels=config['conditional'],
+    shuffle=shuffle,
+    data_dir=data_dir,
+    seed=config['seed'],
+  )
 
 
 def _check_resume(out: str, config: dict) -> bool:
@@ -85,9 +109,11 @@ def _check_resume(out: str, config: dict) -> bool:
   saved = _read_json_dict(os.path.join(out, 'config.json'))
   changed = [k for k in saved if k not in _MAY_CHANGE_ON_RESUME and saved[k] != config.get(k)]
   if changed:
-    raise UsageError(f'{out} holds an interrupted run with different {", ".join(changed)} '
-                     f'({", ".join(f"{k}={saved[k]!r}" for k in changed)}); use those flags to resume it, '
-                     f'or another --out (or delete {os.path.join(out, "backup")}) to start afresh')
+    raise UsageError(
+      f'{out} holds an interrupted run with different {", ".join(changed)} '
+      f'({", ".join(f"{k}={saved[k]!r}" for k in changed)}); use those flags to resume it, '
+      f'or another --out (or delete {os.path.join(out, "backup")}) to start afresh'
+    )
   print(f'note: resuming the interrupted run in {out}')
   return True
 
@@ -121,52 +147,92 @@ def train(args) -> int:
   with _flag_errors():
     train_ds, info = _load_split(config, 'train', shuffle=True, data_dir=args.data_dir)
     test_ds, _ = _load_split(config, 'test', shuffle=False, data_dir=args.data_dir)
-    model = GlowModel(info.image_shape, levels=config['levels'], steps=config['steps'],
-                      width=config['width'], coupling=config['coupling'], permutation=config['permutation'],
-                      num_classes=info.num_classes if config['conditional'] else None,
-                      n_bins=info.n_bins, seed=config['seed'])
+    model = GlowModel(
+      info.image_shape,
+      levels=config['levels'],
+      steps=config['steps'],
+      width=config['width'],
+      coupling=config['coupling'],
+      permutation=config['permutation'],
+      num_classes=info.num_classes if config['conditional'] else None,
+      n_bins=info.n_bins,
+      seed=config['seed'],
+    )
     steps_per_epoch = math.ceil(info.num_examples / config['batch_size']) if info.num_examples else 1000
-    model.compile(optimizer=default_optimizer(
-        config['lr'], round(config['warmup_epochs'] * steps_per_epoch), use_ema=config['ema'],
-        clipnorm=config['clipnorm']))
+    model.compile(
+      optimizer=default_optimizer(
+        config['lr'],
+        round(config['warmup_epochs'] * steps_per_epoch),
+        use_ema=config['ema'],
+        clipnorm=config['clipnorm'],
+      )
+    )
     n, columns, labels = _grid_layout(16, model.num_classes)
-    sample_grid = SampleGrid(os.path.join(out, 'samples'), every_n_epochs=config['sample_every'], n=n,
-                             labels=labels, seed=config['seed'], columns=columns,
-                             zoom=_display_zoom(info.image_shape))
+    sample_grid = SampleGrid(
+      os.path.join(out, 'samples'),
+      every_n_epochs=config['sample_every'],
+      n=n,
+      labels=labels,
+      seed=config['seed'],
+      columns=columns,
+      zoom=_display_zoom(info.image_shape),
+    )
     resuming = _check_resume(out, config)
   tf.io.gfile.makedirs(out)
   _write_json(os.path.join(out, 'config.json'), config)
   callbacks = [
-      keras.callbacks.BackupAndRestore(os.path.join(out, 'backup')),  # first: restores before the rest
-      keras.callbacks.ModelCheckpoint(os.path.join(out, 'checkpoints', 'latest.keras')),
-      keras.callbacks.CSVLogger(os.path.join(out, 'history.csv'), append=resuming), sample_grid,
-      keras.callbacks.TerminateOnNaN()]
+    keras.callbacks.BackupAndRestore(os.path.join(out, 'backup')),  # first: restores before the rest
+    keras.callbacks.ModelCheckpoint(os.path.join(out, 'checkpoints', 'latest.keras')),
+    keras.callbacks.CSVLogger(os.path.join(out, 'history.csv'), append=resuming),
+    sample_grid,
+    keras.callbacks.TerminateOnNaN(),
+  ]
   fit_started = time.time()
-  history = model.fit(train_ds, validation_data=test_ds, epochs=config['epochs'], callbacks=callbacks,
-                      verbose=1 if sys.stdout.isatty() else 2)
+  history = model.fit(
+    train_ds,
+    validation_data=test_ds,
+    epochs=config['epochs'],
+    callbacks=callbacks,
+    verbose=1 if sys.stdout.isatty() else 2,
+  )
   train_seconds = time.time() - fit_started
   losses = history.history.get('loss', [])
   if not np.all(np.isfinite(losses)):
     # Never save or report a diverged model as if it were trained.
-    print(f'tfp-glow train: error: the loss became NaN or Inf in epoch {len(losses)}; nothing was '
-          'saved. Try a lower --lr, --clipnorm 1.0, or more --warmup-epochs.', file=sys.stderr)
+    print(
+      f'tfp-glow train: error: the loss became NaN or Inf in epoch {len(losses)}; nothing was '
+      'saved. Try a lower --lr, --clipnorm 1.0, or more --warmup-epochs.',
+      file=sys.stderr,
+    )
     return 1
   partial = os.path.join(out, 'model.partial.keras')  # then renamed: never a half-written model.keras
   model.save(partial)
   tf.io.gfile.rename(partial, os.path.join(out, 'model.keras'), overwrite=True)
   n, columns, labels = _grid_layout(64, model.num_classes)
-  _save_grid(os.path.join(out, 'samples.png'), model.sample(
-      n, temperature=SAMPLE_TEMPERATURE, labels=labels, seed=tf.constant([config['seed'], 1])), columns)
+  _save_grid(
+    os.path.join(out, 'samples.png'),
+    model.sample(n, temperature=SAMPLE_TEMPERATURE, labels=labels, seed=tf.constant([config['seed'], 1])),
+    columns,
+  )
   train_eval_ds, _ = _load_split(config, 'train', shuffle=False, data_dir=args.data_dir)
   metrics = dict(
-      train_bits_per_dim=_bits_per_dim(model, train_eval_ds), test_bits_per_dim=_bits_per_dim(model, test_ds),
-      epochs=config['epochs'], epochs_this_run=len(history.epoch), train_seconds=round(train_seconds, 1),
-      wall_seconds=round(time.time() - started, 1), image_shape=list(info.image_shape), n_bins=info.n_bins,
-      num_classes=model.num_classes, config=config,
-      num_parameters=int(sum(np.prod(v.shape) for v in model.trainable_variables)))
+    train_bits_per_dim=_bits_per_dim(model, train_eval_ds),
+    test_bits_per_dim=_bits_per_dim(model, test_ds),
+    epochs=config['epochs'],
+    epochs_this_run=len(history.epoch),
+    train_seconds=round(train_seconds, 1),
+    wall_seconds=round(time.time() - started, 1),
+    image_shape=list(info.image_shape),
+    n_bins=info.n_bins,
+    num_classes=model.num_classes,
+    config=config,
+    num_parameters=int(sum(np.prod(v.shape) for v in model.trainable_variables)),
+  )
   _write_json(os.path.join(out, 'metrics.json'), metrics)
-  print(f'test {metrics["test_bits_per_dim"]:.4f} bits/dim, train {metrics["train_bits_per_dim"]:.4f} '
-        f'bits/dim, {metrics["wall_seconds"]:.0f} s; wrote {out}/model.keras, samples.png, metrics.json')
+  print(
+    f'test {metrics["test_bits_per_dim"]:.4f} bits/dim, train {metrics["train_bits_per_dim"]:.4f} '
+    f'bits/dim, {metrics["wall_seconds"]:.0f} s; wrote {out}/model.keras, samples.png, metrics.json'
+  )
   return 0
 
 
@@ -213,12 +279,23 @@ def _load_matching_split(model: GlowModel, args, split: str = 'test'):
   pad_to_32 = args.pad_to_32 if args.pad_to_32 is not None else bool(same and trained.get('pad_to_32'))
   n_bits = max(1, min(8, round(math.log2(model.n_bins))))
   ds, info = glow_data.load_dataset(
-      dataset, split, batch_size=args.batch_size, n_bits=n_bits, image_size=image_size, pad_to_32=pad_to_32,
-      with_labels=bool(model.num_classes), shuffle=False, data_dir=args.data_dir, seed=0)
+    dataset,
+    split,
+    batch_size=args.batch_size,
+    n_bits=n_bits,
+    image_size=image_size,
+    pad_to_32=pad_to_32,
+    with_labels=bool(model.num_classes),
+    shuffle=False,
+    data_dir=args.data_dir,
+    seed=0,
+  )
   if tuple(info.image_shape) != tuple(model.image_shape) or info.n_bins != model.n_bins:
-    raise UsageError(f'data set {dataset!r} gives images {info.image_shape} with {info.n_bins} levels, but '
-                     f'the model expects {model.image_shape} with {model.n_bins}; pick the data set it was '
-                     'trained on (--dataset), or match its shape with --image-size / --pad-to-32')
+    raise UsageError(
+      f'data set {dataset!r} gives images {info.image_shape} with {info.n_bins} levels, but '
+      f'the model expects {model.image_shape} with {model.n_bins}; pick the data set it was '
+      'trained on (--dataset), or match its shape with --image-size / --pad-to-32'
+    )
   return ds, info, dataset
 
 
@@ -241,9 +318,19 @@ def evaluate(args) -> int:
   for batch in ds:
     images, labels = batch if model.num_classes else (batch, None)
     error = max(error, float(roundtrip_error(images, labels)))  # max |decode(encode(x)) - x|
-  print(json.dumps(dict(model=args.model, dataset=dataset, split='test', num_examples=info.num_examples,
-                        test_bits_per_dim=_bits_per_dim(model, ds), reconstruction_max_abs_error=error),
-                   indent=2))
+  print(
+    json.dumps(
+      dict(
+        model=args.model,
+        dataset=dataset,
+        split='test',
+        num_examples=info.num_examples,
+        test_bits_per_dim=_bits_per_dim(model, ds),
+        reconstruction_max_abs_error=error,
+      ),
+      indent=2,
+    )
+  )
   return 0
 
 
@@ -251,7 +338,7 @@ def _read_image(spec: str, model: GlowModel, args) -> tuple[tf.Tensor, int | Non
   """`test:I` (the I-th test image of --dataset, with its label) or an image file -> (bin centres, label)."""
   if re.fullmatch(r'test:\d+', spec):
     ds, info, _ = _load_matching_split(model, args)
-    batch = next(iter(ds.unbatch().skip(int(spec[len('test:'):])).take(1)), None)
+    batch = next(iter(ds.unbatch().skip(int(spec[len('test:') :])).take(1)), None)
     if batch is None:
       raise UsageError(f'{spec!r}: the test split has {info.num_examples} images, counted from 0')
     x, label = batch if model.num_classes else (batch, None)
@@ -279,30 +366,49 @@ def interpolate(args) -> int:
 
 
 def _add_data_flags(p: argparse.ArgumentParser, default_dataset: str | None) -> None:
-  fallback = default_dataset or 'that of the model\'s training run, else digits'
-  p.add_argument('--dataset', default=default_dataset, help=f'{", ".join(glow_data.DATASETS)} or '
-                 f'{glow_data.FOLDER_PREFIX}PATH (default: {fallback})')
+  fallback = default_dataset or "that of the model's training run, else digits"
+  p.add_argument(
+    '--dataset',
+    default=default_dataset,
+    help=f'{", ".join(glow_data.DATASETS)} or {glow_data.FOLDER_PREFIX}PATH (default: {fallback})',
+  )
   p.add_argument('--data-dir', help='tensorflow_datasets data directory (data prepared with `tfds build`)')
   p.add_argument('--image-size', type=int, help='resize images to SIZE x SIZE')
   p.add_argument('--pad-to-32', action=argparse.BooleanOptionalAction, help='zero-pad images to 32x32')
 
 
 def _build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog='tfp-glow', description=__doc__.split('\n')[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog='tfp-glow', description=__doc__.split('\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   commands = parser.add_subparsers(dest='command', required=True)
 
   p = commands.add_parser('train', help='train a Glow model (defaults: offline digits, a few CPU minutes)')
   _add_data_flags(p, 'digits')
-  for flag, kind in (('levels', int), ('steps', int), ('width', int), ('n-bits', int), ('batch-size', int),
-                     ('epochs', int), ('lr', float), ('warmup-epochs', float)):
-    p.add_argument(f'--{flag}', type=kind, help=f'default: {DEFAULTS["digits"][flag.replace("-", "_")]} for '
-                   'digits, per data set otherwise (tfp_glow.cli.DEFAULTS)')
+  for flag, kind in (
+    ('levels', int),
+    ('steps', int),
+    ('width', int),
+    ('n-bits', int),
+    ('batch-size', int),
+    ('epochs', int),
+    ('lr', float),
+    ('warmup-epochs', float),
+  ):
+    p.add_argument(
+      f'--{flag}',
+      type=kind,
+      help=f'default: {DEFAULTS["digits"][flag.replace("-", "_")]} for '
+      'digits, per data set otherwise (tfp_glow.cli.DEFAULTS)',
+    )
   p.add_argument('--coupling', choices=('affine', 'additive'), default='affine')
   p.add_argument('--permutation', choices=('conv_lu', 'conv', 'shuffle', 'reverse'), default='conv_lu')
-  p.add_argument('--ema', action=argparse.BooleanOptionalAction,
-                 help='Polyak-average the weights (EMA, momentum 0.99), used after training; it lags a short '
-                      'run (a few hundred steps): use --no-ema there (default: per data set)')
+  p.add_argument(
+    '--ema',
+    action=argparse.BooleanOptionalAction,
+    help='Polyak-average the weights (EMA, momentum 0.99), used after training; it lags a short '
+    'run (a few hundred steps): use --no-ema there (default: per data set)',
+  )
   p.add_argument('--clipnorm', type=float, help='clip each gradient to this norm')
   p.add_argument('--conditional', action='store_true', help='class-conditional model (labeled data sets)')
   p.add_argument('--seed', type=int, default=0)
@@ -312,7 +418,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
   sample_p = commands.add_parser('sample', help='write a grid of samples as PNG')
   evaluate_p = commands.add_parser('evaluate', help='print JSON: test bits/dim and reconstruction error')
-  interpolate_p = commands.add_parser('interpolate', help='decode the line between two images\' latents')
+  interpolate_p = commands.add_parser('interpolate', help="decode the line between two images' latents")
   for p, handler in ((sample_p, sample), (evaluate_p, evaluate), (interpolate_p, interpolate)):
     p.add_argument('model', help='a .keras file, or a train --out directory')
     p.set_defaults(handler=handler)

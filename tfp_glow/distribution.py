@@ -7,12 +7,12 @@ from typing import Sequence
 
 import tensorflow as tf
 import tensorflow_probability as tfp
+
 # TFP's non-CompositeTensor TransformedDistribution: what `tfd.TransformedDistribution(...)` itself
 # returns for a bijector that is not a CompositeTensor, as ours (Keras-owned variables) is not.
 # Subclasses of the public class are forced to be CompositeTensors, and a CompositeTensor hides our
 # variables from `tf.Module.trainable_variables` of any TFP object that holds it (e.g. tfd.Mixture).
-from tensorflow_probability.python.distributions.transformed_distribution import \
-    _TransformedDistribution
+from tensorflow_probability.python.distributions.transformed_distribution import _TransformedDistribution
 
 from tfp_glow.glow import Glow
 
@@ -61,28 +61,42 @@ class GlowDistribution(_TransformedDistribution):
   event shape and the flow's dtype, e.g. a Student-t, a learned mixture.
   """
 
-  def __init__(self, glow: Glow, base_distribution: tfd.Distribution | None = None,
-               validate_args: bool = False, name: str = 'GlowDistribution'):
+  def __init__(
+    self,
+    glow: Glow,
+    base_distribution: tfd.Distribution | None = None,
+    validate_args: bool = False,
+    name: str = 'GlowDistribution',
+  ):
     parameters = dict(locals())
     if not isinstance(glow, Glow):
       raise TypeError(f'GlowDistribution: expected a tfp_glow.Glow bijector, got {type(glow).__name__}.')
     if base_distribution is None:
       base_distribution = tfd.Sample(
-          tfd.Normal(tf.zeros([], glow.dtype), tf.ones([], glow.dtype)),
-          sample_shape=glow.image_shape)
+        tfd.Normal(tf.zeros([], glow.dtype), tf.ones([], glow.dtype)), sample_shape=glow.image_shape
+      )
     elif tuple(base_distribution.event_shape) != glow.image_shape:
-      raise ValueError(f'GlowDistribution: the base distribution\'s event shape must be '
-                       f'{glow.image_shape}, got {base_distribution.event_shape}.')
-    super().__init__(distribution=base_distribution, bijector=glow, kwargs_split_fn=_split_kwargs,
-                     validate_args=validate_args, parameters=parameters, name=name)
+      raise ValueError(
+        f"GlowDistribution: the base distribution's event shape must be "
+        f'{glow.image_shape}, got {base_distribution.event_shape}.'
+      )
+    super().__init__(
+      distribution=base_distribution,
+      bijector=glow,
+      kwargs_split_fn=_split_kwargs,
+      validate_args=validate_args,
+      parameters=parameters,
+      name=name,
+    )
     self._parameters = dict(parameters, base_distribution=base_distribution)
 
   @classmethod
   def _parameter_properties(cls, dtype, num_classes=None):
     # Same as TransformedDistribution's, under this class's argument names.
     return dict(
-        base_distribution=tfp.util.BatchedComponentProperties(),
-        glow=tfp.util.BatchedComponentProperties(event_ndims=lambda d: 3))
+      base_distribution=tfp.util.BatchedComponentProperties(),
+      glow=tfp.util.BatchedComponentProperties(event_ndims=lambda d: 3),
+    )
 
   @property
   def base_distribution(self) -> tfd.Distribution:

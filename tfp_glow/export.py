@@ -27,7 +27,8 @@ def export_saved_model(model, filepath: str, verbose: bool = True) -> None:
     labels = tf.TensorSpec([None], tf.int32, name='labels')
     archive.add_endpoint('log_prob', lambda x, y: dist.log_prob(x, labels=y), [images, labels])
     archive.add_endpoint(
-        'sample', lambda n, t, y: dist.sample(n, temperature=t, labels=y), [n, temperature, labels])
+      'sample', lambda n, t, y: dist.sample(n, temperature=t, labels=y), [n, temperature, labels]
+    )
   else:
     archive.add_endpoint('log_prob', dist.log_prob, [images])
     archive.add_endpoint('sample', lambda n, t: dist.sample(n, temperature=t), [n, temperature])

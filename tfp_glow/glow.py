@@ -26,6 +26,7 @@ NetworkFn = Callable[[int, int], keras.layers.Layer]  # (in_channels, out_channe
 @dataclasses.dataclass(frozen=True)
 class Step:
   """One step of flow, image -> latent order: actnorm -> permutation -> coupling."""
+
   actnorm: ActNorm
   permutation: GlowBijector
   coupling: AffineCoupling
@@ -37,10 +38,11 @@ class Step:
 @dataclasses.dataclass(frozen=True)
 class Level:
   """squeeze -> K steps -> exit: a SplitPrior (all levels but the last) or the TopPrior (or None)."""
+
   steps: tuple[Step, ...]
   exit: SplitPrior | TopPrior | None
-  shape: tuple[int, int, int]          # [h, w, c] after the squeeze
-  latent_shape: tuple[int, int, int]   # the part of the latent this level emits
+  shape: tuple[int, int, int]  # [h, w, c] after the squeeze
+  latent_shape: tuple[int, int, int]  # the part of the latent this level emits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +53,7 @@ class Encoding:
   log_det: log|det d(latent)/d(image)| [N].
   top: the top level's activations before its prior, [N, h_L, w_L, c_L] (for a class predictor).
   """
+
   latents: list[tf.Tensor]
   log_det: tf.Tensor
   top: tf.Tensor
@@ -85,24 +88,27 @@ class Glow(GlowBijector):
   `glow.trainable_variables` lists the same variables for TFP-style training.
   """
 
-  def __init__(self,
-               image_shape: Sequence[int],
-               levels: int = 3,
-               steps: int = 32,
-               width: int = 512,
-               coupling: str = 'affine',
-               permutation: str = 'conv_lu',
-               learn_top: bool = True,
-               num_classes: int | None = None,
-               coupling_network: NetworkFn | None = None,
-               seed: int | None = None,
-               dtype: tf.DType = tf.float32,
-               validate_args: bool = False,
-               name: str = 'glow'):
+  def __init__(
+    self,
+    image_shape: Sequence[int],
+    levels: int = 3,
+    steps: int = 32,
+    width: int = 512,
+    coupling: str = 'affine',
+    permutation: str = 'conv_lu',
+    learn_top: bool = True,
+    num_classes: int | None = None,
+    coupling_network: NetworkFn | None = None,
+    seed: int | None = None,
+    dtype: tf.DType = tf.float32,
+    validate_args: bool = False,
+    name: str = 'glow',
+  ):
     parameters = dict(locals())
     dtype = tf.as_dtype(dtype)
-    self._image_shape = _check_config(image_shape, levels, steps, width, coupling, permutation,
-                                      num_classes, dtype)
+    self._image_shape = _check_config(
+      image_shape, levels, steps, width, coupling, permutation, num_classes, dtype
+    )
     self._num_classes = num_classes
     rng = np.random.default_rng(seed)
     self._levels = []
@@ -113,19 +119,29 @@ class Glow(GlowBijector):
       for k in range(steps):
         prefix = f'level{l}_step{k}_'
         perm = _make_permutation(permutation, c, int(rng.integers(2**31)), dtype, prefix)
-        net = coupling_network(c // 2, (c - c // 2) * (1 if coupling == 'additive' else 2)) \
-            if coupling_network else None
-        steps_l.append(Step(
+        net = (
+          coupling_network(c // 2, (c - c // 2) * (1 if coupling == 'additive' else 2))
+          if coupling_network
+          else None
+        )
+        steps_l.append(
+          Step(
             ActNorm(c, dtype=dtype, name=prefix + 'actnorm'),
             perm,
-            AffineCoupling(c, width, additive=(coupling == 'additive'), network=net, dtype=dtype,
-                           name=prefix + 'coupling')))
+            AffineCoupling(
+              c, width, additive=(coupling == 'additive'), network=net, dtype=dtype, name=prefix + 'coupling'
+            ),
+          )
+        )
       if l < levels - 1:
         exit_ = SplitPrior(c, dtype=dtype, name=f'level{l}_split_prior')
         latent_shape = (h, w, c - c // 2)
       else:
-        exit_ = (TopPrior(c, num_classes, learn_top, dtype=dtype, name='top_prior')
-                 if (learn_top or num_classes) else None)
+        exit_ = (
+          TopPrior(c, num_classes, learn_top, dtype=dtype, name='top_prior')
+          if (learn_top or num_classes)
+          else None
+        )
         latent_shape = (h, w, c)
       self._levels.append(Level(tuple(steps_l), exit_, (h, w, c), latent_shape))
       if l < levels - 1:
@@ -135,8 +151,14 @@ class Glow(GlowBijector):
     self._bijectors = [b for lv in self._levels for s in lv.steps for b in s.bijectors()]
     self._bijectors += [lv.exit for lv in self._levels if lv.exit is not None]
     layer = LayerGroup([b.layer for b in self._bijectors], dtype, name)
-    super().__init__(layer=layer, channels=self._image_shape[-1], dtype=dtype,
-                     validate_args=validate_args, parameters=parameters, name=name)
+    super().__init__(
+      layer=layer,
+      channels=self._image_shape[-1],
+      dtype=dtype,
+      validate_args=validate_args,
+      parameters=parameters,
+      name=name,
+    )
 
   # ---- properties ----------------------------------------------------------------------------
 
@@ -196,13 +218,16 @@ class Glow(GlowBijector):
   def decode(self, latents: Sequence[tf.Tensor], labels: tf.Tensor | None = None) -> tf.Tensor:
     """[eps_1, ..., eps_L] (as from `encode`) -> images [N, H, W, C]."""
     if len(latents) != len(self._levels):
-      raise ValueError(f'{self.name}: decode expects {len(self._levels)} latents (one per level), '
-                       f'got {len(latents)}.')
+      raise ValueError(
+        f'{self.name}: decode expects {len(self._levels)} latents (one per level), got {len(latents)}.'
+      )
     latents = [tf.convert_to_tensor(z, dtype=self.dtype) for z in latents]
     for z, shape in zip(latents, self.latent_shapes):
       if z.shape.rank != 4 or tuple(z.shape[1:]) != shape:
-        raise ValueError(f'{self.name}: expected latents of shapes [N, *{self.latent_shapes}], '
-                         f'got {[tuple(t.shape) for t in latents]}.')
+        raise ValueError(
+          f'{self.name}: expected latents of shapes [N, *{self.latent_shapes}], '
+          f'got {[tuple(t.shape) for t in latents]}.'
+        )
     return self._decode_4d(latents, labels)[0]
 
   # ---- the two directions on 4-D tensors ---------------------------------------------------------
@@ -278,14 +303,17 @@ class Glow(GlowBijector):
   def _check_image_input(self, images, what='images'):
     check_images(images, self.dtype, self.name)
     if tuple(images.shape[-3:]) != self._image_shape:
-      raise ValueError(f'{self.name}: expected {what} of shape [..., '
-                       f'{", ".join(map(str, self._image_shape))}], got {images.shape}.')
+      raise ValueError(
+        f'{self.name}: expected {what} of shape [..., '
+        f'{", ".join(map(str, self._image_shape))}], got {images.shape}.'
+      )
     self._check_finite(images)
 
   def _check_labels(self, labels):
     if labels is not None and not self._num_classes:
-      raise ValueError(f'{self.name}: labels were given, but this Glow is not class-conditional '
-                       '(num_classes=None).')
+      raise ValueError(
+        f'{self.name}: labels were given, but this Glow is not class-conditional (num_classes=None).'
+      )
 
   def _check_finite(self, x):
     if self.validate_args:
@@ -298,8 +326,9 @@ def _flat(labels):
 
 def _make_permutation(kind: str, channels: int, seed: int, dtype, prefix: str) -> GlowBijector:
   if kind in ('conv_lu', 'conv'):
-    return Invertible1x1Conv(channels, lu_decomposed=(kind == 'conv_lu'), seed=seed, dtype=dtype,
-                             name=prefix + 'invertible_1x1_conv')
+    return Invertible1x1Conv(
+      channels, lu_decomposed=(kind == 'conv_lu'), seed=seed, dtype=dtype, name=prefix + 'invertible_1x1_conv'
+    )
   if kind == 'shuffle':
     return ChannelPermutation.shuffle(channels, seed=seed, dtype=dtype, name=prefix + 'shuffle')
   return ChannelPermutation.reverse(channels, dtype=dtype, name=prefix + 'reverse')
@@ -316,8 +345,10 @@ def _check_config(image_shape, levels, steps, width, coupling, permutation, num_
       raise ValueError(f'Glow: {arg} must be a positive integer, got {value!r}.')
   f = 2**levels
   if shape[0] % f or shape[1] % f:
-    raise ValueError(f'Glow: image height and width must be divisible by 2**levels = {f} '
-                     f'(one 2x2 squeeze per level), got {shape[0]}x{shape[1]} with levels={levels}.')
+    raise ValueError(
+      f'Glow: image height and width must be divisible by 2**levels = {f} '
+      f'(one 2x2 squeeze per level), got {shape[0]}x{shape[1]} with levels={levels}.'
+    )
   if coupling not in COUPLINGS:
     raise ValueError(f'Glow: coupling must be one of {COUPLINGS}, got {coupling!r}.')
   if permutation not in PERMUTATIONS:

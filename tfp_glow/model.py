@@ -36,22 +36,24 @@ class GlowModel(keras.Model):
        model.sample(16, temperature=0.7)    # uint8 images
   """
 
-  def __init__(self,
-               image_shape: Sequence[int],
-               levels: int = 3,
-               steps: int = 32,
-               width: int = 512,
-               coupling: str = 'affine',
-               permutation: str = 'conv_lu',
-               learn_top: bool = True,
-               num_classes: int | None = None,
-               n_bins: int = 256,
-               class_loss_weight: float = 0.01,
-               init_batch_size: int = 256,
-               validate_inputs: bool = True,
-               seed: int | None = None,
-               flow_dtype: str = 'float32',
-               **kwargs):
+  def __init__(
+    self,
+    image_shape: Sequence[int],
+    levels: int = 3,
+    steps: int = 32,
+    width: int = 512,
+    coupling: str = 'affine',
+    permutation: str = 'conv_lu',
+    learn_top: bool = True,
+    num_classes: int | None = None,
+    n_bins: int = 256,
+    class_loss_weight: float = 0.01,
+    init_batch_size: int = 256,
+    validate_inputs: bool = True,
+    seed: int | None = None,
+    flow_dtype: str = 'float32',
+    **kwargs,
+  ):
     config = {k: v for k, v in locals().items() if k not in ('self', 'kwargs', '__class__')}
     super().__init__(**kwargs)
     if not isinstance(n_bins, int) or n_bins < 2:
@@ -63,8 +65,9 @@ class GlowModel(keras.Model):
     self._tfp = _Untracked(glow=glow, distribution=GlowDistribution(glow))
     self.classifier = None
     if num_classes:
-      self.classifier = keras.layers.Dense(num_classes, kernel_initializer='zeros', dtype=flow_dtype,
-                                           name='class_predictor')
+      self.classifier = keras.layers.Dense(
+        num_classes, kernel_initializer='zeros', dtype=flow_dtype, name='class_predictor'
+      )
       self.classifier.build((None, glow.levels[-1].shape[-1]))
     self.num_dims = int(np.prod(image_shape))
     self.n_bins = n_bins
@@ -177,18 +180,20 @@ class GlowModel(keras.Model):
 
   def call(self, inputs):
     """log p(x) per image; `inputs` is images, or (images, labels) for a conditional model."""
-    images, labels = (inputs if isinstance(inputs, (tuple, list)) else (inputs, None))
+    images, labels = inputs if isinstance(inputs, (tuple, list)) else (inputs, None)
     return self.log_prob(images, labels)
 
   # ---- user-facing density and sampling ------------------------------------------------------
 
   def log_prob(self, images, labels=None) -> tf.Tensor:
     """log p(x) [N] of images [N, H, W, C] in [-0.5, 0.5) (continuous density)."""
-    return self.distribution.log_prob(self._check_images(images),
-                                      labels=self._check_labels(labels, required=True))
+    return self.distribution.log_prob(
+      self._check_images(images), labels=self._check_labels(labels, required=True)
+    )
 
-  def sample(self, n: int, temperature: float = 1.0, labels=None, as_uint8: bool = True,
-             seed=None) -> tf.Tensor:
+  def sample(
+    self, n: int, temperature: float = 1.0, labels=None, as_uint8: bool = True, seed=None
+  ) -> tf.Tensor:
     """n images at a temperature (T = 0.7 looks best in the paper): uint8 [n, H, W, C] in
     0..255 (quantized to n_bins levels), or floats in the model's [-0.5, 0.5) scale."""
     if not isinstance(n, (int, np.integer)) or n <= 0:
@@ -231,6 +236,7 @@ class GlowModel(keras.Model):
       sample(n [] int32, temperature [] float32[, labels [None] int32]) -> images float32
     """
     from tfp_glow.export import export_saved_model  # pylint: disable=import-outside-toplevel
+
     if format != 'tf_saved_model':
       raise ValueError(f'GlowModel.export supports format="tf_saved_model" only, got {format!r}.')
     export_saved_model(self, filepath, verbose=verbose)
@@ -241,33 +247,43 @@ class GlowModel(keras.Model):
     images = tf.convert_to_tensor(images)
     if images.dtype.is_integer or images.dtype == tf.uint8:
       raise TypeError(
-          f'GlowModel: got {images.dtype.name} images; the model expects floats in [-0.5, 0.5). '
-          'Convert raw 0..255 pixels with tfp_glow.data.dequantize(tfp_glow.data.reduce_bits(x, '
-          'n_bits), 2**n_bits) or load data with tfp_glow.data.load_dataset.')
+        f'GlowModel: got {images.dtype.name} images; the model expects floats in [-0.5, 0.5). '
+        'Convert raw 0..255 pixels with tfp_glow.data.dequantize(tfp_glow.data.reduce_bits(x, '
+        'n_bits), 2**n_bits) or load data with tfp_glow.data.load_dataset.'
+      )
     images = tf.cast(images, self.glow.dtype)
     if images.shape.rank != 4 or tuple(images.shape[1:]) != self.image_shape:
-      raise ValueError(f'GlowModel: expected images of shape [N, {", ".join(map(str, self.image_shape))}], '
-                       f'got {images.shape}.')
+      raise ValueError(
+        f'GlowModel: expected images of shape [N, {", ".join(map(str, self.image_shape))}], '
+        f'got {images.shape}.'
+      )
     if self._glow_config['validate_inputs']:
       tf.debugging.assert_all_finite(images, 'GlowModel: the images contain NaN or Inf.')
       tf.debugging.assert_greater_equal(
-          images, tf.constant(-0.5, images.dtype),
-          message='GlowModel: image values must be in [-0.5, 0.5) (raw 0..255 pixels? see tfp_glow.data).')
+        images,
+        tf.constant(-0.5, images.dtype),
+        message='GlowModel: image values must be in [-0.5, 0.5) (raw 0..255 pixels? see tfp_glow.data).',
+      )
       tf.debugging.assert_less_equal(
-          images, tf.constant(0.5, images.dtype),
-          message='GlowModel: image values must be in [-0.5, 0.5) (raw 0..255 pixels? see tfp_glow.data).')
+        images,
+        tf.constant(0.5, images.dtype),
+        message='GlowModel: image values must be in [-0.5, 0.5) (raw 0..255 pixels? see tfp_glow.data).',
+      )
     return images
 
   def _check_labels(self, labels, required: bool, batch=None):
     if not self.num_classes:
       if labels is not None:
-        raise ValueError('GlowModel: labels were given, but the model is not class-conditional '
-                         '(num_classes=None).')
+        raise ValueError(
+          'GlowModel: labels were given, but the model is not class-conditional (num_classes=None).'
+        )
       return None
     if labels is None:
       if required:
-        raise ValueError(f'GlowModel: this model is class-conditional (num_classes={self.num_classes}); '
-                         'pass labels (integer class ids), or (images, labels) pairs to fit.')
+        raise ValueError(
+          f'GlowModel: this model is class-conditional (num_classes={self.num_classes}); '
+          'pass labels (integer class ids), or (images, labels) pairs to fit.'
+        )
       return None
     labels = tf.convert_to_tensor(labels)
     if not labels.dtype.is_integer:
@@ -277,14 +293,24 @@ class GlowModel(keras.Model):
       labels = tf.broadcast_to(labels, [batch])
     if self._glow_config['validate_inputs']:
       tf.debugging.assert_non_negative(labels, message='GlowModel: labels must be >= 0.')
-      tf.debugging.assert_less(labels, self.num_classes,
-                               message=f'GlowModel: labels must be < num_classes={self.num_classes}.')
+      tf.debugging.assert_less(
+        labels, self.num_classes, message=f'GlowModel: labels must be < num_classes={self.num_classes}.'
+      )
     return labels
 
 
 # The constructor arguments that GlowModel hands to the Glow bijector unchanged.
-_GLOW_ARGS = ('image_shape', 'levels', 'steps', 'width', 'coupling', 'permutation', 'learn_top',
-              'num_classes', 'seed')
+_GLOW_ARGS = (
+  'image_shape',
+  'levels',
+  'steps',
+  'width',
+  'coupling',
+  'permutation',
+  'learn_top',
+  'num_classes',
+  'seed',
+)
 
 
 class _Untracked:

@@ -23,8 +23,15 @@ class ZeroConv2D(keras.layers.Layer):
     self.filters = filters
     self.kernel_size = kernel_size
     self.logscale_factor = logscale_factor
-    self.conv = keras.layers.Conv2D(filters, kernel_size, padding='same', kernel_initializer='zeros',
-                                    bias_initializer='zeros', dtype=self.dtype_policy, name='conv')
+    self.conv = keras.layers.Conv2D(
+      filters,
+      kernel_size,
+      padding='same',
+      kernel_initializer='zeros',
+      bias_initializer='zeros',
+      dtype=self.dtype_policy,
+      name='conv',
+    )
 
   def build(self, input_shape):
     self.conv.build(input_shape)
@@ -37,12 +44,21 @@ class ZeroConv2D(keras.layers.Layer):
     return tuple(input_shape[:-1]) + (self.filters,)
 
   def get_config(self):
-    return {**super().get_config(), 'filters': self.filters, 'kernel_size': self.kernel_size,
-            'logscale_factor': self.logscale_factor}
+    return {
+      **super().get_config(),
+      'filters': self.filters,
+      'kernel_size': self.kernel_size,
+      'logscale_factor': self.logscale_factor,
+    }
 
 
-def coupling_network(in_channels: int, out_channels: int, width: int = 512,
-                     dtype: tf.DType | str = 'float32', name: str = 'coupling_nn') -> keras.Sequential:
+def coupling_network(
+  in_channels: int,
+  out_channels: int,
+  width: int = 512,
+  dtype: tf.DType | str = 'float32',
+  name: str = 'coupling_nn',
+) -> keras.Sequential:
   """The affine coupling's network NN(x_a), after the reference code, with biases for actnorm.
 
     conv3x3(width) -> bias -> ReLU -> conv1x1(width) -> bias -> ReLU -> ZeroConv2D(out_channels)
@@ -52,10 +68,13 @@ def coupling_network(in_channels: int, out_channels: int, width: int = 512,
   Shapes: [N, H, W, in_channels] -> [N, H, W, out_channels]; any H, W (all convs are 'same').
   """
   dtype = tf.as_dtype(dtype).name
-  net = keras.Sequential([
+  net = keras.Sequential(
+    [
       keras.Input(shape=(None, None, in_channels), dtype=dtype),
       keras.layers.Conv2D(width, 3, padding='same', activation='relu', dtype=dtype, name='conv_in'),
       keras.layers.Conv2D(width, 1, padding='same', activation='relu', dtype=dtype, name='conv_hidden'),
       ZeroConv2D(out_channels, dtype=dtype, name='conv_out'),
-  ], name=name)
+    ],
+    name=name,
+  )
   return net

@@ -29,8 +29,13 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
     return {'learning_rate': self.learning_rate, 'warmup_steps': self.warmup_steps}
 
 
-def default_optimizer(learning_rate: float = 1e-3, warmup_steps: int = 1000, use_ema: bool = False,
-                      clipnorm: float | None = None, name: str = 'adamax') -> keras.optimizers.Optimizer:
+def default_optimizer(
+  learning_rate: float = 1e-3,
+  warmup_steps: int = 1000,
+  use_ema: bool = False,
+  clipnorm: float | None = None,
+  name: str = 'adamax',
+) -> keras.optimizers.Optimizer:
   """Adamax (the reference's) or Adam, with linear warmup; optional weight EMA and clipping.
 
   With `use_ema=True` Keras keeps an exponential moving average of the weights and writes it into

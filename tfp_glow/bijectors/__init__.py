@@ -12,5 +12,13 @@ from tfp_glow.bijectors.split import SplitPrior
 from tfp_glow.bijectors.squeeze import Squeeze
 from tfp_glow.bijectors.top_prior import TopPrior
 
-__all__ = ['ActNorm', 'AffineCoupling', 'ChannelPermutation', 'GlowBijector', 'Invertible1x1Conv',
-           'SplitPrior', 'Squeeze', 'TopPrior']
+__all__ = [
+  'ActNorm',
+  'AffineCoupling',
+  'ChannelPermutation',
+  'GlowBijector',
+  'Invertible1x1Conv',
+  'SplitPrior',
+  'Squeeze',
+  'TopPrior',
+]

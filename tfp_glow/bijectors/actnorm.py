@@ -16,7 +16,8 @@ class ActNormParameters(ParameterLayer):
     self.bias = self.add_weight(shape=(channels,), initializer='zeros', name='bias')
     # Saved with the weights, so a restored model is not re-initialized from new data.
     self.initialized = self.add_weight(
-        shape=(), initializer='zeros', dtype='bool', trainable=False, name='initialized')
+      shape=(), initializer='zeros', dtype='bool', trainable=False, name='initialized'
+    )
 
 
 class ActNorm(GlowBijector):
@@ -37,13 +38,20 @@ class ActNorm(GlowBijector):
   Cost: O(N H W C) elementwise.
   """
 
-  def __init__(self, channels: int, dtype: tf.DType = tf.float32, validate_args: bool = False,
-               name: str = 'actnorm'):
+  def __init__(
+    self, channels: int, dtype: tf.DType = tf.float32, validate_args: bool = False, name: str = 'actnorm'
+  ):
     parameters = dict(locals())
     check_channels(channels, 1, name)
-    super().__init__(layer=ActNormParameters(channels, dtype, name), channels=channels,
-                     is_constant_jacobian=True,
-                     dtype=dtype, validate_args=validate_args, parameters=parameters, name=name)
+    super().__init__(
+      layer=ActNormParameters(channels, dtype, name),
+      channels=channels,
+      is_constant_jacobian=True,
+      dtype=dtype,
+      validate_args=validate_args,
+      parameters=parameters,
+      name=name,
+    )
 
   @property
   def is_initialized(self) -> tf.Tensor:

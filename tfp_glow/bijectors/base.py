@@ -47,29 +47,33 @@ class GlowBijector(tfb.Bijector):
   # so that asking for the log-det after the value costs nothing. This is TFP's own mechanism
   # (FFJORD uses it).
   _cache = cache_util.BijectorCacheWithGreedyAttrs(
-      forward_name='_augmented_forward', inverse_name='_augmented_inverse')
+    forward_name='_augmented_forward', inverse_name='_augmented_inverse'
+  )
 
-  def __init__(self,
-               *,
-               layer: keras.layers.Layer | None,
-               channels: int | None = None,
-               is_constant_jacobian: bool = False,
-               dtype: tf.DType = tf.float32,
-               validate_args: bool = False,
-               parameters: dict[str, Any] | None = None,
-               name: str):
+  def __init__(
+    self,
+    *,
+    layer: keras.layers.Layer | None,
+    channels: int | None = None,
+    is_constant_jacobian: bool = False,
+    dtype: tf.DType = tf.float32,
+    validate_args: bool = False,
+    parameters: dict[str, Any] | None = None,
+    name: str,
+  ):
     self._layer = layer
     self._channels = channels  # the event's C on both sides, checked on every call; None: any
     # The tf.Variables behind the Keras variables, as a plain attribute: this is what
     # `tf.Module.trainable_variables` walks (it does not look inside Keras layers).
     self._tf_variables = tuple(v.value for v in layer.weights) if layer is not None else ()
     super().__init__(
-        forward_min_event_ndims=3,
-        is_constant_jacobian=is_constant_jacobian,
-        validate_args=validate_args,
-        dtype=tf.as_dtype(dtype),
-        parameters=parameters,
-        name=name)
+      forward_min_event_ndims=3,
+      is_constant_jacobian=is_constant_jacobian,
+      validate_args=validate_args,
+      dtype=tf.as_dtype(dtype),
+      parameters=parameters,
+      name=name,
+    )
 
   @property
   def channels(self) -> int | None:
@@ -147,9 +151,11 @@ def check_images(x: Tensor, dtype: tf.DType | None = None, who: str = 'tfp_glow'
   if not shape[-3:].is_fully_defined():
     raise ValueError(f'{who}: the event shape [H, W, C] must be known statically, got {shape}.')
   if dtype is not None and x.dtype != dtype:
-    raise TypeError(f'{who}: expected dtype {dtype.name}, got {x.dtype.name}. '
-                    f'Images must be floats in [-0.5, 0.5); build the flow with dtype={x.dtype.name} '
-                    'or cast the input.')
+    raise TypeError(
+      f'{who}: expected dtype {dtype.name}, got {x.dtype.name}. '
+      f'Images must be floats in [-0.5, 0.5); build the flow with dtype={x.dtype.name} '
+      'or cast the input.'
+    )
 
 
 def check_channels(channels: int, minimum: int, who: str) -> int:

@@ -30,9 +30,16 @@ class AffineCoupling(GlowBijector):
   Cost: one NN evaluation, O(N H W (9 C/2 width + width^2 + 9 width C)) for the default network.
   """
 
-  def __init__(self, channels: int, width: int = 512, additive: bool = False,
-               network: keras.layers.Layer | None = None, dtype: tf.DType = tf.float32,
-               validate_args: bool = False, name: str = 'affine_coupling'):
+  def __init__(
+    self,
+    channels: int,
+    width: int = 512,
+    additive: bool = False,
+    network: keras.layers.Layer | None = None,
+    dtype: tf.DType = tf.float32,
+    validate_args: bool = False,
+    name: str = 'affine_coupling',
+  ):
     parameters = dict(locals())
     check_channels(channels, 2, name + ' (the coupling splits channels in two)')
     self._additive = additive
@@ -41,8 +48,14 @@ class AffineCoupling(GlowBijector):
     if network is None:
       network = coupling_network(self._split, out, width, dtype, name=name + '_nn')
     _build(network, self._split, out, name)
-    super().__init__(layer=network, channels=channels, dtype=dtype, validate_args=validate_args,
-                     parameters=parameters, name=name)
+    super().__init__(
+      layer=network,
+      channels=channels,
+      dtype=dtype,
+      validate_args=validate_args,
+      parameters=parameters,
+      name=name,
+    )
 
   @property
   def network(self) -> keras.layers.Layer:
@@ -57,7 +70,7 @@ class AffineCoupling(GlowBijector):
     return shift, tf.math.log_sigmoid(raw + 2.0)  # log(sigmoid(.)), computed stably
 
   def _inverse_4d(self, x):
-    x_a, x_b = x[..., :self._split], x[..., self._split:]
+    x_a, x_b = x[..., : self._split], x[..., self._split :]
     shift, log_scale = self._shift_and_log_scale(x_a)
     if log_scale is None:
       return tf.concat([x_a, x_b + shift], axis=-1), tf.zeros([], self.dtype)
@@ -65,7 +78,7 @@ class AffineCoupling(GlowBijector):
     return tf.concat([x_a, z_b], axis=-1), tf.reduce_sum(log_scale, axis=[1, 2, 3])
 
   def _forward_4d(self, z):
-    z_a, z_b = z[..., :self._split], z[..., self._split:]
+    z_a, z_b = z[..., : self._split], z[..., self._split :]
     shift, log_scale = self._shift_and_log_scale(z_a)
     if log_scale is None:
       return tf.concat([z_a, z_b - shift], axis=-1), tf.zeros([], self.dtype)
@@ -78,9 +91,13 @@ def _build(network: keras.layers.Layer, in_channels: int, out_channels: int, who
   if not network.built:
     network.build((None, None, None, in_channels))
   if not network.weights:
-    raise ValueError(f'{who}: the coupling network has no weights after build((None, None, None, '
-                     f'{in_channels})); build it before passing it.')
+    raise ValueError(
+      f'{who}: the coupling network has no weights after build((None, None, None, '
+      f'{in_channels})); build it before passing it.'
+    )
   out = network.compute_output_shape((None, 4, 4, in_channels))
   if out[-1] != out_channels:
-    raise ValueError(f'{who}: the coupling network must output {out_channels} channels for '
-                     f'{in_channels} input channels, it outputs {out[-1]}.')
+    raise ValueError(
+      f'{who}: the coupling network must output {out_channels} channels for '
+      f'{in_channels} input channels, it outputs {out[-1]}.'
+    )

@@ -19,12 +19,18 @@ def random_rotation(channels: int, seed: int | None = None) -> np.ndarray:
 class InvertibleConvParameters(ParameterLayer):
   """W, either as a full `kernel` or as its LU factors (see `Invertible1x1Conv`)."""
 
-  def __init__(self, channels: int, lu_decomposed: bool, seed: int | None,
-               dtype: tf.DType = tf.float32, name: str = 'invertible_1x1_conv'):
+  def __init__(
+    self,
+    channels: int,
+    lu_decomposed: bool,
+    seed: int | None,
+    dtype: tf.DType = tf.float32,
+    name: str = 'invertible_1x1_conv',
+  ):
     super().__init__(dtype, name)
     self.lu_decomposed = lu_decomposed
     w0 = random_rotation(channels, seed)
-    const = lambda value: (lambda shape, dtype=None: tf.constant(value, dtype=dtype))  # noqa: E731
+    const = lambda value: lambda shape, dtype=None: tf.constant(value, dtype=dtype)  # noqa: E731
     c = (channels, channels)
     if not lu_decomposed:
       self.kernel = self.add_weight(shape=c, initializer=const(w0), name='kernel')
@@ -33,14 +39,20 @@ class InvertibleConvParameters(ParameterLayer):
     p, lower, upper = scipy.linalg.lu(w0)
     s = np.diag(upper)
     self.permutation = self.add_weight(  # P @ M == tf.gather(M, permutation)
-        shape=(channels,), dtype='int32', trainable=False, name='permutation',
-        initializer=const(np.argmax(p, axis=1).astype(np.int32)))
+      shape=(channels,),
+      dtype='int32',
+      trainable=False,
+      name='permutation',
+      initializer=const(np.argmax(p, axis=1).astype(np.int32)),
+    )
     self.lower = self.add_weight(shape=c, initializer=const(np.tril(lower, -1)), name='lower')
     self.upper = self.add_weight(shape=c, initializer=const(np.triu(upper, 1)), name='upper')
-    self.log_abs_s = self.add_weight(shape=(channels,), initializer=const(np.log(np.abs(s))),
-                                     name='log_abs_s')
-    self.sign_s = self.add_weight(shape=(channels,), initializer=const(np.sign(s)),
-                                  trainable=False, name='sign_s')
+    self.log_abs_s = self.add_weight(
+      shape=(channels,), initializer=const(np.log(np.abs(s))), name='log_abs_s'
+    )
+    self.sign_s = self.add_weight(
+      shape=(channels,), initializer=const(np.sign(s)), trainable=False, name='sign_s'
+    )
 
 
 class Invertible1x1Conv(GlowBijector):
@@ -63,21 +75,37 @@ class Invertible1x1Conv(GlowBijector):
   triangular solves), never per pixel; the per-pixel work is one 1x1 convolution, O(N H W C^2).
   """
 
-  def __init__(self, channels: int, lu_decomposed: bool = True, seed: int | None = None,
-               dtype: tf.DType = tf.float32, validate_args: bool = False,
-               name: str = 'invertible_1x1_conv'):
+  def __init__(
+    self,
+    channels: int,
+    lu_decomposed: bool = True,
+    seed: int | None = None,
+    dtype: tf.DType = tf.float32,
+    validate_args: bool = False,
+    name: str = 'invertible_1x1_conv',
+  ):
     parameters = dict(locals())
     check_channels(channels, 1, name)
     layer = InvertibleConvParameters(channels, lu_decomposed, seed, dtype, name)
-    super().__init__(layer=layer, channels=channels, is_constant_jacobian=True, dtype=dtype,
-                     validate_args=validate_args, parameters=parameters, name=name)
+    super().__init__(
+      layer=layer,
+      channels=channels,
+      is_constant_jacobian=True,
+      dtype=dtype,
+      validate_args=validate_args,
+      parameters=parameters,
+      name=name,
+    )
 
   def _lu_factors(self) -> tuple[tf.Tensor, tf.Tensor]:
     p = self.layer
     eye = tf.eye(self.channels, dtype=self.dtype)
     lower = tf.linalg.band_part(p.lower, -1, 0) - tf.linalg.band_part(p.lower, 0, 0) + eye
-    upper = (tf.linalg.band_part(p.upper, 0, -1) - tf.linalg.band_part(p.upper, 0, 0)
-             + tf.linalg.diag(p.sign_s * tf.exp(p.log_abs_s)))
+    upper = (
+      tf.linalg.band_part(p.upper, 0, -1)
+      - tf.linalg.band_part(p.upper, 0, 0)
+      + tf.linalg.diag(p.sign_s * tf.exp(p.log_abs_s))
+    )
     return lower, upper
 
   def weight(self) -> tuple[tf.Tensor, tf.Tensor]:

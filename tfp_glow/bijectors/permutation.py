@@ -13,12 +13,17 @@ from tfp_glow.bijectors.base import GlowBijector, ParameterLayer, check_channels
 class PermutationParameters(ParameterLayer):
   """The permutation as a saved, non-trainable variable (a random shuffle must survive save/load)."""
 
-  def __init__(self, permutation: np.ndarray, dtype: tf.DType = tf.float32,
-               name: str = 'channel_permutation'):
+  def __init__(
+    self, permutation: np.ndarray, dtype: tf.DType = tf.float32, name: str = 'channel_permutation'
+  ):
     super().__init__(dtype, name)
     self.permutation = self.add_weight(
-        shape=permutation.shape, dtype='int32', trainable=False, name='permutation',
-        initializer=lambda shape, dtype=None: tf.constant(permutation, dtype=dtype))
+      shape=permutation.shape,
+      dtype='int32',
+      trainable=False,
+      name='permutation',
+      initializer=lambda shape, dtype=None: tf.constant(permutation, dtype=dtype),
+    )
 
 
 class ChannelPermutation(GlowBijector):
@@ -30,24 +35,35 @@ class ChannelPermutation(GlowBijector):
   "reverse" and "shuffle" baselines (section 3.2, figure 3).
   """
 
-  def __init__(self, permutation: Sequence[int], dtype: tf.DType = tf.float32,
-               validate_args: bool = False, name: str = 'channel_permutation'):
+  def __init__(
+    self,
+    permutation: Sequence[int],
+    dtype: tf.DType = tf.float32,
+    validate_args: bool = False,
+    name: str = 'channel_permutation',
+  ):
     parameters = dict(locals())
     permutation = np.asarray(permutation, dtype=np.int32)
     check_channels(len(permutation), 1, name)
     if permutation.ndim != 1 or sorted(permutation.tolist()) != list(range(len(permutation))):
       raise ValueError(f'{name}: not a permutation of 0..C-1: {permutation.tolist()}.')
-    super().__init__(layer=PermutationParameters(permutation, dtype, name),
-                     channels=len(permutation), is_constant_jacobian=True, dtype=dtype,
-                     validate_args=validate_args, parameters=parameters, name=name)
+    super().__init__(
+      layer=PermutationParameters(permutation, dtype, name),
+      channels=len(permutation),
+      is_constant_jacobian=True,
+      dtype=dtype,
+      validate_args=validate_args,
+      parameters=parameters,
+      name=name,
+    )
 
   @classmethod
-  def reverse(cls, channels: int, **kwargs) -> 'ChannelPermutation':
+  def reverse(cls, channels: int, **kwargs) -> ChannelPermutation:
     """Reverses the channel order (RealNVP's fixed permutation)."""
     return cls(np.arange(channels)[::-1], **{'name': 'reverse', **kwargs})
 
   @classmethod
-  def shuffle(cls, channels: int, seed: int | None = None, **kwargs) -> 'ChannelPermutation':
+  def shuffle(cls, channels: int, seed: int | None = None, **kwargs) -> ChannelPermutation:
     """A fixed random permutation drawn once at construction (`seed` for reproducibility)."""
     return cls(np.random.default_rng(seed).permutation(channels), **{'name': 'shuffle', **kwargs})
 

@@ -25,11 +25,11 @@ class SplitPrior(AffineCoupling):
   This is an affine coupling whose network is one ZeroConv2D and whose scale is exp(-log_std).
   """
 
-  def __init__(self, channels: int, dtype: tf.DType = tf.float32, validate_args: bool = False,
-               name: str = 'split_prior'):
+  def __init__(
+    self, channels: int, dtype: tf.DType = tf.float32, validate_args: bool = False, name: str = 'split_prior'
+  ):
     check_channels(channels, 2, name + ' (the split halves the channels)')
-    network = ZeroConv2D(2 * (channels - channels // 2), dtype=tf.as_dtype(dtype).name,
-                         name=name + '_nn')
+    network = ZeroConv2D(2 * (channels - channels // 2), dtype=tf.as_dtype(dtype).name, name=name + '_nn')
     super().__init__(channels, network=network, dtype=dtype, validate_args=validate_args, name=name)
 
   def _shift_and_log_scale(self, z_a):

@@ -17,14 +17,21 @@ class Squeeze(GlowBijector):
   H and W must be divisible by f; the latent's channels by f*f.
   """
 
-  def __init__(self, factor: int = 2, validate_args: bool = False, name: str = 'squeeze',
-               dtype: tf.DType = tf.float32):
+  def __init__(
+    self, factor: int = 2, validate_args: bool = False, name: str = 'squeeze', dtype: tf.DType = tf.float32
+  ):
     parameters = dict(locals())
     if not isinstance(factor, int) or factor < 1:
       raise ValueError(f'{name}: factor must be a positive integer, got {factor!r}.')
     self._factor = factor
-    super().__init__(layer=None, is_constant_jacobian=True, dtype=dtype,
-                     validate_args=validate_args, parameters=parameters, name=name)
+    super().__init__(
+      layer=None,
+      is_constant_jacobian=True,
+      dtype=dtype,
+      validate_args=validate_args,
+      parameters=parameters,
+      name=name,
+    )
 
   @property
   def factor(self) -> int:

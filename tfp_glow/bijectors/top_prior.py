@@ -10,17 +10,24 @@ from tfp_glow.bijectors.base import GlowBijector, ParameterLayer, check_channels
 class TopPriorParameters(ParameterLayer):
   """mean, log_std [C] (zero-initialized) and, if conditional, class_weights [K, 2C] (zeros)."""
 
-  def __init__(self, channels: int, num_classes: int | None, learn_top: bool = True,
-               dtype: tf.DType = tf.float32, name: str = 'top_prior'):
+  def __init__(
+    self,
+    channels: int,
+    num_classes: int | None,
+    learn_top: bool = True,
+    dtype: tf.DType = tf.float32,
+    name: str = 'top_prior',
+  ):
     super().__init__(dtype, name)
-    self.mean = self.add_weight(shape=(channels,), initializer='zeros', trainable=learn_top,
-                                name='mean')
-    self.log_std = self.add_weight(shape=(channels,), initializer='zeros', trainable=learn_top,
-                                   name='log_std')
+    self.mean = self.add_weight(shape=(channels,), initializer='zeros', trainable=learn_top, name='mean')
+    self.log_std = self.add_weight(
+      shape=(channels,), initializer='zeros', trainable=learn_top, name='log_std'
+    )
     self.class_weights = None
     if num_classes:
-      self.class_weights = self.add_weight(shape=(num_classes, 2 * channels), initializer='zeros',
-                                           name='class_weights')
+      self.class_weights = self.add_weight(
+        shape=(num_classes, 2 * channels), initializer='zeros', name='class_weights'
+      )
 
 
 class TopPrior(GlowBijector):
@@ -37,16 +44,30 @@ class TopPrior(GlowBijector):
   `prior.forward(eps, labels=y)` with integer labels y of the batch shape.
   """
 
-  def __init__(self, channels: int, num_classes: int | None = None, learn_top: bool = True,
-               dtype: tf.DType = tf.float32, validate_args: bool = False, name: str = 'top_prior'):
+  def __init__(
+    self,
+    channels: int,
+    num_classes: int | None = None,
+    learn_top: bool = True,
+    dtype: tf.DType = tf.float32,
+    validate_args: bool = False,
+    name: str = 'top_prior',
+  ):
     parameters = dict(locals())
     check_channels(channels, 1, name)
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 2):
       raise ValueError(f'{name}: num_classes must be None or an integer >= 2, got {num_classes!r}.')
     self._num_classes = num_classes
     layer = TopPriorParameters(channels, num_classes, learn_top, dtype, name)
-    super().__init__(layer=layer, channels=channels, is_constant_jacobian=not num_classes,
-                     dtype=dtype, validate_args=validate_args, parameters=parameters, name=name)
+    super().__init__(
+      layer=layer,
+      channels=channels,
+      is_constant_jacobian=not num_classes,
+      dtype=dtype,
+      validate_args=validate_args,
+      parameters=parameters,
+      name=name,
+    )
 
   @property
   def num_classes(self) -> int | None:
@@ -57,18 +78,22 @@ class TopPrior(GlowBijector):
     p = self.layer
     if not self._num_classes:
       if labels is not None:
-        raise ValueError(f'{self.name}: labels were given, but the prior is not class-conditional '
-                         '(num_classes=None).')
+        raise ValueError(
+          f'{self.name}: labels were given, but the prior is not class-conditional (num_classes=None).'
+        )
       return tf.convert_to_tensor(p.mean), tf.convert_to_tensor(p.log_std)
     if labels is None:
-      raise ValueError(f'{self.name}: this prior is class-conditional (num_classes='
-                       f'{self._num_classes}); pass labels=... (integer class ids).')
+      raise ValueError(
+        f'{self.name}: this prior is class-conditional (num_classes='
+        f'{self._num_classes}); pass labels=... (integer class ids).'
+      )
     labels = tf.convert_to_tensor(labels)
     if not labels.dtype.is_integer:
       raise TypeError(f'{self.name}: labels must be integer class ids, got dtype {labels.dtype.name}.')
     if self.validate_args:
-      tf.debugging.assert_less(labels, tf.cast(self._num_classes, labels.dtype),
-                               message='labels must be < num_classes')
+      tf.debugging.assert_less(
+        labels, tf.cast(self._num_classes, labels.dtype), message='labels must be < num_classes'
+      )
       tf.debugging.assert_non_negative(labels, message='labels must be >= 0')
     shift = tf.gather(tf.convert_to_tensor(p.class_weights), labels)  # [N, 2C]
     mean, log_std = tf.split(shift[:, tf.newaxis, tf.newaxis, :], 2, axis=-1)
