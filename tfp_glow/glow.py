@@ -237,21 +237,21 @@ class Glow(GlowBijector):
     latents = []
     self._check_labels(labels)
     for level in self._levels:
-      h = self._squeeze._inverse_4d(h)[0]  # pylint: disable=protected-access
+      h = self._squeeze.inverse_and_log_det(h)[0]
       for step in level.steps:
         if initialize:
           step.actnorm.initialize(h)
         for b in step.bijectors():
-          h, ld = b._inverse_4d(h)  # pylint: disable=protected-access
+          h, ld = b.inverse_and_log_det(h)
           log_det += ld
       top = h
       if isinstance(level.exit, SplitPrior):
-        h, ld = level.exit._inverse_4d(h)  # pylint: disable=protected-access
+        h, ld = level.exit.inverse_and_log_det(h)
         log_det += ld
         stay = h.shape[-1] // 2
         h, eps = h[..., :stay], h[..., stay:]
       elif level.exit is not None:
-        eps, ld = level.exit._inverse_4d(h, labels=labels)  # pylint: disable=protected-access
+        eps, ld = level.exit.inverse_and_log_det(h, labels=labels)
         log_det += ld
       else:
         eps = h
@@ -264,18 +264,18 @@ class Glow(GlowBijector):
     h = None
     for level, eps in reversed(list(zip(self._levels, latents))):
       if isinstance(level.exit, SplitPrior):
-        h, ld = level.exit._forward_4d(tf.concat([h, eps], axis=-1))  # pylint: disable=protected-access
+        h, ld = level.exit.forward_and_log_det(tf.concat([h, eps], axis=-1))
         log_det += ld
       elif level.exit is not None:
-        h, ld = level.exit._forward_4d(eps, labels=labels)  # pylint: disable=protected-access
+        h, ld = level.exit.forward_and_log_det(eps, labels=labels)
         log_det += ld
       else:
         h = eps
       for step in reversed(level.steps):
         for b in reversed(step.bijectors()):
-          h, ld = b._forward_4d(h)  # pylint: disable=protected-access
+          h, ld = b.forward_and_log_det(h)
           log_det += ld
-      h = self._squeeze._forward_4d(h)[0]  # pylint: disable=protected-access
+      h = self._squeeze.forward_and_log_det(h)[0]
     return h, log_det
 
   def join_latents(self, latents: Sequence[tf.Tensor]) -> tf.Tensor:
@@ -291,12 +291,12 @@ class Glow(GlowBijector):
     parts = tf.split(tf.reshape(eps, tf.concat([n, [-1]], 0)), sizes, axis=-1)
     return [tf.reshape(p, tf.concat([n, s], 0)) for p, s in zip(parts, self.latent_shapes)]
 
-  def _inverse_4d(self, x, labels=None):
+  def inverse_and_log_det(self, x, labels=None):
     self._check_image_input(x)
     enc = self._encode_4d(x, labels)
     return self.join_latents(enc.latents), enc.log_det
 
-  def _forward_4d(self, eps, labels=None):
+  def forward_and_log_det(self, eps, labels=None):
     self._check_image_input(eps, 'latents')
     return self._decode_4d(self.split_latent(eps), labels)
 

@@ -75,12 +75,12 @@ class ActNorm(GlowBijector):
     p.bias.assign(tf.where(done, tf.convert_to_tensor(p.bias), bias))
     p.initialized.assign(True)
 
-  def _inverse_4d(self, x):
+  def inverse_and_log_det(self, x):
     p = self.layer
     z = x * tf.exp(p.log_scale) + p.bias
     return z, num_pixels(x, self.dtype) * tf.reduce_sum(p.log_scale)
 
-  def _forward_4d(self, z):
+  def forward_and_log_det(self, z):
     p = self.layer
     x = (z - p.bias) * tf.exp(-p.log_scale)
     return x, -num_pixels(z, self.dtype) * tf.reduce_sum(p.log_scale)

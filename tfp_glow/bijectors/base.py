@@ -8,7 +8,8 @@ Three things every Glow layer needs, and TFP's `Bijector` does not give on its o
    `tf.Module`'s variable walk, which TFP bijectors inherit, finds them: `bijector.trainable_variables`
    lists them, also from inside a `tfb.Chain`, for a `GradientTape` loop or `tfp.math.minimize`.
 2. One network evaluation per transform-plus-log-det. Subclasses compute the value and the
-   log-det together (`_forward_4d`, `_inverse_4d`); TFP's greedy-attribute cache stores the log-det
+   log-det together (`forward_and_log_det`, `inverse_and_log_det`, the flow's public protocol);
+   TFP's greedy-attribute cache stores the log-det
    beside the value, so `log_prob` (which calls `inverse` and then `inverse_log_det_jacobian`)
    runs the coupling network once.
 3. Any batch shape. Events are images `[H, W, C]` with a static shape; batch dimensions, known or
@@ -37,10 +38,17 @@ ValueAndLogDet = tuple[Tensor, Tensor]
 class GlowBijector(tfb.Bijector):
   """A bijector on images `[..., H, W, C]` whose parameters are owned by a Keras layer.
 
-  Subclasses implement, on 4-D tensors `[N, H, W, C]`:
-    _forward_4d(x, **kwargs) -> (y, forward log-det, shape [N] or [])
-    _inverse_4d(y, **kwargs) -> (x, inverse log-det, shape [N] or [])
-  and, if they change the event shape, the `_forward_event_shape` family of hooks.
+  The fused value-and-log-det protocol, on 4-D tensors `[N, H, W, C]`, is what `Glow` calls for each
+  layer and what a new Glow layer implements (besides the `_forward_event_shape` family of hooks if it
+  changes the event shape):
+
+    forward_and_log_det(x, **kwargs) -> (y, log|det dy/dx|)      latent -> image
+    inverse_and_log_det(y, **kwargs) -> (x, log|det dx/dy|)      image -> latent (the paper's direction)
+
+  The log-det has shape [N] (one per image) or [] (the same for every image). These are the raw
+  kernels: no shape checks, no batch folding, no caching, so they add nothing to the hot path of a
+  flow that already checked its input once. TFP's `forward`/`inverse`/`*_log_det_jacobian` are built
+  on them (with checks, any batch shape, and the greedy cache), so a subclass gets every TFP method.
   """
 
   # Store the log-det computed together with the value, keyed on the input (and output) tensor,
@@ -111,11 +119,11 @@ class GlowBijector(tfb.Bijector):
   # ---- TFP hooks -----------------------------------------------------------------------------
 
   def _augmented_forward(self, x, **kwargs):
-    y, fldj = self._fold(self._forward_4d, x, kwargs)
+    y, fldj = self._fold(self.forward_and_log_det, x, kwargs)
     return y, {'fldj': fldj, 'ildj': -fldj}
 
   def _augmented_inverse(self, y, **kwargs):
-    x, ildj = self._fold(self._inverse_4d, y, kwargs)
+    x, ildj = self._fold(self.inverse_and_log_det, y, kwargs)
     return x, {'ildj': ildj, 'fldj': -ildj}
 
   def _forward(self, x, **kwargs):
@@ -136,11 +144,13 @@ class GlowBijector(tfb.Bijector):
       cached.update(self._augmented_inverse(y, **kwargs)[1])
     return cached['ildj']
 
-  def _forward_4d(self, x: Tensor, **kwargs) -> ValueAndLogDet:
-    raise NotImplementedError
+  def forward_and_log_det(self, x: Tensor, **kwargs) -> ValueAndLogDet:
+    """Latent -> image on `[N, H, W, C]`: (y, log|det dy/dx|, shape [N] or []). Subclasses implement it."""
+    raise NotImplementedError(f'{type(self).__name__} does not implement forward_and_log_det.')
 
-  def _inverse_4d(self, y: Tensor, **kwargs) -> ValueAndLogDet:
-    raise NotImplementedError
+  def inverse_and_log_det(self, y: Tensor, **kwargs) -> ValueAndLogDet:
+    """Image -> latent on `[N, H, W, C]`: (x, log|det dx/dy|, shape [N] or []). Subclasses implement it."""
+    raise NotImplementedError(f'{type(self).__name__} does not implement inverse_and_log_det.')
 
 
 def check_images(x: Tensor, dtype: tf.DType | None = None, who: str = 'tfp_glow') -> None:

@@ -69,7 +69,7 @@ class AffineCoupling(GlowBijector):
     shift, raw = tf.split(h, 2, axis=-1)
     return shift, tf.math.log_sigmoid(raw + 2.0)  # log(sigmoid(.)), computed stably
 
-  def _inverse_4d(self, x):
+  def inverse_and_log_det(self, x):
     x_a, x_b = x[..., : self._split], x[..., self._split :]
     shift, log_scale = self._shift_and_log_scale(x_a)
     if log_scale is None:
@@ -77,7 +77,7 @@ class AffineCoupling(GlowBijector):
     z_b = (x_b + shift) * tf.exp(log_scale)
     return tf.concat([x_a, z_b], axis=-1), tf.reduce_sum(log_scale, axis=[1, 2, 3])
 
-  def _forward_4d(self, z):
+  def forward_and_log_det(self, z):
     z_a, z_b = z[..., : self._split], z[..., self._split :]
     shift, log_scale = self._shift_and_log_scale(z_a)
     if log_scale is None:

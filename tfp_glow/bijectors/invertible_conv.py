@@ -129,11 +129,11 @@ class Invertible1x1Conv(GlowBijector):
     p_transpose = tf.gather(eye, p.permutation, axis=1)
     return u_inv @ (l_inv @ p_transpose), tf.reduce_sum(p.log_abs_s)
 
-  def _inverse_4d(self, x):
+  def inverse_and_log_det(self, x):
     w, log_det = self.weight()
     return _conv1x1(x, w), num_pixels(x, self.dtype) * log_det
 
-  def _forward_4d(self, z):
+  def forward_and_log_det(self, z):
     w_inv, log_det = self.inverse_weight()
     return _conv1x1(z, w_inv), -num_pixels(z, self.dtype) * log_det
 

@@ -67,9 +67,9 @@ class ChannelPermutation(GlowBijector):
     """A fixed random permutation drawn once at construction (`seed` for reproducibility)."""
     return cls(np.random.default_rng(seed).permutation(channels), **{'name': 'shuffle', **kwargs})
 
-  def _inverse_4d(self, x):
+  def inverse_and_log_det(self, x):
     return tf.gather(x, self.layer.permutation, axis=-1), tf.zeros([], self.dtype)
 
-  def _forward_4d(self, z):
+  def forward_and_log_det(self, z):
     inverse = tf.math.invert_permutation(self.layer.permutation)
     return tf.gather(z, inverse, axis=-1), tf.zeros([], self.dtype)
