@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent("""
     import json, os
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
@@ -28,18 +30,34 @@ SCRIPT = textwrap.dedent("""
     mirrored = [v for v in model.weights if hasattr(v.value, "values")]
     same = all(np.array_equal(*[t.numpy() for t in v.value.values]) for v in mirrored)
     changed = sum(not np.allclose(v.numpy(), b) for v, b in zip(model.trainable_variables, before))
+    # A bad batch (one NaN pixel, on one replica's half) is skipped on both replicas.
+    state = lambda: [v.numpy().copy() for v in [*model.weights, *model.optimizer.variables]]
+    kept = state()
+    images = next(iter(train)).numpy()
+    images[40, 0, 0, 0] = np.nan
+    bad = model.fit(images, batch_size=64, epochs=1, verbose=0).history
+    untouched = all(np.array_equal(a, b) for a, b in zip(kept, state()))
     print(json.dumps(dict(replicas=strategy.num_replicas_in_sync, initialized=model.is_initialized,
                           bits_per_dim=history.history["bits_per_dim"][-1], replicas_equal=same, mirrored=len(mirrored),
-                          changed=changed, total=len(before))))
+                          changed=changed, total=len(before), bad_skipped=bad["skipped_steps"], untouched=untouched)))
 """)
 
 
-def test_mirrored_strategy_two_replicas_trains_every_variable():
+@pytest.fixture(scope='module')
+def result():
   out = subprocess.run([sys.executable, '-c', SCRIPT], capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
-  result = json.loads(out.stdout.strip().splitlines()[-1])
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_mirrored_strategy_two_replicas_trains_every_variable(result):
   assert result['replicas'] == 2
   assert result['initialized'] and result['replicas_equal']
   assert result['mirrored'] >= result['total']  # every weight is mirrored, not only the trainable ones
   assert result['changed'] == result['total']
   assert 0 < result['bits_per_dim'] < 10
+
+
+def test_a_bad_batch_on_one_replica_is_skipped_on_all(result):
+  assert result['bad_skipped'] == [1.0]
+  assert result['untouched']

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_glow import data as glow_data
+from tfp_glow import guard
 from tfp_glow.distribution import GlowDistribution, bits_per_dim
 from tfp_glow.glow import Glow
 from tfp_glow.optim import default_optimizer
@@ -50,6 +51,7 @@ class GlowModel(keras.Model):
     class_loss_weight: float = 0.01,
     init_batch_size: int = 256,
     validate_inputs: bool = True,
+    max_consecutive_skips: int = 10,
     seed: int | None = None,
     flow_dtype: str = 'float32',
     **kwargs,
@@ -58,6 +60,10 @@ class GlowModel(keras.Model):
     super().__init__(**kwargs)
     if not isinstance(n_bins, int) or n_bins < 2:
       raise ValueError(f'GlowModel: n_bins must be an integer >= 2, got {n_bins!r}.')
+    if not isinstance(max_consecutive_skips, int) or max_consecutive_skips < 1:
+      raise ValueError(
+        f'GlowModel: max_consecutive_skips must be an integer >= 1, got {max_consecutive_skips!r}.'
+      )
     self._glow_config = dict(config, image_shape=tuple(int(d) for d in image_shape))  # for get_config
     glow = Glow(**{k: config[k] for k in _GLOW_ARGS}, dtype=tf.as_dtype(flow_dtype))
     self.flow = glow.layer  # every flow parameter, in one Keras layer
@@ -71,9 +77,10 @@ class GlowModel(keras.Model):
       self.classifier.build((None, glow.levels[-1].shape[-1]))
     self.num_dims = int(np.prod(image_shape))
     self.n_bins = n_bins
-    self.loss_tracker = keras.metrics.Mean(name='loss')
-    self.bpd_tracker = keras.metrics.Mean(name='bits_per_dim')
+    self.loss_tracker = guard.Mean(name='loss')
+    self.bpd_tracker = guard.Mean(name='bits_per_dim')
     self.class_tracker = keras.metrics.SparseCategoricalAccuracy(name='class_accuracy')
+    self.skip_tracker = keras.metrics.Sum(name='skipped_steps')  # per epoch, see train_step
     self.built = True
 
   def get_config(self):
@@ -116,6 +123,8 @@ class GlowModel(keras.Model):
       self.initialize(images, labels if self.num_classes else None)
     if isinstance(x, tf.data.Dataset):
       kwargs.setdefault('shuffle', False)  # a Dataset shuffles itself; Keras warns otherwise
+    limit = self._glow_config['max_consecutive_skips']
+    kwargs['callbacks'] = [*(kwargs.get('callbacks') or []), guard.StopAfterConsecutiveSkips(limit)]
     return super().fit(x, y, **kwargs)
 
   def compile(self, optimizer=None, **kwargs):
@@ -144,6 +153,9 @@ class GlowModel(keras.Model):
     images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
     images = self._check_images(images)
     labels = self._check_labels(labels, required=True)
+    return self._loss_terms_of(images, labels)
+
+  def _loss_terms_of(self, images, labels):
     enc = self.glow.encode_with_log_det(images, labels)
     base = self.distribution.distribution
     log_prob = base.log_prob(self.glow.join_latents(enc.latents)) + enc.log_det
@@ -155,25 +167,49 @@ class GlowModel(keras.Model):
       loss = loss + self._glow_config['class_loss_weight'] * tf.reduce_mean(xent) / math.log(2.0)
     return loss, bpd, labels, logits
 
-  def _record_metrics(self, loss, bpd, labels, logits):
-    self.loss_tracker.update_state(loss)
-    self.bpd_tracker.update_state(bpd)
+  def _record_metrics(self, loss, bpd, labels, logits, weight=None):
+    # `weight` 0 (a skipped step) leaves the means as they were; the values are zeroed first,
+    # since 0 * NaN would still be NaN.
+    keep = (lambda v: v) if weight is None else (lambda v: tf.where(weight > 0, v, tf.zeros_like(v)))
+    self.loss_tracker.update_state(keep(loss), sample_weight=weight)
+    self.bpd_tracker.update_state(keep(bpd), sample_weight=weight)
     if logits is not None:
-      self.class_tracker.update_state(labels, logits)
-    return {m.name: m.result() for m in self.metrics}
+      batch_weight = None if weight is None else tf.fill(tf.shape(labels), weight)
+      self.class_tracker.update_state(labels, keep(logits), sample_weight=batch_weight)
+    return {m.name: m.result() for m in self._step_metrics()}
 
-  @property
-  def metrics(self):
+  def _step_metrics(self):
     trackers = [self.loss_tracker, self.bpd_tracker]
     return trackers + ([self.class_tracker] if self.classifier is not None else [])
 
+  @property
+  def metrics(self):
+    return [*self._step_metrics(), self.skip_tracker]
+
   def train_step(self, data):
+    """One guarded optimizer step: a batch whose images or labels are invalid (NaN/Inf, outside
+    [-0.5, 0.5], labels outside [0, num_classes)), or whose loss or gradients are not finite, is
+    skipped: no weight, moment or `optimizer.iterations` changes (a conditional apply, as Keras'
+    LossScaleOptimizer does, not zeroed gradients, which would still move Adam's moments).
+    Skips are counted in the `skipped_steps` metric (per epoch); `fit` stops with
+    `TrainingDivergedError` after `max_consecutive_skips` skips in a row."""
+    images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+    images = self._check_images(images, check_values=False)  # static checks raise at trace time
+    labels = self._check_labels(labels, required=True, check_values=False)
+    valid = guard.valid_batch(images, labels, self.num_classes, self._glow_config['validate_inputs'])
+    # Invalid values never reach the flow (out-of-range labels would make some ops raise).
+    images = tf.where(valid, images, tf.zeros_like(images))
+    labels = None if labels is None else tf.where(valid, labels, tf.zeros_like(labels))
     with tf.GradientTape() as tape:
-      loss, bpd, labels, logits = self._loss_terms(data)
+      loss, bpd, labels, logits = self._loss_terms_of(images, labels)
       scaled = self.optimizer.scale_loss(loss)  # mixed precision loss scaling (identity otherwise)
     grads = tape.gradient(scaled, self.trainable_variables)
-    self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-    return self._record_metrics(loss, bpd, labels, logits)
+    ok = guard.all_replicas_agree(valid & guard.all_finite([loss, *grads]))
+    guard.apply_if(self.optimizer, ok, grads, self.trainable_variables)
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync  # the Sum adds up over replicas
+    self.skip_tracker.update_state(tf.cast(~ok, tf.float32) / replicas)
+    logs = self._record_metrics(loss, bpd, labels, logits, weight=tf.cast(ok, loss.dtype))
+    return {**logs, 'skipped_steps': self.skip_tracker.result()}
 
   def test_step(self, data):
     return self._record_metrics(*self._loss_terms(data))
@@ -243,7 +279,7 @@ class GlowModel(keras.Model):
 
   # ---- input checks ---------------------------------------------------------------------------
 
-  def _check_images(self, images) -> tf.Tensor:
+  def _check_images(self, images, check_values: bool = True) -> tf.Tensor:
     images = tf.convert_to_tensor(images)
     if images.dtype.is_integer or images.dtype == tf.uint8:
       raise TypeError(
@@ -257,7 +293,7 @@ class GlowModel(keras.Model):
         f'GlowModel: expected images of shape [N, {", ".join(map(str, self.image_shape))}], '
         f'got {images.shape}.'
       )
-    if self._glow_config['validate_inputs']:
+    if check_values and self._glow_config['validate_inputs']:
       tf.debugging.assert_all_finite(images, 'GlowModel: the images contain NaN or Inf.')
       tf.debugging.assert_greater_equal(
         images,
@@ -271,7 +307,7 @@ class GlowModel(keras.Model):
       )
     return images
 
-  def _check_labels(self, labels, required: bool, batch=None):
+  def _check_labels(self, labels, required: bool, batch=None, check_values: bool = True):
     if not self.num_classes:
       if labels is not None:
         raise ValueError(
@@ -291,7 +327,7 @@ class GlowModel(keras.Model):
     labels = tf.cast(labels, tf.int32)
     if batch is not None:
       labels = tf.broadcast_to(labels, [batch])
-    if self._glow_config['validate_inputs']:
+    if check_values and self._glow_config['validate_inputs']:
       tf.debugging.assert_non_negative(labels, message='GlowModel: labels must be >= 0.')
       tf.debugging.assert_less(
         labels, self.num_classes, message=f'GlowModel: labels must be < num_classes={self.num_classes}.'

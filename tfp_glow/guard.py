@@ -1,0 +1,105 @@
+"""Guarded training steps: a bad batch or a non-finite step is skipped, never applied.
+
+A step is applied only if its batch is valid (finite images in [-0.5, 0.5], labels in
+[0, num_classes)) and its loss and every gradient are finite, on every replica. Otherwise the
+optimizer is not called at all: weights, moments, EMA and `optimizer.iterations` stay bit-identical
+(zeroed gradients would not do: Adam(ax)'s moments decay and the step counter advances).
+This is how Keras' own LossScaleOptimizer skips overflowing steps: a `tf.cond` around `apply`,
+taken in the cross-replica context when the strategy needs `merge_call`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+
+class TrainingDivergedError(RuntimeError):
+  """Raised by `fit` when too many steps in a row were skipped (see `StopAfterConsecutiveSkips`)."""
+
+
+def valid_batch(images: tf.Tensor, labels: tf.Tensor | None, num_classes: int | None, check_range: bool):
+  """A scalar bool: images [N, H, W, C] finite (and in [-0.5, 0.5] if `check_range`), labels [N]
+  in [0, num_classes). Computed in the graph, so that a bad batch can be skipped rather than raised."""
+  ok = tf.reduce_all(tf.math.is_finite(images))
+  if check_range:
+    low, high = tf.constant(-0.5, images.dtype), tf.constant(0.5, images.dtype)
+    ok = ok & tf.reduce_all(images >= low) & tf.reduce_all(images <= high)
+  if labels is not None:
+    ok = ok & tf.reduce_all((labels >= 0) & (labels < num_classes))
+  return ok
+
+
+def all_finite(tensors: Sequence[tf.Tensor | None]) -> tf.Tensor:
+  """A scalar bool: every element of every (non-None) tensor is finite."""
+  return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(t)) for t in tensors if t is not None]))
+
+
+def all_replicas_agree(ok: tf.Tensor) -> tf.Tensor:
+  """`ok` on every replica (an all-reduce), so that all replicas apply or all skip a step."""
+  context = tf.distribute.get_replica_context()
+  if context is None or context.num_replicas_in_sync == 1:
+    return ok
+  bad = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(~ok, tf.float32))
+  return tf.equal(bad, 0.0)
+
+
+def apply_if(optimizer: keras.optimizers.Optimizer, ok: tf.Tensor, grads, variables) -> None:
+  """`optimizer.apply(grads, variables)` if `ok` (a scalar bool, equal on all replicas), else nothing."""
+  variables = list(variables)
+  grads = list(grads)
+  context = tf.distribute.get_replica_context()
+  if context is None or tf.__internal__.distribute.strategy_supports_no_merge_call():
+    tf.cond(ok, lambda: optimizer.apply(grads, variables), lambda: None)
+    return
+
+  # The optimizer all-reduces gradients with a merge_call, which a cond in a replica context
+  # cannot hold: branch in the cross-replica context, as LossScaleOptimizer does.
+  def cross_replica(distribution, ok, grads, variables):
+    ok = distribution.experimental_local_results(ok)[0]
+
+    def apply():
+      distribution.extended.call_for_each_replica(optimizer.apply, args=(grads, variables))
+
+    tf.cond(ok, apply, lambda: None)
+
+  context.merge_call(cross_replica, args=(ok, grads, variables))
+
+
+class Mean(keras.metrics.Mean):
+  """keras.metrics.Mean, but NaN (not 0) over no values: an epoch whose every step was skipped
+  must not report a perfect loss."""
+
+  def result(self):
+    return tf.where(self.count > 0, super().result(), tf.constant(float('nan'), self.dtype))
+
+
+class StopAfterConsecutiveSkips(keras.callbacks.Callback):
+  """Stops `fit` with `TrainingDivergedError` after `limit` skipped steps in a row.
+
+  Reads the model's per-epoch `skipped_steps` metric after each batch; `GlowModel.fit` adds it.
+  """
+
+  def __init__(self, limit: int):
+    super().__init__()
+    self.limit = limit
+    self._in_a_row = 0
+    self._seen = 0.0
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._seen = 0.0  # the metric restarts each epoch; the run of skips carries over
+
+  def on_train_batch_end(self, batch, logs=None):
+    skipped = float((logs or {}).get('skipped_steps', self._seen))
+    new = round(skipped - self._seen)
+    self._seen = skipped
+    self._in_a_row = self._in_a_row + new if new > 0 else 0
+    if self._in_a_row >= self.limit:
+      raise TrainingDivergedError(
+        f'GlowModel: training stopped after {self._in_a_row} skipped steps in a row (invalid '
+        'batches, or a non-finite loss or gradients); the weights are those before the skips. '
+        'Check the data (images in [-0.5, 0.5], see tfp_glow.data), or lower the learning rate / '
+        'clip gradients (clipnorm); max_consecutive_skips sets the limit.'
+      )
