@@ -15,7 +15,22 @@ from tfp_glow import data as glow_data
 from tfp_glow.callbacks import SampleGrid, image_grid, save_png
 from tfp_glow.model import GlowModel
 
-TINY = ['--levels', '2', '--steps', '1', '--width', '8', '--batch-size', '256']
+# Tiny and fast, yet better than the uniform model after one epoch (train refuses to save one that is not).
+TINY = [
+  '--levels',
+  '2',
+  '--steps',
+  '1',
+  '--width',
+  '8',
+  '--batch-size',
+  '128',
+  '--no-ema',
+  '--lr',
+  '3e-2',
+  '--warmup-epochs',
+  '0.2',
+]
 
 
 def _png(path) -> np.ndarray:
@@ -45,14 +60,41 @@ def run(tmp_path_factory):
   return out
 
 
+def _nan_model_file(path):
+  """A model file holding NaN weights, as an older version or another program could write it."""
+  model = _tiny_model()
+  model.initialize(next(iter(glow_data.load_dataset('digits', 'train', batch_size=16, seed=0)[0])))
+  model.trainable_variables[0].assign(np.full(model.trainable_variables[0].shape, np.nan))
+  with pytest.raises(ValueError, match='NaN or Inf'):
+    model.save(path)  # GlowModel refuses
+  keras.Model.save(model, path)  # Keras' own save does not look
+  return path
+
+
 # ---- train -----------------------------------------------------------------------------------------
+
+
+def _no_model_left(out) -> bool:
+  return not any(
+    (out / name).exists() for name in ('model.keras', 'metrics.json', 'checkpoints/latest.keras', 'backup')
+  )
 
 
 def test_diverged_training_fails_and_saves_nothing(tmp_path, capsys):
   out = tmp_path / 'diverged'
   assert _train(out, '--lr', '1e4', '--warmup-epochs', '0') == 1
-  assert 'NaN or Inf' in capsys.readouterr().err
-  assert not (out / 'model.keras').exists() and not (out / 'metrics.json').exists()
+  err = capsys.readouterr().err
+  assert 'NaN or Inf' in err and 'no model was saved' in err and len(err.strip().splitlines()) == 1
+  assert _no_model_left(out)
+
+
+def test_a_finite_run_worse_than_the_uniform_model_is_a_failure_too(tmp_path, capsys):
+  out = tmp_path / 'bad'
+  assert cli.main(['train', *TINY, '--epochs', '1', '--out', str(out), '--lr', '10']) == 1
+  err = capsys.readouterr().err
+  assert 'worse than the uniform model' in err or 'NaN or Inf' in err, err
+  assert _no_model_left(out)
+  assert (out / 'history.csv').exists()  # the evidence stays
 
 
 def test_train_writes_every_output(run):
@@ -135,7 +177,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, monkeypatch, capsys):
 
 def test_conditional_training_samples_and_evaluation(tmp_path, capsys):
   out = tmp_path / 'cond'
-  assert cli.main(['train', *TINY, '--levels', '1', '--epochs', '1', '--conditional', '--out', str(out)]) == 0
+  assert cli.main(['train', *TINY, '--levels', '1', '--epochs', '2', '--conditional', '--out', str(out)]) == 0
   metrics = json.loads((out / 'metrics.json').read_text())
   assert metrics['num_classes'] == 10 and math.isfinite(metrics['test_bits_per_dim'])
   assert _png(out / 'samples.png').shape == (7 * 32 + 6, 10 * 32 + 9, 1)  # 70 samples, a column per class
@@ -370,3 +412,60 @@ def test_sample_grid_cycles_labels_of_a_conditional_model(tmp_path, monkeypatch)
   callback.on_epoch_end(0)
   np.testing.assert_array_equal(seen[0], np.arange(12) % 10)
   assert _png(tmp_path / 'samples_epoch001_t0.7.png').shape == (3 * 8 + 2, 4 * 8 + 3, 1)  # 12 in 4 columns
+
+
+# ---- diverged models, unreadable backups, files in the way -----------------------------------------
+
+
+def test_evaluate_and_sample_refuse_a_nan_model_with_strict_json(tmp_path, capsys):
+  path = _nan_model_file(tmp_path / 'nan.keras')
+  capsys.readouterr()
+  assert cli.main(['evaluate', str(path), '--dataset', 'digits']) == 1
+  captured = capsys.readouterr()
+  result = json.loads(captured.out, parse_constant=lambda c: pytest.fail(f'not strict JSON: {c}'))
+  assert result['test_bits_per_dim'] is None and result['reconstruction_max_abs_error'] is None
+  assert 'not a finite model' in captured.err
+  assert cli.main(['sample', str(path), '--out', str(tmp_path / 's.png')]) == 1
+  assert 'NaN or Inf' in capsys.readouterr().err and not (tmp_path / 's.png').exists()
+
+
+def test_unreadable_backup_gets_one_line_naming_it(tmp_path, monkeypatch, capsys):
+  out = tmp_path / 'killed'
+
+  def die_in_third_epoch(self, epoch, logs=None):
+    if epoch == 2:
+      raise KeyboardInterrupt('killed')
+
+  monkeypatch.setattr(SampleGrid, 'on_epoch_begin', die_in_third_epoch, raising=False)
+  assert cli.main(['train', *TINY, '--epochs', '3', '--out', str(out)]) == 130
+  monkeypatch.undo()
+  latest, previous = out / 'backup' / 'latest.weights.h5', out / 'backup' / 'latest.weights.h5.bkp'
+  assert latest.is_file() and previous.is_file()
+  assert not list(out.rglob('.tmp*'))
+  good = {path: path.read_bytes() for path in (latest, previous)}
+  for path in (latest, previous):
+    path.write_bytes(b'garbage')
+  capsys.readouterr()
+  assert cli.main(['train', *TINY, '--epochs', '3', '--out', str(out)]) == 2
+  err = capsys.readouterr().err
+  assert len(err.strip().splitlines()) == 1 and str(latest) in err and 'delete' in err, err
+
+  # Half-written (as a kill during a non-atomic write leaves it): resumes from the previous backup.
+  latest.write_bytes(good[latest][:1000])
+  previous.write_bytes(good[previous])
+  assert cli.main(['train', *TINY, '--epochs', '3', '--out', str(out)]) == 0
+  assert 'resuming' in capsys.readouterr().out
+  assert _history_epochs(out)[-2:] == [1, 2]  # epoch 2 (counted from 1) again, from the older backup
+
+
+def test_outputs_in_the_way_get_one_error_line_and_nothing_half_written(run, tmp_path, capsys):
+  file = tmp_path / 'a_file'
+  file.write_text('mine')
+  capsys.readouterr()
+  assert cli.main(['train', *TINY, '--out', str(file)]) == 2
+  assert 'is a file' in capsys.readouterr().err and file.read_text() == 'mine'
+  assert cli.main(['sample', str(run), '--out', str(tmp_path)]) == 2
+  assert 'is a directory' in capsys.readouterr().err
+  assert cli.main(['interpolate', str(run), 'test:0', 'test:1', '--out', str(tmp_path)]) == 2
+  assert 'is a directory' in capsys.readouterr().err
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['a_file']

@@ -1,12 +1,15 @@
 """Keras callbacks and image helpers for watching a GlowModel train: sample grids as PNG files.
 
-No Pillow or matplotlib: PNGs are encoded with `tf.io.encode_png` and written with `tf.io.write_file`
-(so `gs://` and other `tf.io.gfile` paths work too). Checkpointing needs nothing from here: use
-`keras.callbacks.ModelCheckpoint` and `keras.callbacks.BackupAndRestore` directly.
+No Pillow or matplotlib: PNGs are encoded with `tf.io.encode_png` and written with `tf.io.gfile`
+(so `gs://` and other remote paths work too). Every file is written atomically (`tfp_glow.atomic`).
+GlowModel's own `save` / `save_weights` are atomic and refuse NaN weights, so
+`keras.callbacks.ModelCheckpoint` needs nothing from here; `AtomicBackupAndRestore` also makes
+the backup's bookkeeping file atomic and turns an unreadable backup into one clear error.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from typing import Sequence
@@ -14,6 +17,8 @@ from typing import Sequence
 import keras
 import numpy as np
 import tensorflow as tf
+
+from tfp_glow import atomic, guard
 
 
 def image_grid(
@@ -59,12 +64,7 @@ def save_png(path: str, image) -> None:
   image = tf.convert_to_tensor(image)
   if image.dtype != tf.uint8 or image.shape.rank != 3:
     raise ValueError(f'save_png: expected a uint8 image [H, W, C], got {image.dtype.name} {image.shape}.')
-  directory = os.path.dirname(path)
-  if directory:
-    tf.io.gfile.makedirs(directory)
-  tmp = f'{path}.tmp'
-  tf.io.write_file(tmp, tf.io.encode_png(image))
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  atomic.write_bytes(path, tf.io.encode_png(image).numpy())
 
 
 def read_image(path: str, shape: Sequence[int] | None = None) -> tf.Tensor:
@@ -153,7 +153,11 @@ class SampleGrid(keras.callbacks.Callback):
       self._writer.flush()
 
   def write(self, epoch: int) -> None:
-    """Samples the model now and writes the grids under the name of (1-based) `epoch`."""
+    """Samples the model now and writes the grids under the name of (1-based) `epoch`
+    (nothing, with a warning, if the weights are not finite: NaN samples show nothing)."""
+    if not guard.finite_weights(self.model):
+      print(f'SampleGrid: epoch {epoch}: the weights contain NaN or Inf; no samples written.')
+      return
     labels = self._sample_labels()
     for temperature, path in zip(self.temperatures, self.paths(epoch)):
       images = self.model.sample(
@@ -172,6 +176,45 @@ class SampleGrid(keras.callbacks.Callback):
     if self.labels is not None:
       return self.labels
     return np.arange(self.n, dtype=np.int32) % num_classes
+
+
+class BackupUnreadableError(ValueError):
+  """The backup of an interrupted run cannot be read (see `AtomicBackupAndRestore`)."""
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+  """`keras.callbacks.BackupAndRestore` whose every write is atomic, so a run killed at any moment
+  resumes from the last complete backup; a backup that is unreadable all the same (a disk error,
+  another program's file) raises `BackupUnreadableError`, one line naming the file and the fix,
+  instead of h5py's traceback."""
+
+  def on_train_begin(self, logs=None):
+    try:
+      super().on_train_begin(logs)
+    except Exception as e:  # OSError (h5py), KeyError / ValueError (wrong weights), JSON errors
+      bad = self._weights_path
+      if isinstance(e, json.JSONDecodeError | KeyError) and tf.io.gfile.exists(self._training_metadata_path):
+        bad = self._training_metadata_path
+      detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise BackupUnreadableError(
+        f'cannot resume from the backup {bad!r} ({detail}); delete {self.backup_dir!r} to start '
+        'afresh (the files beside it, e.g. checkpoints/, are kept)'
+      ) from e
+
+  def _save_model(self):  # what Keras' version does, through atomic writes
+    if self.double_checkpoint:
+      for path, previous in (
+        (self._weights_path, self._prev_weights_path),
+        (self._training_metadata_path, self._prev_training_metadata_path),
+      ):
+        if tf.io.gfile.exists(path):
+          with atomic.replacing(previous) as tmp:
+            tf.io.gfile.copy(path, tmp, overwrite=True)
+    with atomic.replacing(self._weights_path) as tmp:
+      self.model.save_weights(tmp, overwrite=True)
+    atomic.write_json(
+      self._training_metadata_path, {'epoch': self._current_epoch, 'batch': self._last_batch_seen}
+    )
 
 
 def _write_image_summary(writer, tag: str, image: np.ndarray, step: int) -> None:

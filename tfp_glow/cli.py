@@ -4,7 +4,8 @@
   tfp-glow sample runs/digits --n 64 --temperature 0.7 --out grid.png
   tfp-glow evaluate runs/digits/model.keras      # JSON: test bits/dim, reconstruction error
   tfp-glow interpolate runs/digits test:0 test:1 --steps 8 --out row.png
-Bad flags, missing data and unreadable models print one `error:` line and exit with code 2.
+Bad flags, missing data and unreadable models print one `error:` line and exit with code 2; a
+diverged run or model (NaN/Inf, or worse than the uniform model) exits with code 1 and leaves no model.
 """
 
 from __future__ import annotations
@@ -22,8 +23,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfp_glow import atomic, guard
 from tfp_glow import data as glow_data
-from tfp_glow.callbacks import SampleGrid, image_grid, read_image, save_png
+from tfp_glow.callbacks import (
+  AtomicBackupAndRestore,
+  BackupUnreadableError,
+  SampleGrid,
+  image_grid,
+  read_image,
+  save_png,
+)
 from tfp_glow.model import GlowModel
 from tfp_glow.optim import default_optimizer
 
@@ -50,12 +59,20 @@ DEFAULTS = {
   'downsampled_imagenet/64x64': dict(_LARGE, levels=4),
   'celeb_a': dict(_LARGE, levels=4, n_bits=5),
 }
-_MAY_CHANGE_ON_RESUME = ('epochs', 'sample_every')  # other config changes would invalidate a backup
+_MAY_CHANGE_ON_RESUME = (
+  'epochs',
+  'sample_every',
+  'max_consecutive_skips',
+)  # other config changes would invalidate a backup
 SAMPLE_TEMPERATURE = 0.7
 
 
 class UsageError(Exception):
   """A problem with the user's flags or files: reported as one line, exit code 2."""
+
+
+class Diverged(Exception):
+  """Training diverged, or a model is not finite: reported as one line, exit code 1."""
 
 
 @contextlib.contextmanager
@@ -77,7 +94,16 @@ def _train_config(args) -> dict:
       f'or {glow_data.FOLDER_PREFIX}PATH (a folder of PNG/JPEG images)'
     )
   config = {
-    k: getattr(args, k) for k in ('dataset', 'coupling', 'permutation', 'clipnorm', 'conditional', 'seed')
+    k: getattr(args, k)
+    for k in (
+      'dataset',
+      'coupling',
+      'permutation',
+      'clipnorm',
+      'conditional',
+      'seed',
+      'max_consecutive_skips',
+    )
   }
   for key, default in DEFAULTS.get(args.dataset, _LARGE).items():
     config[key] = default if getattr(args, key) is None else getattr(args, key)
@@ -131,6 +157,10 @@ def _display_zoom(image_shape) -> int:
 
 
 def _save_grid(path: str, images, columns: int, zoom: int | None = None) -> None:
+  if tf.io.gfile.isdir(path):
+    raise UsageError(
+      f'--out {path!r} is a directory; give a file name (e.g. {os.path.join(path, "grid.png")})'
+    )
   save_png(path, image_grid(np.asarray(images), columns, zoom=zoom or _display_zoom(images.shape[1:])))
 
 
@@ -143,6 +173,8 @@ def train(args) -> int:
   started = time.time()
   config = _train_config(args)
   out = args.out or os.path.join('runs', re.sub(r'[^A-Za-z0-9_.-]+', '_', config['dataset']).strip('_'))
+  if tf.io.gfile.exists(out) and not tf.io.gfile.isdir(out):
+    raise UsageError(f'--out {out!r} is a file; give a directory (new, or a run to resume)')
   keras.utils.set_random_seed(config['seed'])
   with _flag_errors():
     train_ds, info = _load_split(config, 'train', shuffle=True, data_dir=args.data_dir)
@@ -156,6 +188,7 @@ def train(args) -> int:
       permutation=config['permutation'],
       num_classes=info.num_classes if config['conditional'] else None,
       n_bins=info.n_bins,
+      max_consecutive_skips=config['max_consecutive_skips'],
       seed=config['seed'],
     )
     steps_per_epoch = math.ceil(info.num_examples / config['batch_size']) if info.num_examples else 1000
@@ -179,45 +212,57 @@ def train(args) -> int:
     )
     resuming = _check_resume(out, config)
   tf.io.gfile.makedirs(out)
-  _write_json(os.path.join(out, 'config.json'), config)
+  atomic.remove_stale(out)  # temporary files of a killed run
+  atomic.write_json(os.path.join(out, 'config.json'), config)
   callbacks = [
-    keras.callbacks.BackupAndRestore(os.path.join(out, 'backup')),  # first: restores before the rest
+    # First: restores before the rest. Keeps the previous backup too, in case the latest is unreadable.
+    AtomicBackupAndRestore(os.path.join(out, 'backup'), double_checkpoint=True),
     keras.callbacks.ModelCheckpoint(os.path.join(out, 'checkpoints', 'latest.keras')),
     keras.callbacks.CSVLogger(os.path.join(out, 'history.csv'), append=resuming),
     sample_grid,
     keras.callbacks.TerminateOnNaN(),
   ]
   fit_started = time.time()
-  history = model.fit(
-    train_ds,
-    validation_data=test_ds,
-    epochs=config['epochs'],
-    callbacks=callbacks,
-    verbose=1 if sys.stdout.isatty() else 2,
-  )
+  try:
+    history = model.fit(
+      train_ds,
+      validation_data=test_ds,
+      epochs=config['epochs'],
+      callbacks=callbacks,
+      verbose=1 if sys.stdout.isatty() else 2,
+    )
+  except BackupUnreadableError as e:
+    raise UsageError(str(e)) from e
+  except guard.TrainingDivergedError as e:
+    _diverged(
+      out,
+      f'{e.skipped_in_a_row} steps in a row were skipped (a NaN or Inf loss or gradients, or invalid '
+      'batches; --max-consecutive-skips)',
+    )
   train_seconds = time.time() - fit_started
   losses = history.history.get('loss', [])
   if not np.all(np.isfinite(losses)):
-    # Never save or report a diverged model as if it were trained.
-    print(
-      f'tfp-glow train: error: the loss became NaN or Inf in epoch {len(losses)}; nothing was '
-      'saved. Try a lower --lr, --clipnorm 1.0, or more --warmup-epochs.',
-      file=sys.stderr,
+    _diverged(out, f'the loss became NaN or Inf in epoch {len(losses)}')
+  # Never save or report a diverged model as if it were trained: check before writing anything.
+  train_eval_ds, _ = _load_split(config, 'train', shuffle=False, data_dir=args.data_dir)
+  train_bpd, test_bpd = _bits_per_dim(model, train_eval_ds), _bits_per_dim(model, test_ds)
+  uniform = math.log2(info.n_bins)
+  if not (math.isfinite(test_bpd) and math.isfinite(train_bpd)) or not guard.finite_weights(model):
+    _diverged(out, f'the final model is not finite (test {test_bpd} bits/dim)')
+  if test_bpd > uniform:
+    _diverged(
+      out, f"the final test bits/dim, {test_bpd:.4g}, is worse than the uniform model's {uniform:.4g}"
     )
-    return 1
-  partial = os.path.join(out, 'model.partial.keras')  # then renamed: never a half-written model.keras
-  model.save(partial)
-  tf.io.gfile.rename(partial, os.path.join(out, 'model.keras'), overwrite=True)
+  model.save(os.path.join(out, 'model.keras'))  # atomic: never a half-written model.keras
   n, columns, labels = _grid_layout(64, model.num_classes)
   _save_grid(
     os.path.join(out, 'samples.png'),
     model.sample(n, temperature=SAMPLE_TEMPERATURE, labels=labels, seed=tf.constant([config['seed'], 1])),
     columns,
   )
-  train_eval_ds, _ = _load_split(config, 'train', shuffle=False, data_dir=args.data_dir)
   metrics = dict(
-    train_bits_per_dim=_bits_per_dim(model, train_eval_ds),
-    test_bits_per_dim=_bits_per_dim(model, test_ds),
+    train_bits_per_dim=train_bpd,
+    test_bits_per_dim=test_bpd,
     epochs=config['epochs'],
     epochs_this_run=len(history.epoch),
     train_seconds=round(train_seconds, 1),
@@ -228,7 +273,7 @@ def train(args) -> int:
     config=config,
     num_parameters=int(sum(np.prod(v.shape) for v in model.trainable_variables)),
   )
-  _write_json(os.path.join(out, 'metrics.json'), metrics)
+  atomic.write_json(os.path.join(out, 'metrics.json'), metrics)
   print(
     f'test {metrics["test_bits_per_dim"]:.4f} bits/dim, train {metrics["train_bits_per_dim"]:.4f} '
     f'bits/dim, {metrics["wall_seconds"]:.0f} s; wrote {out}/model.keras, samples.png, metrics.json'
@@ -236,14 +281,21 @@ def train(args) -> int:
   return 0
 
 
-def _write_json(path: str, obj) -> None:
-  """Writes via a temporary name, so `path` is complete or absent."""
-  with tf.io.gfile.GFile(f'{path}.tmp', 'w') as f:
-    json.dump(obj, f, indent=2)
-  tf.io.gfile.rename(f'{path}.tmp', path, overwrite=True)
+def _diverged(out: str, reason: str):
+  """Removes what could pass for a trained model (the last checkpoint, the backup), then raises."""
+  removed = []
+  for path in (os.path.join(out, 'checkpoints', 'latest.keras'), os.path.join(out, 'backup')):
+    if tf.io.gfile.exists(path):
+      (tf.io.gfile.rmtree if tf.io.gfile.isdir(path) else tf.io.gfile.remove)(path)
+      removed.append(os.path.relpath(path, out))
+  raise Diverged(
+    f'training failed: {reason}; no model was saved'
+    + (f' (removed {", ".join(removed)})' if removed else '')
+    + '. Try a lower --lr, --clipnorm 1.0, more --warmup-epochs (or, if it did not diverge, more --epochs).'
+  )
 
 
-def _load_model(path: str) -> GlowModel:
+def _load_model(path: str, require_finite: bool = True) -> GlowModel:
   """A trained GlowModel from a .keras file (or a `train --out` directory holding model.keras)."""
   if tf.io.gfile.isdir(path) and tf.io.gfile.exists(os.path.join(path, 'model.keras')):
     path = os.path.join(path, 'model.keras')
@@ -256,6 +308,8 @@ def _load_model(path: str) -> GlowModel:
     raise UsageError(f'cannot load model file {path!r} ({type(e).__name__}: {detail})') from e
   if not isinstance(model, GlowModel):
     raise UsageError(f'model file {path!r} holds a {type(model).__name__}, not a tfp_glow GlowModel')
+  if require_finite and not guard.finite_weights(model):
+    raise Diverged(f'model file {path!r} holds NaN or Inf weights (a diverged model)')
   model.compile()
   return model
 
@@ -311,26 +365,28 @@ def sample(args) -> int:
 
 
 def evaluate(args) -> int:
-  model = _load_model(args.model)
+  """Prints strict JSON (a non-finite figure is null); exits 1 if the model is not finite."""
+  model = _load_model(args.model, require_finite=False)
   ds, info, dataset = _load_matching_split(model, args)
   roundtrip_error = tf.function(lambda x, y: tf.reduce_max(tf.abs(model.decode(model.encode(x, y), y) - x)))
-  error = 0.0
+  errors = []
   for batch in ds:
     images, labels = batch if model.num_classes else (batch, None)
-    error = max(error, float(roundtrip_error(images, labels)))  # max |decode(encode(x)) - x|
-  print(
-    json.dumps(
-      dict(
-        model=args.model,
-        dataset=dataset,
-        split='test',
-        num_examples=info.num_examples,
-        test_bits_per_dim=_bits_per_dim(model, ds),
-        reconstruction_max_abs_error=error,
-      ),
-      indent=2,
-    )
+    errors.append(float(roundtrip_error(images, labels)))  # max |decode(encode(x)) - x|
+  error = float(np.max(errors)) if errors else math.nan  # np.max keeps a NaN, max() would hide it
+  bpd = _bits_per_dim(model, ds)
+  finite = lambda v: v if math.isfinite(v) else None  # noqa: E731
+  result = dict(
+    model=args.model,
+    dataset=dataset,
+    split='test',
+    num_examples=info.num_examples,
+    test_bits_per_dim=finite(bpd),
+    reconstruction_max_abs_error=finite(error),
   )
+  print(json.dumps(result, indent=2, allow_nan=False))
+  if not (math.isfinite(bpd) and math.isfinite(error)) or not guard.finite_weights(model):
+    raise Diverged(f'{args.model!r} is not a finite model (NaN or Inf weights or results)')
   return 0
 
 
@@ -412,6 +468,12 @@ def _build_parser() -> argparse.ArgumentParser:
   p.add_argument('--clipnorm', type=float, help='clip each gradient to this norm')
   p.add_argument('--conditional', action='store_true', help='class-conditional model (labeled data sets)')
   p.add_argument('--seed', type=int, default=0)
+  p.add_argument(
+    '--max-consecutive-skips',
+    type=int,
+    default=10,
+    help='stop (diverged) after this many skipped steps in a row (bad batches, NaN/Inf gradients)',
+  )
   p.add_argument('--sample-every', type=int, help='write samples/ every N epochs (default: epochs // 10)')
   p.add_argument('--out', help='output directory (default: runs/DATASET); rerun to resume a killed run')
   p.set_defaults(handler=train)
@@ -453,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
   except (UsageError, glow_data.DatasetUnavailableError) as e:
     print(f'tfp-glow {args.command}: error: {e}', file=sys.stderr)
     return 2
+  except Diverged as e:
+    print(f'tfp-glow {args.command}: error: {e}', file=sys.stderr)
+    return 1
   except KeyboardInterrupt:
     resume = '; rerun the same command to resume' if args.command == 'train' else ''
     print(f'tfp-glow {args.command}: interrupted{resume}', file=sys.stderr)

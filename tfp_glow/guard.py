@@ -19,6 +19,21 @@ import tensorflow as tf
 class TrainingDivergedError(RuntimeError):
   """Raised by `fit` when too many steps in a row were skipped (see `StopAfterConsecutiveSkips`)."""
 
+  def __init__(self, message: str, skipped_in_a_row: int):
+    super().__init__(message)
+    self.skipped_in_a_row = skipped_in_a_row
+
+
+class NonFiniteWeightsError(ValueError):
+  """Raised instead of writing a model or checkpoint whose weights contain NaN or Inf."""
+
+
+def finite_weights(model: keras.Model) -> bool:
+  """True if every weight of `model` (trainable or not) is finite."""
+  return all(
+    bool(tf.reduce_all(tf.math.is_finite(v))) for v in model.weights if tf.as_dtype(v.dtype).is_floating
+  )
+
 
 def valid_batch(images: tf.Tensor, labels: tf.Tensor | None, num_classes: int | None, check_range: bool):
   """A scalar bool: images [N, H, W, C] finite (and in [-0.5, 0.5] if `check_range`), labels [N]
@@ -99,7 +114,8 @@ class StopAfterConsecutiveSkips(keras.callbacks.Callback):
     if self._in_a_row >= self.limit:
       raise TrainingDivergedError(
         f'GlowModel: training stopped after {self._in_a_row} skipped steps in a row (invalid '
-        'batches, or a non-finite loss or gradients); the weights are those before the skips. '
+        'batches, or a NaN or Inf loss or gradients); the weights are those before the skips. '
         'Check the data (images in [-0.5, 0.5], see tfp_glow.data), or lower the learning rate / '
-        'clip gradients (clipnorm); max_consecutive_skips sets the limit.'
+        'clip gradients (clipnorm); max_consecutive_skips sets the limit.',
+        self._in_a_row,
       )

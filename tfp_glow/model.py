@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tfp_glow import atomic, guard
 from tfp_glow import data as glow_data
-from tfp_glow import guard
 from tfp_glow.distribution import GlowDistribution, bits_per_dim
 from tfp_glow.glow import Glow
 from tfp_glow.optim import default_optimizer
@@ -262,6 +263,35 @@ class GlowModel(keras.Model):
     if pair_labels is not None:  # labels follow the nearer end
       mixed_labels = tf.where(tf.reshape(t, [-1]) < 0.5, pair_labels[0], pair_labels[1])
     return self.decode(mixed, mixed_labels)
+
+  # ---- files ----------------------------------------------------------------------------------
+
+  def save(self, filepath, overwrite=True, **kwargs):
+    """`keras.Model.save`, written atomically (a temporary file renamed into place, so a kill
+    leaves the previous file intact); refuses NaN / Inf weights (a diverged model)."""
+    self._check_finite_weights(filepath)
+    if not isinstance(filepath, (str, os.PathLike)) or kwargs.get('zipped') is False:
+      return super().save(filepath, overwrite=overwrite, **kwargs)
+    if not overwrite and tf.io.gfile.exists(os.fspath(filepath)):
+      return super().save(filepath, overwrite=False, **kwargs)  # Keras asks the user
+    with atomic.replacing(filepath) as tmp:
+      super().save(tmp, overwrite=True, **kwargs)
+
+  def save_weights(self, filepath, overwrite=True, max_shard_size=None):
+    """`keras.Model.save_weights`, written atomically; refuses NaN / Inf weights."""
+    self._check_finite_weights(filepath)
+    if max_shard_size is not None or not isinstance(filepath, (str, os.PathLike)):
+      return super().save_weights(filepath, overwrite=overwrite, max_shard_size=max_shard_size)
+    if not overwrite and tf.io.gfile.exists(os.fspath(filepath)):
+      return super().save_weights(filepath, overwrite=False)
+    with atomic.replacing(filepath) as tmp:
+      super().save_weights(tmp, overwrite=True)
+
+  def _check_finite_weights(self, filepath) -> None:
+    if not guard.finite_weights(self):
+      raise guard.NonFiniteWeightsError(
+        f'GlowModel: not saving {os.fspath(filepath)!r}: the weights contain NaN or Inf (a diverged model).'
+      )
 
   # ---- export ---------------------------------------------------------------------------------
 
