@@ -1,0 +1,90 @@
+"""Atomic writes: a process killed (SIGKILL) in the middle of writing leaves every file complete."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import keras
+import pytest
+import tensorflow as tf
+
+from tfp_glow import atomic
+
+# Writes a model, its weights, a PNG and a JSON file over and over, so that a kill at almost any
+# moment lands inside a write.
+WRITER = textwrap.dedent("""
+    import os, sys
+    os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'
+    import numpy as np
+    from tfp_glow import GlowModel, atomic, data
+    from tfp_glow.callbacks import save_png
+    out = sys.argv[1]
+    model = GlowModel((8, 8, 1), levels=2, steps=1, width=8, n_bins=17, seed=0)
+    model.compile()
+    model.initialize(next(iter(data.load_dataset('digits', 'train', batch_size=64, seed=0)[0])))
+    for i in range(10**6):
+        model.save(os.path.join(out, 'model.keras'))
+        model.save_weights(os.path.join(out, 'model.weights.h5'))
+        save_png(os.path.join(out, 'image.png'), np.full((64, 64, 1), i % 256, np.uint8))
+        atomic.write_json(os.path.join(out, 'state.json'), {'i': i, 'pad': 'x' * 100000})
+        if i == 0:
+            print('wrote', flush=True)
+""")
+
+
+def check_complete(out):
+  """Every file in `out` is complete (loads), besides hidden temporary files."""
+  names = sorted(n for n in os.listdir(out) if not n.startswith('.tmp'))
+  assert names == ['image.png', 'model.keras', 'model.weights.h5', 'state.json'], names
+  model = keras.models.load_model(os.path.join(out, 'model.keras'))
+  model.load_weights(os.path.join(out, 'model.weights.h5'))
+  assert model.is_initialized
+  assert tf.io.decode_png(tf.io.read_file(os.path.join(out, 'image.png'))).shape == (64, 64, 1)
+  with open(os.path.join(out, 'state.json')) as f:
+    assert len(json.load(f)['pad']) == 100000
+
+
+def test_a_kill_at_any_moment_leaves_every_file_complete(tmp_path):
+  """One writer process, frozen (SIGSTOP) at several moments while its files are copied: each copy
+  is what a kill at that moment would leave on disk. Then a real SIGKILL, and its files checked."""
+  out = tmp_path / 'out'
+  out.mkdir()
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  proc = subprocess.Popen([sys.executable, '-c', WRITER, str(out)], stdout=subprocess.PIPE, env=env)
+  snapshots = []
+  try:
+    assert proc.stdout.readline().strip() == b'wrote', 'the writer failed'
+    for i, delay in enumerate([0.0, 0.03, 0.07, 0.11, 0.17, 0.23, 0.31]):
+      time.sleep(delay)
+      proc.send_signal(signal.SIGSTOP)
+      snapshots.append(tmp_path / f'at{i}')
+      shutil.copytree(out, snapshots[-1])
+      proc.send_signal(signal.SIGCONT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+  finally:
+    proc.kill()
+  assert proc.returncode == -signal.SIGKILL
+  for directory in [*snapshots, out]:
+    check_complete(directory)
+  atomic.remove_stale(out)
+  assert not [n for n in os.listdir(out) if n.startswith('.tmp')]
+
+
+def test_replacing_keeps_the_old_file_when_the_writer_fails(tmp_path):
+  path = tmp_path / 'a.json'
+  atomic.write_json(path, {'v': 1})
+  with pytest.raises(ValueError, match='Out of range float'):
+    atomic.write_json(path, {'v': float('nan')})  # strict JSON: NaN is refused, not written
+  with pytest.raises(RuntimeError), atomic.replacing(path) as tmp:
+    with open(tmp, 'w') as f:
+      f.write('{"v": ')
+    raise RuntimeError('killed mid-write')
+  assert json.loads(path.read_text()) == {'v': 1}
+  assert os.listdir(tmp_path) == ['a.json']
