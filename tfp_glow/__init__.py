@@ -3,7 +3,7 @@
 Direction, as in TFP: forward = latent -> image (sampling), inverse = image -> latent (density).
 """
 
-from tfp_glow import bijectors, callbacks, data, optim
+from tfp_glow import atomic, bijectors, callbacks, data, guard, optim
 from tfp_glow.bijectors import (
   ActNorm,
   AffineCoupling,
@@ -29,8 +29,10 @@ __all__ = [
   'SplitPrior',
   'Squeeze',
   'TopPrior',
+  'atomic',
   'bijectors',
   'callbacks',
   'data',
+  'guard',
   'optim',
 ]

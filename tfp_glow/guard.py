@@ -87,8 +87,20 @@ class Mean(keras.metrics.Mean):
   """keras.metrics.Mean, but NaN (not 0) over no values: an epoch whose every step was skipped
   must not report a perfect loss."""
 
+  def __init__(self, name: str, direction: str = 'down'):
+    super().__init__(name=name)
+    self._direction = direction  # lower is better: Keras callbacks in mode 'auto' read it
+
   def result(self):
     return tf.where(self.count > 0, super().result(), tf.constant(float('nan'), self.dtype))
+
+
+class Count(keras.metrics.Sum):
+  """keras.metrics.Sum of events where fewer is better (skipped steps)."""
+
+  def __init__(self, name: str):
+    super().__init__(name=name)
+    self._direction = 'down'
 
 
 class StopAfterConsecutiveSkips(keras.callbacks.Callback):

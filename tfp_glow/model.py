@@ -81,7 +81,7 @@ class GlowModel(keras.Model):
     self.loss_tracker = guard.Mean(name='loss')
     self.bpd_tracker = guard.Mean(name='bits_per_dim')
     self.class_tracker = keras.metrics.SparseCategoricalAccuracy(name='class_accuracy')
-    self.skip_tracker = keras.metrics.Sum(name='skipped_steps')  # per epoch, see train_step
+    self.skip_tracker = guard.Count(name='skipped_steps')  # per epoch, see train_step
     self.built = True
 
   def get_config(self):
@@ -124,8 +124,11 @@ class GlowModel(keras.Model):
       self.initialize(images, labels if self.num_classes else None)
     if isinstance(x, tf.data.Dataset):
       kwargs.setdefault('shuffle', False)  # a Dataset shuffles itself; Keras warns otherwise
+    callbacks = list(kwargs.get('callbacks') or [])
+    for callback in callbacks:
+      _set_monitor_direction(callback, self._step_metrics() + [self.skip_tracker])
     limit = self._glow_config['max_consecutive_skips']
-    kwargs['callbacks'] = [*(kwargs.get('callbacks') or []), guard.StopAfterConsecutiveSkips(limit)]
+    kwargs['callbacks'] = [*callbacks, guard.StopAfterConsecutiveSkips(limit)]
     return super().fit(x, y, **kwargs)
 
   def compile(self, optimizer=None, **kwargs):
@@ -377,6 +380,18 @@ _GLOW_ARGS = (
   'num_classes',
   'seed',
 )
+
+
+def _set_monitor_direction(callback, metrics) -> None:
+  """Gives a callback in mode 'auto' (EarlyStopping, ModelCheckpoint, ReduceLROnPlateau) the
+  direction of the metric it monitors. Keras 3 infers it only for 'loss' and compiled metrics,
+  not for a model's own trackers; ours declare it (`_direction`, as Keras' metrics do)."""
+  if getattr(callback, 'mode', None) != 'auto' or not isinstance(getattr(callback, 'monitor', None), str):
+    return
+  name = callback.monitor.removeprefix('val_')
+  for metric in metrics:
+    if metric.name == name and getattr(metric, '_direction', None) in ('up', 'down'):
+      callback.mode = 'max' if metric._direction == 'up' else 'min'
 
 
 class _Untracked:

@@ -1,0 +1,93 @@
+"""Keras conventions: stock callbacks work with GlowModel as they do with any Keras model."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfp_glow import data, optim
+from tfp_glow.callbacks import SampleGrid
+from tfp_glow.model import GlowModel
+
+
+def tiny_model(optimizer=None):
+  model = GlowModel((8, 8, 1), levels=2, steps=1, width=8, n_bins=17, seed=0)
+  model.compile(optimizer=optimizer or optim.default_optimizer(1e-2, warmup_steps=4))
+  return model
+
+
+def digits(split='train', n=64):
+  ds, _ = data.load_dataset('digits', split, batch_size=n, shuffle=False, seed=0)
+  return ds.take(2)
+
+
+def test_callbacks_monitoring_bits_per_dim_need_no_mode_and_reduce_lr_works_with_warmup(tmp_path):
+  model = tiny_model()
+  early = keras.callbacks.EarlyStopping(monitor='val_bits_per_dim', patience=5)
+  checkpoint = keras.callbacks.ModelCheckpoint(
+    str(tmp_path / 'best.keras'), monitor='val_bits_per_dim', save_best_only=True
+  )
+  # min_delta so large that no epoch improves on the first: the rate halves after epochs 2 and 3.
+  plateau = keras.callbacks.ReduceLROnPlateau(monitor='bits_per_dim', factor=0.5, patience=0, min_delta=100)
+  history = model.fit(
+    digits(), validation_data=digits('test'), epochs=3, callbacks=[early, checkpoint, plateau], verbose=0
+  )
+  assert early.mode == checkpoint.mode == plateau.mode == 'min'
+  rates = history.history['learning_rate']  # the rate an epoch ran with, halved on each plateau
+  np.testing.assert_allclose(rates[0], 1e-2, rtol=1e-6)
+  np.testing.assert_allclose(rates[-1], 5e-3, rtol=1e-6)
+  np.testing.assert_allclose(float(model.optimizer.learning_rate), 2.5e-3, rtol=1e-6)
+  assert (tmp_path / 'best.keras').is_file()
+
+
+def test_learning_rate_scheduler_and_warmup_multiply(tmp_path):
+  model = tiny_model(optim.default_optimizer(1e-2, warmup_steps=4, name='adam'))
+  assert float(model.optimizer.warmup_factor()) == 0.25
+  scheduler = keras.callbacks.LearningRateScheduler(lambda epoch: 1e-2 / (epoch + 1))
+  model.fit(digits(), epochs=2, callbacks=[scheduler], verbose=0)
+  assert int(model.optimizer.iterations) == 4 and float(model.optimizer.warmup_factor()) == 1.0
+  np.testing.assert_allclose(float(model.optimizer.learning_rate), 5e-3, rtol=1e-6)
+  # Saved and loaded: the rate, the warmup and the step count come back (a resumed run continues).
+  model.save(tmp_path / 'm.keras')
+  loaded = keras.models.load_model(tmp_path / 'm.keras')
+  assert isinstance(loaded.optimizer, optim.WarmupAdam) and loaded.optimizer.warmup_steps == 4
+  assert int(loaded.optimizer.iterations) == 4
+  np.testing.assert_allclose(float(loaded.optimizer.learning_rate), 5e-3, rtol=1e-6)
+
+
+def test_warmup_scales_the_first_steps():
+  """Adamax's first step moves each weight by about lr * factor (|m / u| = 1 - beta1 ... at step 1)."""
+  sizes = []
+  for warmup in (1, 4):
+    model = tiny_model(optim.default_optimizer(1e-2, warmup_steps=warmup))
+    model.fit(digits().take(1), epochs=1, verbose=0)  # initializes actnorm, then one step
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    model.fit(digits().take(1), epochs=1, verbose=0)
+    sizes.append(max(np.max(np.abs(v.numpy() - b)) for v, b in zip(model.trainable_variables, before)))
+  np.testing.assert_allclose(sizes[1] / sizes[0], 0.5, rtol=0.05)  # step 2 of 4: factor 2 / 4
+
+
+def test_tensorboard_logs_scalars_and_sample_grids(tmp_path):
+  pytest.importorskip('tensorboard')
+  from tensorboard.backend.event_processing import event_accumulator  # noqa: PLC0415
+
+  model = tiny_model()
+  logs = str(tmp_path / 'logs')
+  model.fit(
+    digits(),
+    epochs=2,
+    verbose=0,
+    callbacks=[
+      keras.callbacks.TensorBoard(logs),
+      SampleGrid(str(tmp_path / 'samples'), temperatures=(0.7,), n=4, log_dir=os.path.join(logs, 'samples')),
+    ],
+  )
+  scalars = event_accumulator.EventAccumulator(os.path.join(logs, 'train')).Reload()
+  assert {'epoch_bits_per_dim', 'epoch_loss', 'epoch_skipped_steps'} <= set(scalars.Tags()['tensors'])
+  images = event_accumulator.EventAccumulator(os.path.join(logs, 'samples')).Reload()
+  assert images.Tags()['tensors'] == ['samples/T=0.7']
+  grid = images.Tensors('samples/T=0.7')[-1]
+  png = tf.make_ndarray(grid.tensor_proto)[2]
+  assert tf.io.decode_png(png).shape == (2 * 8 + 1, 2 * 8 + 1, 1) and grid.step == 2
