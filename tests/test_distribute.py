@@ -37,9 +37,13 @@ SCRIPT = textwrap.dedent("""
     images[40, 0, 0, 0] = np.nan
     bad = model.fit(images, batch_size=64, epochs=1, verbose=0).history
     untouched = all(np.array_equal(a, b) for a, b in zip(kept, state()))
+    # README's example under the strategy: a validation batch of 297 does not split in two.
+    test, _ = data.load_dataset("digits", "test", batch_size=297, shuffle=False)
+    uneven = model.fit(train.take(2), validation_data=test, epochs=1, verbose=0).history["val_bits_per_dim"][-1]
     print(json.dumps(dict(replicas=strategy.num_replicas_in_sync, initialized=model.is_initialized,
                           bits_per_dim=history.history["bits_per_dim"][-1], replicas_equal=same, mirrored=len(mirrored),
-                          changed=changed, total=len(before), bad_skipped=bad["skipped_steps"], untouched=untouched)))
+                          changed=changed, total=len(before), bad_skipped=bad["skipped_steps"], untouched=untouched,
+                          uneven=uneven)))
 """)
 
 
@@ -61,3 +65,7 @@ def test_mirrored_strategy_two_replicas_trains_every_variable(result):
 def test_a_bad_batch_on_one_replica_is_skipped_on_all(result):
   assert result['bad_skipped'] == [1.0]
   assert result['untouched']
+
+
+def test_a_batch_that_does_not_split_evenly_is_cut_to_one_that_does(result):
+  assert 0 < result['uneven'] < 10

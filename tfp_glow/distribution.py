@@ -42,6 +42,60 @@ def bits_per_dim(log_prob: tf.Tensor, num_dims: int, n_bins: int) -> tf.Tensor:
   return (-log_prob + d * math.log(n_bins)) / (d * math.log(2.0))
 
 
+def check_temperature(temperature, dtype, validate_args: bool) -> tf.Tensor:
+  """The sampling temperature T as a scalar tensor; T must be finite and > 0 (checked now for a
+  Python number, by assertions for a tensor when `validate_args`)."""
+  if isinstance(temperature, (int, float)):
+    if not (math.isfinite(temperature) and temperature > 0):
+      raise ValueError(f'GlowDistribution.sample: temperature must be > 0 and finite, got {temperature!r}.')
+    return tf.constant(temperature, dtype)
+  temperature = tf.cast(temperature, dtype)
+  if temperature.shape.rank not in (None, 0):
+    raise ValueError(f'GlowDistribution.sample: temperature must be a scalar, got shape {temperature.shape}.')
+  if validate_args:
+    message = 'GlowDistribution.sample: temperature must be > 0 and finite.'
+    checks = [
+      tf.debugging.assert_all_finite(temperature, message),
+      tf.debugging.assert_positive(temperature, message=message),
+    ]
+    with tf.control_dependencies(checks):
+      temperature = tf.identity(temperature)
+  return temperature
+
+
+def _at_least_one(x: tf.Tensor):
+  """x [..., H, W, C] -> (x as [max(N, 1), H, W, C], N, batch shape), N = the number of images.
+
+  Convolutions reject an empty batch, so an empty one runs as one zero image, which the caller
+  slices away ([:N]): TFP's convention, empty in, empty out. Branch-free, so it works eagerly, in
+  graphs with an unknown batch size (the SavedModel) and under XLA.
+  """
+  batch_shape = tf.shape(x)[:-3]
+  flat = tf.reshape(x, tf.concat([[-1], tf.shape(x)[-3:]], 0))
+  n = tf.shape(flat)[0]
+  pad = tf.zeros(tf.concat([[tf.cast(tf.equal(n, 0), tf.int32)], tf.shape(x)[-3:]], 0), x.dtype)
+  return tf.concat([flat, pad], 0), n, batch_shape
+
+
+def _batch_labels(bijector_kwargs: dict, batch_shape, n) -> dict:
+  """`labels` broadcast to the batch shape, as TFP broadcasts its arguments (a scalar: one class for
+  every image), flattened and padded like `_at_least_one`'s images; any other shape is an error."""
+  labels = bijector_kwargs.get('labels')
+  if labels is None:
+    return bijector_kwargs
+  labels = tf.convert_to_tensor(labels)
+  static_batch = tf.get_static_value(batch_shape)
+  if labels.shape.rank is not None and labels.shape.rank > 0 and static_batch is not None:
+    if not labels.shape.is_compatible_with(static_batch.tolist()):
+      raise ValueError(
+        f'GlowDistribution: labels must be a scalar (one class for all images) or of the batch shape '
+        f'{static_batch.tolist()} (one per image), got shape {labels.shape.as_list()}.'
+      )
+  labels = tf.reshape(tf.broadcast_to(labels, batch_shape), [-1])
+  labels = tf.concat([labels, tf.zeros([tf.cast(tf.equal(n, 0), tf.int32)], labels.dtype)], 0)
+  return dict(bijector_kwargs, labels=labels)
+
+
 def _split_kwargs(kwargs):
   """`labels=` goes to the bijector; TFP's explicit bijector_/distribution_kwargs still work."""
   kwargs = dict(kwargs)
@@ -118,17 +172,40 @@ class GlowDistribution(_TransformedDistribution):
     return self.bijector
 
   def _call_sample_n(self, sample_shape, seed, temperature: float | tf.Tensor = 1.0, **kwargs):
-    if isinstance(temperature, (int, float)) and not temperature > 0:
-      raise ValueError(f'GlowDistribution.sample: temperature must be > 0, got {temperature!r}.')
+    temperature = check_temperature(temperature, self.dtype, self.validate_args)
     distribution_kwargs, bijector_kwargs = self._kwargs_split_fn(kwargs)
     eps = self.distribution.sample(sample_shape, seed=seed, **distribution_kwargs)
-    eps = eps * tf.cast(temperature, eps.dtype)
-    return self.bijector.forward(eps, **bijector_kwargs)
+    eps = eps * temperature
+    flat, n, batch_shape = _at_least_one(eps)
+    bijector_kwargs = _batch_labels(bijector_kwargs, batch_shape, n)
+    images = self.bijector.forward(flat, **bijector_kwargs)[:n]
+    return tf.reshape(images, tf.concat([batch_shape, self.glow.image_shape], 0))
+
+  def _log_prob(self, y, **kwargs):
+    flat, n, batch_shape = _at_least_one(tf.convert_to_tensor(y, self.dtype))
+    distribution_kwargs, bijector_kwargs = self._kwargs_split_fn(kwargs)
+    kwargs = {
+      'distribution_kwargs': distribution_kwargs,
+      'bijector_kwargs': _batch_labels(bijector_kwargs, batch_shape, n),
+    }
+    return tf.reshape(super()._log_prob(flat, **kwargs)[:n], batch_shape)
 
   def encode(self, images: tf.Tensor, labels: tf.Tensor | None = None) -> list[tf.Tensor]:
-    """Images [N, H, W, C] -> per-level latents [eps_1, ..., eps_L] (see `Glow.encode`)."""
-    return self.glow.encode(images, labels)
+    """Images [N, H, W, C] -> per-level latents [eps_1, ..., eps_L] (see `Glow.encode`); N may be 0."""
+    images = tf.convert_to_tensor(images, self.dtype)
+    if images.shape.rank != 4:
+      raise ValueError(f'{self.name}: encode expects images [N, H, W, C], got {images.shape}.')
+    flat, n, batch_shape = _at_least_one(images)
+    labels = _batch_labels({'labels': labels}, batch_shape, n).get('labels')
+    return [z[:n] for z in self.glow.encode(flat, labels)]
 
   def decode(self, latents: Sequence[tf.Tensor], labels: tf.Tensor | None = None) -> tf.Tensor:
-    """Per-level latents -> images [N, H, W, C] (see `Glow.decode`)."""
-    return self.glow.decode(latents, labels)
+    """Per-level latents -> images [N, H, W, C] (see `Glow.decode`); N may be 0."""
+    latents = [tf.convert_to_tensor(z, self.dtype) for z in latents]
+    if not latents or latents[0].shape.rank != 4:
+      return self.glow.decode(latents, labels)  # its error names the expected shapes
+    n = tf.shape(latents[0])[0]
+    pad = tf.cast(tf.equal(n, 0), tf.int32)
+    padded = [tf.concat([z, tf.zeros(tf.concat([[pad], tf.shape(z)[1:]], 0), z.dtype)], 0) for z in latents]
+    labels = _batch_labels({'labels': labels}, tf.reshape(n, [1]), n).get('labels')
+    return self.glow.decode(padded, labels)[:n]

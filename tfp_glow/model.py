@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Sequence
 
 import keras
@@ -124,12 +125,43 @@ class GlowModel(keras.Model):
       self.initialize(images, labels if self.num_classes else None)
     if isinstance(x, tf.data.Dataset):
       kwargs.setdefault('shuffle', False)  # a Dataset shuffles itself; Keras warns otherwise
+    x = self._even_batches(x)
+    if 'validation_data' in kwargs:
+      kwargs['validation_data'] = self._even_batches(kwargs['validation_data'])
     callbacks = list(kwargs.get('callbacks') or [])
     for callback in callbacks:
       _set_monitor_direction(callback, self._step_metrics() + [self.skip_tracker])
     limit = self._glow_config['max_consecutive_skips']
     kwargs['callbacks'] = [*callbacks, guard.StopAfterConsecutiveSkips(limit)]
     return super().fit(x, y, **kwargs)
+
+  def evaluate(self, x=None, y=None, **kwargs):
+    """`keras.Model.evaluate` (under a distribution strategy, with batches cut to split evenly)."""
+    return super().evaluate(self._even_batches(x), y, **kwargs)
+
+  def _even_batches(self, data):
+    """Under N > 1 replicas, a tf.data.Dataset's batches cut to a multiple of N images (with a
+    warning): Keras (3.15) cannot split an uneven batch across replicas ('Inputs to operation AddN
+    must have the same size'). Other data, and single-device runs, pass unchanged."""
+    replicas = self.distribute_strategy.num_replicas_in_sync
+    if replicas == 1 or not isinstance(data, tf.data.Dataset):
+      return data
+    batch = tf.nest.flatten(data.element_spec)[0].shape[0]
+    if batch is not None and batch % replicas == 0:
+      return data
+    warnings.warn(
+      f'GlowModel: {replicas} replicas: a batch whose size is not a multiple of {replicas} is cut to '
+      f'one (up to {replicas - 1} of its images left out). Batch sizes that are multiples of '
+      f'{replicas} (and drop_remainder=True) keep every image.',
+      stacklevel=3,
+    )
+
+    def cut(*parts):
+      n = tf.shape(tf.nest.flatten(parts)[0])[0]
+      kept = tf.nest.map_structure(lambda t: t[: n - n % replicas], parts)
+      return kept if len(kept) > 1 else kept[0]
+
+    return data.map(cut).filter(lambda *parts: tf.shape(tf.nest.flatten(parts)[0])[0] > 0)
 
   def compile(self, optimizer=None, **kwargs):
     """`keras.Model.compile`; the default optimizer is Adamax, lr 1e-3, with linear warmup."""
@@ -236,21 +268,21 @@ class GlowModel(keras.Model):
   ) -> tf.Tensor:
     """n images at a temperature (T = 0.7 looks best in the paper): uint8 [n, H, W, C] in
     0..255 (quantized to n_bins levels), or floats in the model's [-0.5, 0.5) scale."""
-    if not isinstance(n, (int, np.integer)) or n <= 0:
-      raise ValueError(f'sample: n must be a positive integer, got {n!r}.')
-    if not temperature > 0:
-      raise ValueError(f'sample: temperature must be > 0, got {temperature!r}.')
+    if not isinstance(n, (int, np.integer)) or n < 0:
+      raise ValueError(f'sample: n must be an integer >= 0, got {n!r}.')
+    if not temperature > 0 or not math.isfinite(temperature):
+      raise ValueError(f'sample: temperature must be > 0 and finite, got {temperature!r}.')
     labels = self._check_labels(labels, required=True, batch=n)
     x = self.distribution.sample(int(n), temperature=temperature, labels=labels, seed=seed)
     return glow_data.to_uint8(x, self.n_bins) if as_uint8 else x
 
   def encode(self, images, labels=None) -> list[tf.Tensor]:
     """Images [N, H, W, C] -> per-level latents [eps_1, ..., eps_L]."""
-    return self.glow.encode(self._check_images(images), self._check_labels(labels, required=True))
+    return self.distribution.encode(self._check_images(images), self._check_labels(labels, required=True))
 
   def decode(self, latents, labels=None) -> tf.Tensor:
     """Per-level latents -> images [N, H, W, C] (floats, model scale)."""
-    return self.glow.decode(latents, self._check_labels(labels, required=True))
+    return self.distribution.decode(latents, self._check_labels(labels, required=True))
 
   def interpolate(self, image_a, image_b, steps: int = 8, labels=None) -> tf.Tensor:
     """Decodes `steps` points on the straight line between the latents of two images [H, W, C]."""
