@@ -10,10 +10,12 @@ import textwrap
 import time
 
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 
 from tfp_glow import atomic
+from tfp_glow.model import GlowModel
 
 # Writes a model, its weights, a PNG and a JSON file over and over, so that a kill at almost any
 # moment lands inside a write.
@@ -88,3 +90,23 @@ def test_replacing_keeps_the_old_file_when_the_writer_fails(tmp_path):
     raise RuntimeError('killed mid-write')
   assert json.loads(path.read_text()) == {'v': 1}
   assert os.listdir(tmp_path) == ['a.json']
+
+
+def test_a_model_with_nan_weights_is_never_saved_over_a_good_one(tmp_path):
+  model = GlowModel((8, 8, 1), levels=1, steps=1, width=8, n_bins=17, seed=0)
+  model.compile()
+  model.initialize(np.random.default_rng(0).uniform(-0.5, 0.5, [8, 8, 8, 1]).astype(np.float32))
+  model.save(tmp_path / 'm.keras')
+  model.save_weights(tmp_path / 'm.weights.h5')
+  variable = model.trainable_variables[0]
+  good = variable.numpy().copy()
+  variable.assign(np.full(variable.shape, np.nan, np.float32))
+  for save, path in ((model.save, 'm.keras'), (model.save_weights, 'm.weights.h5')):
+    with pytest.raises(ValueError, match='NaN or Inf'):
+      save(tmp_path / path)
+  np.testing.assert_array_equal(
+    keras.models.load_model(tmp_path / 'm.keras').trainable_variables[0].numpy(), good
+  )
+  model.load_weights(tmp_path / 'm.weights.h5')
+  np.testing.assert_array_equal(variable.numpy(), good)
+  assert sorted(os.listdir(tmp_path)) == ['m.keras', 'm.weights.h5']

@@ -233,6 +233,8 @@ def train(args) -> int:
     )
   except BackupUnreadableError as e:
     raise UsageError(str(e)) from e
+  except guard.NonFiniteWeightsError:  # a checkpoint or backup refused to save NaN weights
+    _diverged(out, 'the weights became NaN or Inf')
   except guard.TrainingDivergedError as e:
     _diverged(
       out,
