@@ -59,11 +59,8 @@ DEFAULTS = {
   'downsampled_imagenet/64x64': dict(_LARGE, levels=4),
   'celeb_a': dict(_LARGE, levels=4, n_bits=5),
 }
-_MAY_CHANGE_ON_RESUME = (
-  'epochs',
-  'sample_every',
-  'max_consecutive_skips',
-)  # other config changes would invalidate a backup
+# Other config changes would invalidate a backup.
+_MAY_CHANGE_ON_RESUME = ('epochs', 'sample_every', 'max_consecutive_skips')
 SAMPLE_TEMPERATURE = 0.7
 
 
