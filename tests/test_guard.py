@@ -1,5 +1,6 @@
 """Guarded training steps: bad batches and non-finite steps are skipped, never applied."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -109,3 +110,14 @@ def test_eager_calls_still_raise_clear_errors_for_bad_images():
     model.log_prob(bad_batches(x)['one NaN pixel'])
   with pytest.raises(tf.errors.InvalidArgumentError, match=r'\[-0.5, 0.5\)'):
     model.evaluate(x + 0.5, verbose=0)
+
+
+def test_a_loss_scale_optimizer_still_sees_its_overflows():
+  """Mixed precision: overflowing scaled gradients are the LossScaleOptimizer's to skip (it lowers
+  its scale), not a bad step of ours that would count towards max_consecutive_skips."""
+  model = GlowModel((8, 8, 1), levels=2, steps=1, width=8, n_bins=17, seed=0, max_consecutive_skips=3)
+  model.compile(optimizer=keras.optimizers.LossScaleOptimizer(optim.default_optimizer(1e-2, 1)))
+  model.optimizer.dynamic_scale.assign(np.inf)  # every scaled gradient overflows
+  history = model.fit(digit_images(), batch_size=8, epochs=1, shuffle=False, verbose=0)  # 8 steps
+  assert history.history['skipped_steps'] == [0.0]  # not ours: no TrainingDivergedError either
+  assert int(model.optimizer.iterations) == 0  # the LossScaleOptimizer skipped them

@@ -240,7 +240,10 @@ class GlowModel(keras.Model):
       loss, bpd, labels, logits = self._loss_terms_of(images, labels)
       scaled = self.optimizer.scale_loss(loss)  # mixed precision loss scaling (identity otherwise)
     grads = tape.gradient(scaled, self.trainable_variables)
-    ok = guard.all_replicas_agree(valid & guard.all_finite([loss, *grads]))
+    # A LossScaleOptimizer must see its overflowing (non-finite) gradients: it skips that step
+    # itself and lowers its loss scale. Other optimizers get only finite gradients.
+    mixed = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+    ok = guard.all_replicas_agree(valid & guard.all_finite([loss] if mixed else [loss, *grads]))
     guard.apply_if(self.optimizer, ok, grads, self.trainable_variables)
     replicas = tf.distribute.get_strategy().num_replicas_in_sync  # the Sum adds up over replicas
     self.skip_tracker.update_state(tf.cast(~ok, tf.float32) / replicas)
