@@ -31,6 +31,12 @@ class GlowModel(keras.Model):
   Actnorm's data-dependent init runs once, before the first training step: call
   `initialize(images)`, or let `fit` do it from the first `init_batch_size` training images.
 
+  `memory_saving=True` recomputes each step's activations in the backward pass through the exact
+  inverse instead of storing them (training memory independent of the depth K; see
+  `tfp_glow.reversible`, also for 'checkpoint'). Mixed precision: set a Keras policy
+  (`keras.mixed_precision.set_global_policy('mixed_bfloat16')`) before building the model; the
+  coupling and prior networks then compute in that precision, everything else in float32.
+
   Use: model = GlowModel((8, 8, 1), levels=2, steps=8, width=64, n_bins=17)
        model.compile(); model.fit(train_ds, validation_data=test_ds, epochs=...)
        model.sample(16, temperature=0.7)    # uint8 images
@@ -52,6 +58,7 @@ class GlowModel(keras.Model):
     validate_inputs: bool = True,
     seed: int | None = None,
     flow_dtype: str = 'float32',
+    memory_saving: bool | str = False,
     **kwargs,
   ):
     config = {k: v for k, v in locals().items() if k not in ('self', 'kwargs', '__class__')}
@@ -310,6 +317,7 @@ _GLOW_ARGS = (
   'learn_top',
   'num_classes',
   'seed',
+  'memory_saving',
 )
 
 
