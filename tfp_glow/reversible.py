@@ -100,6 +100,9 @@ def _reversible_block(steps: Sequence[StepBijectors], x: tf.Tensor) -> tuple[tf.
       grads = {}
       y_k = y
       for k in reversed(range(len(steps))):
+        # Without this dependency the executor would reconstruct every x_k (and rerun every step) as soon
+        # as y exists, long before the gradients arrive, and hold all those activations at once.
+        y_k = _after(y_k, dy)
         x_k = tf.stop_gradient(invert_steps([steps[k]], y_k))
         step_vars = [v for v in variables if owner[v.ref()] == k]
         with tf.GradientTape() as tape:
@@ -114,3 +117,10 @@ def _reversible_block(steps: Sequence[StepBijectors], x: tf.Tensor) -> tuple[tf.
     return (y, log_det), grad
 
   return block(x)
+
+
+def _after(x: tf.Tensor, dependency: tf.Tensor) -> tf.Tensor:
+  """x, but computable only once `dependency` is: a data dependency (XLA ignores control dependencies)."""
+  probe = tf.cast(tf.reduce_max(tf.reshape(dependency, [-1])[:1]), tf.bool)
+  zero = tf.where(tf.equal(probe, probe), 0.0, 1.0)  # always 0 (a NaN casts to True), never folded
+  return x + tf.cast(zero, x.dtype)
