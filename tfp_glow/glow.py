@@ -17,6 +17,7 @@ from tfp_glow.bijectors.permutation import ChannelPermutation
 from tfp_glow.bijectors.split import SplitPrior
 from tfp_glow.bijectors.squeeze import Squeeze
 from tfp_glow.bijectors.top_prior import TopPrior
+from tfp_glow.reversible import check_mode, run_steps
 
 COUPLINGS = ('affine', 'additive')
 PERMUTATIONS = ('conv_lu', 'conv', 'shuffle', 'reverse')
@@ -83,6 +84,10 @@ class Glow(GlowBijector):
     coupling_network: optional (in_channels, out_channels) -> Keras layer, replacing the default.
     seed: seeds the random rotations / shuffles.
     dtype: tf.float32 or tf.float64.
+    memory_saving: gradients of image -> latent without storing each step's activations (see
+      `tfp_glow.reversible`): True or 'inverse' recomputes them in the backward pass from each level's
+      output through the exact inverse (memory independent of K); 'checkpoint' keeps each step's
+      input and recomputes the step (`tf.recompute_grad`); False (default) stores everything.
 
   Parameters: `glow.layer` is one Keras layer holding every parameter (give it to a Keras model);
   `glow.trainable_variables` lists the same variables for TFP-style training.
@@ -101,11 +106,13 @@ class Glow(GlowBijector):
     coupling_network: NetworkFn | None = None,
     seed: int | None = None,
     dtype: tf.DType = tf.float32,
+    memory_saving: bool | str = False,
     validate_args: bool = False,
     name: str = 'glow',
   ):
     parameters = dict(locals())
     dtype = tf.as_dtype(dtype)
+    self._memory_saving = check_mode(memory_saving)
     self._image_shape = _check_config(
       image_shape, levels, steps, width, coupling, permutation, num_classes, dtype
     )
@@ -171,6 +178,11 @@ class Glow(GlowBijector):
     return self._num_classes
 
   @property
+  def memory_saving(self) -> str | None:
+    """None (store activations), 'inverse' or 'checkpoint' (see `tfp_glow.reversible`)."""
+    return self._memory_saving
+
+  @property
   def levels(self) -> tuple[Level, ...]:
     return tuple(self._levels)
 
@@ -232,18 +244,23 @@ class Glow(GlowBijector):
 
   # ---- the two directions on 4-D tensors ---------------------------------------------------------
 
+  # Plain Python loops over layers, no tensor-dependent control flow: AutoGraph has nothing to convert,
+  # and skipping its source transformation makes tracing a training step ~2.5x faster.
+  @tf.autograph.experimental.do_not_convert
   def _encode_4d(self, x, labels=None, initialize=False) -> Encoding:
     h, log_det = x, tf.zeros(tf.shape(x)[:1], self.dtype)
     latents = []
     self._check_labels(labels)
     for level in self._levels:
       h = self._squeeze.inverse_and_log_det(h)[0]
-      for step in level.steps:
-        if initialize:
+      if initialize:  # each actnorm sees the activations of the (initialized) steps before it
+        for step in level.steps:
           step.actnorm.initialize(h)
-        for b in step.bijectors():
-          h, ld = b.inverse_and_log_det(h)
+          h, ld = run_steps([step.bijectors()], h, None)
           log_det += ld
+      else:
+        h, ld = run_steps([s.bijectors() for s in level.steps], h, self._memory_saving)
+        log_det += ld
       top = h
       if isinstance(level.exit, SplitPrior):
         h, ld = level.exit.inverse_and_log_det(h)
@@ -258,6 +275,7 @@ class Glow(GlowBijector):
       latents.append(eps)
     return Encoding(latents, log_det, top)
 
+  @tf.autograph.experimental.do_not_convert
   def _decode_4d(self, latents, labels=None) -> ValueAndLogDet:
     self._check_labels(labels)
     log_det = tf.zeros(tf.shape(latents[0])[:1], self.dtype)

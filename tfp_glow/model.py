@@ -34,6 +34,12 @@ class GlowModel(keras.Model):
   Actnorm's data-dependent init runs once, before the first training step: call
   `initialize(images)`, or let `fit` do it from the first `init_batch_size` training images.
 
+  `memory_saving=True` recomputes each step's activations in the backward pass through the exact
+  inverse instead of storing them (training memory independent of the depth K; see
+  `tfp_glow.reversible`, also for 'checkpoint'). Mixed precision: set a Keras policy
+  (`keras.mixed_precision.set_global_policy('mixed_bfloat16')`) before building the model; the
+  coupling and prior networks then compute in that precision, everything else in float32.
+
   Use: model = GlowModel((8, 8, 1), levels=2, steps=8, width=64, n_bins=17)
        model.compile(); model.fit(train_ds, validation_data=test_ds, epochs=...)
        model.sample(16, temperature=0.7)    # uint8 images
@@ -56,6 +62,7 @@ class GlowModel(keras.Model):
     max_consecutive_skips: int = 10,
     seed: int | None = None,
     flow_dtype: str = 'float32',
+    memory_saving: bool | str = False,
     **kwargs,
   ):
     config = {k: v for k, v in locals().items() if k not in ('self', 'kwargs', '__class__')}
@@ -222,6 +229,7 @@ class GlowModel(keras.Model):
   def metrics(self):
     return [*self._step_metrics(), self.skip_tracker]
 
+  @tf.autograph.experimental.do_not_convert  # faster tracing (see Glow._encode_4d)
   def train_step(self, data):
     """One guarded optimizer step: a batch whose images or labels are invalid (NaN/Inf, outside
     [-0.5, 0.5], labels outside [0, num_classes)), or whose loss or gradients are not finite, is
@@ -250,6 +258,7 @@ class GlowModel(keras.Model):
     logs = self._record_metrics(loss, bpd, labels, logits, weight=tf.cast(ok, loss.dtype))
     return {**logs, 'skipped_steps': self.skip_tracker.result()}
 
+  @tf.autograph.experimental.do_not_convert
   def test_step(self, data):
     return self._record_metrics(*self._loss_terms(data))
 
@@ -414,6 +423,7 @@ _GLOW_ARGS = (
   'learn_top',
   'num_classes',
   'seed',
+  'memory_saving',
 )
 
 

@@ -1,9 +1,26 @@
-"""The Keras networks inside the flow: the coupling network and the zero-initialized conv."""
+"""The Keras networks inside the flow: the coupling network and the zero-initialized conv.
+
+Mixed precision: these networks are the only part of the flow that computes in low precision. Under a
+Keras mixed policy (`keras.mixed_precision.set_global_policy('mixed_bfloat16')` or 'mixed_float16'),
+`network_policy(tf.float32)` gives that policy to the networks (float32 variables, bfloat16/float16
+convolutions); the bijectors cast the networks' outputs back to float32, so actnorm, the 1x1
+convolutions, the coupling arithmetic, log-determinants and priors stay float32.
+"""
 
 from __future__ import annotations
 
 import keras
 import tensorflow as tf
+
+MIXED_POLICIES = ('mixed_bfloat16', 'mixed_float16')
+
+
+def network_policy(flow_dtype: tf.DType | str) -> str:
+  """The Keras dtype policy for a network inside a flow of `flow_dtype`: the global mixed policy if one
+  is set and the flow is float32, else the flow's dtype."""
+  flow_dtype = tf.as_dtype(flow_dtype)
+  policy = keras.mixed_precision.global_policy().name
+  return policy if (policy in MIXED_POLICIES and flow_dtype == tf.float32) else flow_dtype.name
 
 
 @keras.saving.register_keras_serializable(package='tfp_glow')
@@ -66,11 +83,13 @@ def coupling_network(
   The reference puts a data-initialized actnorm where we put a bias; a bias needs no
   initialization pass and the zero-initialized last layer keeps the coupling the identity at start.
   Shapes: [N, H, W, in_channels] -> [N, H, W, out_channels]; any H, W (all convs are 'same').
+  `dtype`: a dtype or a Keras policy name ('mixed_bfloat16': float32 variables, bfloat16 compute;
+  the output is then bfloat16).
   """
-  dtype = tf.as_dtype(dtype).name
+  dtype = dtype if dtype in MIXED_POLICIES else tf.as_dtype(dtype).name
   net = keras.Sequential(
     [
-      keras.Input(shape=(None, None, in_channels), dtype=dtype),
+      keras.Input(shape=(None, None, in_channels), dtype=keras.DTypePolicy(dtype).variable_dtype),
       keras.layers.Conv2D(width, 3, padding='same', activation='relu', dtype=dtype, name='conv_in'),
       keras.layers.Conv2D(width, 1, padding='same', activation='relu', dtype=dtype, name='conv_hidden'),
       ZeroConv2D(out_channels, dtype=dtype, name='conv_out'),

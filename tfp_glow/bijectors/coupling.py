@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from tfp_glow.bijectors.base import GlowBijector, check_channels
-from tfp_glow.nets import coupling_network
+from tfp_glow.nets import coupling_network, network_policy
 
 
 class AffineCoupling(GlowBijector):
@@ -26,7 +26,9 @@ class AffineCoupling(GlowBijector):
   so the coupling starts near the identity. Pass your own Keras layer as `network`; if it is not built,
   it is built for inputs (None, None, None, C//2).
 
-  The network runs once per transform-plus-log-det (see `GlowBijector`).
+  The network runs once per transform-plus-log-det (see `GlowBijector`). Under a Keras mixed policy the
+  default network computes in bfloat16/float16 and its output is cast back to the flow's float32
+  (see `tfp_glow.nets.network_policy`).
   Cost: one NN evaluation, O(N H W (9 C/2 width + width^2 + 9 width C)) for the default network.
   """
 
@@ -46,7 +48,7 @@ class AffineCoupling(GlowBijector):
     self._split = channels // 2  # size of x_a
     out = (channels - self._split) * (1 if additive else 2)
     if network is None:
-      network = coupling_network(self._split, out, width, dtype, name=name + '_nn')
+      network = coupling_network(self._split, out, width, network_policy(dtype), name=name + '_nn')
     _build(network, self._split, out, name)
     super().__init__(
       layer=network,
@@ -63,7 +65,7 @@ class AffineCoupling(GlowBijector):
 
   def _shift_and_log_scale(self, x_a: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
     """(shift, log scale) of the image -> latent map z_b = (x_b + shift) * exp(log scale)."""
-    h = self.network(x_a)
+    h = tf.cast(self.network(x_a), self.dtype)  # a mixed-precision network computes in bf16/fp16
     if self._additive:
       return h, None
     shift, raw = tf.split(h, 2, axis=-1)

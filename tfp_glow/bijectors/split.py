@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from tfp_glow.bijectors.base import check_channels
 from tfp_glow.bijectors.coupling import AffineCoupling
-from tfp_glow.nets import ZeroConv2D
+from tfp_glow.nets import ZeroConv2D, network_policy
 
 
 class SplitPrior(AffineCoupling):
@@ -29,9 +29,9 @@ class SplitPrior(AffineCoupling):
     self, channels: int, dtype: tf.DType = tf.float32, validate_args: bool = False, name: str = 'split_prior'
   ):
     check_channels(channels, 2, name + ' (the split halves the channels)')
-    network = ZeroConv2D(2 * (channels - channels // 2), dtype=tf.as_dtype(dtype).name, name=name + '_nn')
+    network = ZeroConv2D(2 * (channels - channels // 2), dtype=network_policy(dtype), name=name + '_nn')
     super().__init__(channels, network=network, dtype=dtype, validate_args=validate_args, name=name)
 
   def _shift_and_log_scale(self, z_a):
-    mean, log_std = tf.split(self.network(z_a), 2, axis=-1)
+    mean, log_std = tf.split(tf.cast(self.network(z_a), self.dtype), 2, axis=-1)
     return -mean, -log_std
