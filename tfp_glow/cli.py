@@ -1,10 +1,10 @@
-"""`tfp-glow`: train, sample, evaluate and interpolate Glow models from the command line.
+"""`tfp-glow`: train, sample, evaluate, interpolate and manipulate Glow models from the command line.
 
   tfp-glow train                          # offline 8x8 digits into runs/digits, minutes on 2 CPU cores
   tfp-glow sample runs/digits --n 64 --temperature 0.7 --out grid.png
   tfp-glow evaluate runs/digits/model.keras      # JSON: test bits/dim, reconstruction error
   tfp-glow interpolate runs/digits test:0 test:1 --steps 8 --out row.png
-  tfp-glow manipulate runs/digits test:3 --from-class 1 --to-class 7 --alphas 0 0.5 1 --out 1to7.png
+  tfp-glow manipulate runs/digits test:19 --from-class 1 --to-class 7 --alphas 0 0.5 1 --out 1to7.png
   tfp-glow train --config cifar10 --strategy multi-worker   # the paper's CIFAR-10 run, TF_CONFIG per host
 Bad flags, missing data and unreadable models print one `error:` line and exit with code 2.
 """
