@@ -104,9 +104,13 @@ def test_multi_worker_run_resumes_after_a_worker_is_killed_and_ends_bit_identica
   out = tmp_path / 'run'
   ports = _free_ports(2)
   procs = _start_workers(out, ports)
-  metadata = out / 'backup' / 'training_metadata.json'
+  metadata, history = out / 'backup' / 'training_metadata.json', out / 'history.csv'
+
+  def first_epoch_logged():  # the backup, then the CSV row: the callbacks' order at an epoch's end
+    return metadata.exists() and history.exists() and len(history.read_text().splitlines()) >= 2
+
   deadline = time.time() + 240
-  while not metadata.exists() and time.time() < deadline and all(p.poll() is None for p in procs):
+  while not first_epoch_logged() and time.time() < deadline and all(p.poll() is None for p in procs):
     time.sleep(0.1)
   procs[1].kill()  # worker 1 dies in epoch 2; the chief then blocks in the next collective: stop it too
   procs[0].kill()
