@@ -1,9 +1,11 @@
-"""`tfp-glow`: train, sample, evaluate and interpolate Glow models from the command line.
+"""`tfp-glow`: train, sample, evaluate, interpolate and manipulate Glow models from the command line.
 
   tfp-glow train                          # offline 8x8 digits into runs/digits, minutes on 2 CPU cores
   tfp-glow sample runs/digits --n 64 --temperature 0.7 --out grid.png
   tfp-glow evaluate runs/digits/model.keras      # JSON: test bits/dim, reconstruction error
   tfp-glow interpolate runs/digits test:0 test:1 --steps 8 --out row.png
+  tfp-glow manipulate runs/digits test:19 --from-class 1 --to-class 7 --alphas 0 0.5 1 --out 1to7.png
+  tfp-glow train --config cifar10 --strategy multi-worker   # the paper's CIFAR-10 run, TF_CONFIG per host
 Bad flags, missing data and unreadable models print one `error:` line and exit with code 2; a
 diverged run or model (NaN/Inf, or worse than the uniform model) exits with code 1 and leaves no model.
 """
@@ -23,10 +25,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfp_glow import atomic, guard
+from tfp_glow import atomic, configs, distribute, guard, manipulation
 from tfp_glow import data as glow_data
 from tfp_glow.callbacks import (
-  AtomicBackupAndRestore,
   BackupUnreadableError,
   SampleGrid,
   image_grid,
@@ -84,27 +85,30 @@ def _flag_errors():
 
 
 def _train_config(args) -> dict:
-  """The flags, with unset ones taken from the data set's DEFAULTS."""
-  if args.dataset not in DEFAULTS and not args.dataset.startswith(glow_data.FOLDER_PREFIX):
+  """The flags; unset ones from --config (tfp_glow.configs), then from the data set's DEFAULTS."""
+  preset = configs.get_config(args.config).train_flags() if args.config else {}
+  dataset = args.dataset or preset.pop('dataset', None) or ('digits' if not args.config else None)
+  preset.pop('dataset', None)
+  if dataset is None:
     raise UsageError(
-      f'unknown data set {args.dataset!r}; accepted: {", ".join(glow_data.DATASETS)}, '
+      f'--config {args.config} names no data set we can download: give --dataset '
+      f'{glow_data.FOLDER_PREFIX}PATH (a folder of its images)'
+    )
+  if dataset not in DEFAULTS and not dataset.startswith(glow_data.FOLDER_PREFIX):
+    raise UsageError(
+      f'unknown data set {dataset!r}; accepted: {", ".join(glow_data.DATASETS)}, '
       f'or {glow_data.FOLDER_PREFIX}PATH (a folder of PNG/JPEG images)'
     )
   config = {
-    k: getattr(args, k)
-    for k in (
-      'dataset',
-      'coupling',
-      'permutation',
-      'clipnorm',
-      'conditional',
-      'seed',
-      'max_consecutive_skips',
-    )
+    'dataset': dataset,
+    **{k: getattr(args, k) for k in ('clipnorm', 'seed', 'max_consecutive_skips')},
   }
-  for key, default in DEFAULTS.get(args.dataset, _LARGE).items():
+  fallback = dict(coupling='affine', permutation='conv_lu', conditional=False)
+  for key, default in {**DEFAULTS.get(dataset, _LARGE), **fallback, **preset}.items():
     config[key] = default if getattr(args, key) is None else getattr(args, key)
   config['sample_every'] = args.sample_every or max(1, config['epochs'] // 10)
+  if args.config:
+    config['config'] = args.config
   return config
 
 
@@ -172,10 +176,15 @@ def train(args) -> int:
   out = args.out or os.path.join('runs', re.sub(r'[^A-Za-z0-9_.-]+', '_', config['dataset']).strip('_'))
   if tf.io.gfile.exists(out) and not tf.io.gfile.isdir(out):
     raise UsageError(f'--out {out!r} is a file; give a directory (new, or a run to resume)')
-  keras.utils.set_random_seed(config['seed'])
   with _flag_errors():
+    strategy = distribute.make_strategy(args.strategy, tpu=args.tpu)  # before any other TF op
+  wout = distribute.write_dir(out, strategy)  # `out` on the chief, a temporary directory elsewhere
+  keras.utils.set_random_seed(config['seed'])
+  with _flag_errors(), strategy.scope():
     train_ds, info = _load_split(config, 'train', shuffle=True, data_dir=args.data_dir)
     test_ds, _ = _load_split(config, 'test', shuffle=False, data_dir=args.data_dir)
+    if args.strategy != 'default':
+      train_ds, test_ds = distribute.shard(train_ds), distribute.shard(test_ds)
     model = GlowModel(
       info.image_shape,
       levels=config['levels'],
@@ -199,7 +208,7 @@ def train(args) -> int:
     )
     n, columns, labels = _grid_layout(16, model.num_classes)
     sample_grid = SampleGrid(
-      os.path.join(out, 'samples'),
+      os.path.join(wout, 'samples'),
       every_n_epochs=config['sample_every'],
       n=n,
       labels=labels,
@@ -208,14 +217,21 @@ def train(args) -> int:
       zoom=_display_zoom(info.image_shape),
     )
     resuming = _check_resume(out, config)
-  tf.io.gfile.makedirs(out)
-  atomic.remove_stale(out)  # temporary files of a killed run
-  atomic.write_json(os.path.join(out, 'config.json'), config)
+    if args.strategy != 'default':  # the same init images on every worker: unshuffled, seeded
+      init_ds, _ = _load_split(config, 'train', shuffle=False, data_dir=args.data_dir)
+      init_batch = next(iter(init_ds.unbatch().batch(256).take(1)))
+      images, labels = init_batch if config['conditional'] else (init_batch, None)
+      distribute.initialize_actnorm(model, images, strategy, labels)
+    distribute.rank1_step_outputs(model, strategy)
+  tf.io.gfile.makedirs(wout)
+  atomic.remove_stale(wout)  # temporary files of a killed run
+  atomic.write_json(os.path.join(wout, 'config.json'), config)
   callbacks = [
-    # First: restores before the rest. Keeps the previous backup too, in case the latest is unreadable.
-    AtomicBackupAndRestore(os.path.join(out, 'backup'), double_checkpoint=True),
-    keras.callbacks.ModelCheckpoint(os.path.join(out, 'checkpoints', 'latest.keras')),
-    keras.callbacks.CSVLogger(os.path.join(out, 'history.csv'), append=resuming),
+    # First: restores before the rest; every worker restores from the chief's backup. Keeps the
+    # previous backup too, in case the latest is unreadable.
+    distribute.MultiWorkerBackupAndRestore(os.path.join(out, 'backup'), strategy, double_checkpoint=True),
+    keras.callbacks.ModelCheckpoint(os.path.join(wout, 'checkpoints', 'latest.keras')),
+    keras.callbacks.CSVLogger(os.path.join(wout, 'history.csv'), append=resuming),
     sample_grid,
     keras.callbacks.TerminateOnNaN(),
   ]
@@ -244,6 +260,8 @@ def train(args) -> int:
     _diverged(out, f'the loss became NaN or Inf in epoch {len(losses)}')
   # Never save or report a diverged model as if it were trained: check before writing anything.
   train_eval_ds, _ = _load_split(config, 'train', shuffle=False, data_dir=args.data_dir)
+  if args.strategy != 'default':
+    train_eval_ds = distribute.shard(train_eval_ds)
   train_bpd, test_bpd = _bits_per_dim(model, train_eval_ds), _bits_per_dim(model, test_ds)
   uniform = math.log2(info.n_bins)
   if not (math.isfinite(test_bpd) and math.isfinite(train_bpd)) or not guard.finite_weights(model):
@@ -252,10 +270,10 @@ def train(args) -> int:
     _diverged(
       out, f"the final test bits/dim, {test_bpd:.4g}, is worse than the uniform model's {uniform:.4g}"
     )
-  model.save(os.path.join(out, 'model.keras'))  # atomic: never a half-written model.keras
+  model.save(os.path.join(wout, 'model.keras'))  # atomic: never a half-written model.keras
   n, columns, labels = _grid_layout(64, model.num_classes)
   _save_grid(
-    os.path.join(out, 'samples.png'),
+    os.path.join(wout, 'samples.png'),
     model.sample(n, temperature=SAMPLE_TEMPERATURE, labels=labels, seed=tf.constant([config['seed'], 1])),
     columns,
   )
@@ -271,11 +289,20 @@ def train(args) -> int:
     num_classes=model.num_classes,
     config=config,
     num_parameters=int(sum(np.prod(v.shape) for v in model.trainable_variables)),
+    strategy=args.strategy,
+    replicas=strategy.num_replicas_in_sync,
+    weights_sha256=distribute.weights_digest(model),
   )
-  atomic.write_json(os.path.join(out, 'metrics.json'), metrics)
+  if args.strategy != 'default':
+    print(f'weights sha256 {metrics["weights_sha256"]} ({metrics["replicas"]} replicas)')
+  wrote = (
+    f'wrote {out}/model.keras, samples.png, metrics.json' if wout == out else 'the chief writes the files'
+  )
+  atomic.write_json(os.path.join(wout, 'metrics.json'), metrics)
+  distribute.remove_write_dir(out, strategy)
   print(
     f'test {metrics["test_bits_per_dim"]:.4f} bits/dim, train {metrics["train_bits_per_dim"]:.4f} '
-    f'bits/dim, {metrics["wall_seconds"]:.0f} s; wrote {out}/model.keras, samples.png, metrics.json'
+    f'bits/dim, {metrics["wall_seconds"]:.0f} s; {wrote}'
   )
   return 0
 
@@ -322,8 +349,9 @@ def _read_json_dict(path: str) -> dict:
   return obj if isinstance(obj, dict) else {}
 
 
-def _load_matching_split(model: GlowModel, args, split: str = 'test'):
-  """The split of --dataset (default: the model's training data set), in the model's shape and bins."""
+def _load_matching_split(model: GlowModel, args, split: str = 'test', with_labels: bool | None = None):
+  """The split of --dataset (default: the model's training data set), in the model's shape and bins;
+  with labels if the model is class-conditional (or `with_labels`)."""
   model_dir = args.model if tf.io.gfile.isdir(args.model) else os.path.dirname(args.model)
   trained = _read_json_dict(os.path.join(model_dir, 'config.json'))  # the `train` config of its --out
   dataset = args.dataset or trained.get('dataset', 'digits')
@@ -338,7 +366,7 @@ def _load_matching_split(model: GlowModel, args, split: str = 'test'):
     n_bits=n_bits,
     image_size=image_size,
     pad_to_32=pad_to_32,
-    with_labels=bool(model.num_classes),
+    with_labels=bool(model.num_classes) if with_labels is None else with_labels,
     shuffle=False,
     data_dir=args.data_dir,
     seed=0,
@@ -420,6 +448,44 @@ def interpolate(args) -> int:
   return 0
 
 
+def manipulate(args) -> int:
+  """Moves an image along a class direction: mean latent of --to-class minus that of --from-class."""
+  model = _load_model(args.model)
+  image, label = _read_image(args.image, model, args)
+  if model.num_classes and label is None:
+    raise UsageError('the model is class-conditional: pass --label K for image files')
+  ds, info, dataset = _load_matching_split(model, args, split=args.split, with_labels=True)
+  batches = list(ds)
+  images = tf.concat([b[0] for b in batches], 0)
+  labels = np.concatenate([b[1].numpy() for b in batches])
+  for flag, value in (('--to-class', args.to_class), ('--from-class', args.from_class)):
+    if value is not None and not 0 <= value < info.num_classes:
+      raise UsageError(f'{flag} {value}: data set {dataset!r} has classes 0..{info.num_classes - 1}')
+  if args.from_class == args.to_class:
+    raise UsageError('--from-class and --to-class must differ')
+  keep = (
+    np.ones_like(labels, bool)
+    if args.from_class is None
+    else np.isin(labels, [args.from_class, args.to_class])
+  )
+  images = (
+    tf.floor((tf.boolean_mask(images, keep) + 0.5) * model.n_bins) + 0.5
+  ) / model.n_bins - 0.5  # bin centres
+  direction = manipulation.attribute_direction(
+    model, images, labels[keep] == args.to_class, labels=labels[keep] if model.num_classes else None
+  )
+  row = manipulation.manipulate(
+    model, image, direction, args.alphas, label=label if model.num_classes else None
+  )
+  _save_grid(args.out, glow_data.to_uint8(row, model.n_bins), len(args.alphas), args.zoom)
+  source = 'all other classes' if args.from_class is None else f'class {args.from_class}'
+  print(
+    f'wrote {args.out}: {args.image} moved toward class {args.to_class} (direction from {int(keep.sum())} '
+    f'{args.split} images: class {args.to_class} minus {source}), alphas {args.alphas}'
+  )
+  return 0
+
+
 def _add_data_flags(p: argparse.ArgumentParser, default_dataset: str | None) -> None:
   fallback = default_dataset or "that of the model's training run, else digits"
   p.add_argument(
@@ -440,6 +506,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
   p = commands.add_parser('train', help='train a Glow model (defaults: offline digits, a few CPU minutes)')
   _add_data_flags(p, 'digits')
+  p.set_defaults(dataset=None)  # digits, unless --config names another
   for flag, kind in (
     ('levels', int),
     ('steps', int),
@@ -456,8 +523,8 @@ def _build_parser() -> argparse.ArgumentParser:
       help=f'default: {DEFAULTS["digits"][flag.replace("-", "_")]} for '
       'digits, per data set otherwise (tfp_glow.cli.DEFAULTS)',
     )
-  p.add_argument('--coupling', choices=('affine', 'additive'), default='affine')
-  p.add_argument('--permutation', choices=('conv_lu', 'conv', 'shuffle', 'reverse'), default='conv_lu')
+  p.add_argument('--coupling', choices=('affine', 'additive'), help='default: affine')
+  p.add_argument('--permutation', choices=('conv_lu', 'conv', 'shuffle', 'reverse'), help='default: conv_lu')
   p.add_argument(
     '--ema',
     action=argparse.BooleanOptionalAction,
@@ -465,7 +532,9 @@ def _build_parser() -> argparse.ArgumentParser:
     'run (a few hundred steps): use --no-ema there (default: per data set)',
   )
   p.add_argument('--clipnorm', type=float, help='clip each gradient to this norm')
-  p.add_argument('--conditional', action='store_true', help='class-conditional model (labeled data sets)')
+  p.add_argument(
+    '--conditional', action=argparse.BooleanOptionalAction, help='class-conditional model (labeled data sets)'
+  )
   p.add_argument('--seed', type=int, default=0)
   p.add_argument(
     '--max-consecutive-skips',
@@ -474,19 +543,45 @@ def _build_parser() -> argparse.ArgumentParser:
     help='stop (diverged) after this many skipped steps in a row (bad batches, NaN/Inf gradients)',
   )
   p.add_argument('--sample-every', type=int, help='write samples/ every N epochs (default: epochs // 10)')
+  p.add_argument(
+    '--config',
+    choices=list(configs.CONFIGS),
+    metavar='NAME',
+    help="a paper experiment's settings (other flags override them): " + ', '.join(configs.CONFIGS),
+  )
+  p.add_argument(
+    '--strategy',
+    choices=distribute.STRATEGIES,
+    default='default',
+    help='tf.distribute strategy: one device, every GPU of this host, every host in TF_CONFIG, or a TPU; '
+    '--batch-size is the global batch',
+  )
+  p.add_argument('--tpu', help='--strategy tpu: the TPU name or grpc:// address (default: the local TPU)')
   p.add_argument('--out', help='output directory (default: runs/DATASET); rerun to resume a killed run')
   p.set_defaults(handler=train)
 
   sample_p = commands.add_parser('sample', help='write a grid of samples as PNG')
   evaluate_p = commands.add_parser('evaluate', help='print JSON: test bits/dim and reconstruction error')
   interpolate_p = commands.add_parser('interpolate', help="decode the line between two images' latents")
-  for p, handler in ((sample_p, sample), (evaluate_p, evaluate), (interpolate_p, interpolate)):
+  manipulate_p = commands.add_parser(
+    'manipulate', help="move an image along a class direction (the paper's attribute manipulation)"
+  )
+  for p, handler in (
+    (sample_p, sample),
+    (evaluate_p, evaluate),
+    (interpolate_p, interpolate),
+    (manipulate_p, manipulate),
+  ):
     p.add_argument('model', help='a .keras file, or a train --out directory')
     p.set_defaults(handler=handler)
-  for p in (evaluate_p, interpolate_p):  # data for evaluation and for test:I
+  for p in (evaluate_p, interpolate_p, manipulate_p):  # data for evaluation and for test:I
     _add_data_flags(p, None)
     p.add_argument('--batch-size', type=int, default=256)
-  for p, out in ((sample_p, 'samples.png'), (interpolate_p, 'interpolation.png')):
+  for p, out in (
+    (sample_p, 'samples.png'),
+    (interpolate_p, 'interpolation.png'),
+    (manipulate_p, 'manipulation.png'),
+  ):
     p.add_argument('--zoom', type=int, help='enlarge each image ZOOM times (default: small ones to ~32 px)')
     p.add_argument('--out', default=out)
   sample_p.add_argument('--n', type=int, default=16)
@@ -498,6 +593,18 @@ def _build_parser() -> argparse.ArgumentParser:
   interpolate_p.add_argument('image2')
   interpolate_p.add_argument('--steps', type=int, default=8)
   interpolate_p.add_argument('--label', type=int, help='class of image files (conditional models)')
+  manipulate_p.add_argument('image', help='an image file (PNG/JPEG), or test:I, the I-th test image')
+  manipulate_p.add_argument(
+    '--to-class', type=int, required=True, help='direction: mean latent of this class (the "attribute")'
+  )
+  manipulate_p.add_argument(
+    '--from-class', type=int, help='minus the mean latent of this class (default: all others)'
+  )
+  manipulate_p.add_argument('--alphas', type=float, nargs='+', default=[-0.5, 0.0, 0.5, 1.0, 1.5])
+  manipulate_p.add_argument(
+    '--split', choices=('train', 'test'), default='train', help='images for the direction'
+  )
+  manipulate_p.add_argument('--label', type=int, help='class of an image file (conditional models)')
   return parser
 
 
