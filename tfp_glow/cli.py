@@ -206,6 +206,7 @@ def train(args) -> int:
       seed=config['seed'],
       columns=columns,
       zoom=_display_zoom(info.image_shape),
+      log_dir=os.path.join(out, 'logs', 'samples') if args.tensorboard else None,
     )
     resuming = _check_resume(out, config)
   tf.io.gfile.makedirs(out)
@@ -218,6 +219,7 @@ def train(args) -> int:
     keras.callbacks.CSVLogger(os.path.join(out, 'history.csv'), append=resuming),
     sample_grid,
     keras.callbacks.TerminateOnNaN(),
+    *([keras.callbacks.TensorBoard(os.path.join(out, 'logs'))] if args.tensorboard else []),
   ]
   fit_started = time.time()
   try:
@@ -474,6 +476,7 @@ def _build_parser() -> argparse.ArgumentParser:
     help='stop (diverged) after this many skipped steps in a row (bad batches, NaN/Inf gradients)',
   )
   p.add_argument('--sample-every', type=int, help='write samples/ every N epochs (default: epochs // 10)')
+  p.add_argument('--tensorboard', action='store_true', help='log metrics and sample grids to DIR/logs')
   p.add_argument('--out', help='output directory (default: runs/DATASET); rerun to resume a killed run')
   p.set_defaults(handler=train)
 
