@@ -140,7 +140,8 @@ def test_rerun_after_a_finished_run_trains_afresh(tmp_path, capsys):
   assert cli.main(['train', *TINY, '--epochs', '1', '--out', str(out)]) == 0
   first = json.loads((out / 'metrics.json').read_text())
   capsys.readouterr()
-  assert cli.main(['train', *TINY, '--epochs', '1', '--out', str(out), '--seed', '3']) == 0
+  assert cli.main(['train', *TINY, '--epochs', '1', '--out', str(out), '--seed', '3', '--tensorboard']) == 0
+  assert list((out / 'logs' / 'train').iterdir()) and list((out / 'logs' / 'samples').iterdir())
   assert 'finished run' in capsys.readouterr().out
   second = json.loads((out / 'metrics.json').read_text())
   assert second['epochs_this_run'] == 1 and second['config']['seed'] == 3 and first['config']['seed'] == 0

@@ -215,6 +215,7 @@ def train(args) -> int:
       seed=config['seed'],
       columns=columns,
       zoom=_display_zoom(info.image_shape),
+      log_dir=os.path.join(wout, 'logs', 'samples') if args.tensorboard else None,
     )
     resuming = _check_resume(out, config)
     if args.strategy != 'default':  # the same init images on every worker: unshuffled, seeded
@@ -234,6 +235,7 @@ def train(args) -> int:
     keras.callbacks.CSVLogger(os.path.join(wout, 'history.csv'), append=resuming),
     sample_grid,
     keras.callbacks.TerminateOnNaN(),
+    *([keras.callbacks.TensorBoard(os.path.join(wout, 'logs'))] if args.tensorboard else []),
   ]
   fit_started = time.time()
   try:
@@ -557,6 +559,7 @@ def _build_parser() -> argparse.ArgumentParser:
     '--batch-size is the global batch',
   )
   p.add_argument('--tpu', help='--strategy tpu: the TPU name or grpc:// address (default: the local TPU)')
+  p.add_argument('--tensorboard', action='store_true', help='log metrics and sample grids to DIR/logs')
   p.add_argument('--out', help='output directory (default: runs/DATASET); rerun to resume a killed run')
   p.set_defaults(handler=train)
 

@@ -142,9 +142,9 @@ class GlowModel(keras.Model):
     kwargs['callbacks'] = [*callbacks, guard.StopAfterConsecutiveSkips(limit)]
     return super().fit(x, y, **kwargs)
 
-  def evaluate(self, x=None, y=None, **kwargs):
+  def evaluate(self, x=None, y=None, *args, **kwargs):
     """`keras.Model.evaluate` (under a distribution strategy, with batches cut to split evenly)."""
-    return super().evaluate(self._even_batches(x), y, **kwargs)
+    return super().evaluate(self._even_batches(x), y, *args, **kwargs)
 
   def _even_batches(self, data):
     """Under N > 1 replicas, a tf.data.Dataset's batches cut to a multiple of N images (with a
