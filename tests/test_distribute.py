@@ -205,11 +205,26 @@ TRAJECTORY = textwrap.dedent("""
       model.fit(train, epochs=2, verbose=0, callbacks=[record])
       return record.values, initial
 
+    def sgd_update(strategy, weights):
+      # Plain SGD is not invariant to the gradient's scale (Adamax nearly is): one step's update
+      # shows whether the replicas' gradients add up to the global batch's mean gradient.
+      with strategy.scope():
+        model = GlowModel(info.image_shape, levels=2, steps=2, width=16, n_bins=17, seed=0)
+        model.set_weights(weights)
+        model.compile(optimizer=keras.optimizers.SGD(1e-2))
+      model.fit(tf.data.Dataset.from_tensor_slices(images[:250]).batch(250), epochs=1, verbose=0)
+      before = model.get_weights()
+      model.fit(tf.data.Dataset.from_tensor_slices(images[250:500]).batch(250), epochs=1, verbose=0)
+      pairs = [(a, b) for a, b in zip(model.get_weights(), before) if a.dtype.kind == "f"]
+      return float(np.sqrt(sum(np.sum((a - b) ** 2) for a, b in pairs)))
+
     ds, info = data.load_dataset("digits", "train", batch_size=1500, shuffle=False, seed=0)
     images = next(iter(ds)).numpy()
     single, initial = losses(tf.distribute.get_strategy(), None)
-    mirrored, _ = losses(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), initial)
-    print(json.dumps(dict(single=single, mirrored=mirrored)))
+    mirrored_strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    mirrored, _ = losses(mirrored_strategy, initial)
+    updates = [sgd_update(s, initial) for s in (tf.distribute.get_strategy(), mirrored_strategy)]
+    print(json.dumps(dict(single=single, mirrored=mirrored, sgd_updates=updates)))
 """)
 
 
@@ -225,3 +240,8 @@ def test_mirrored_strategy_follows_the_single_device_loss_trajectory():
   assert len(single) == len(mirrored) == 12
   assert single[-1] < single[0] - 0.05  # it trained: the comparison is not between two constants
   np.testing.assert_allclose(mirrored, single, atol=1e-4, rtol=0)
+  # The size of one SGD update is the same on 2 replicas as on one device (it was 2x when each
+  # replica's mean-loss gradient was summed over replicas).
+  single_update, mirrored_update = result['sgd_updates']
+  assert single_update > 0
+  np.testing.assert_allclose(mirrored_update, single_update, rtol=1e-3)

@@ -244,17 +244,20 @@ class GlowModel(keras.Model):
     # Invalid values never reach the flow (out-of-range labels would make some ops raise).
     images = tf.where(valid, images, tf.zeros_like(images))
     labels = None if labels is None else tf.where(valid, labels, tf.zeros_like(labels))
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
     with tf.GradientTape() as tape:
       loss, bpd, labels, logits = self._loss_terms_of(images, labels)
-      scaled = self.optimizer.scale_loss(loss)  # mixed precision loss scaling (identity otherwise)
+      # The optimizer sums the replicas' gradients: each replica's mean loss is divided by their
+      # number, so the sum is the gradient of the global batch's mean (as Keras' own train_step does).
+      # Then mixed precision loss scaling (the identity otherwise).
+      scaled = self.optimizer.scale_loss(loss / replicas)
     grads = tape.gradient(scaled, self.trainable_variables)
     # A LossScaleOptimizer must see its overflowing (non-finite) gradients: it skips that step
     # itself and lowers its loss scale. Other optimizers get only finite gradients.
     mixed = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
     ok = guard.all_replicas_agree(valid & guard.all_finite([loss] if mixed else [loss, *grads]))
     guard.apply_if(self.optimizer, ok, grads, self.trainable_variables)
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync  # the Sum adds up over replicas
-    self.skip_tracker.update_state(tf.cast(~ok, tf.float32) / replicas)
+    self.skip_tracker.update_state(tf.cast(~ok, tf.float32) / replicas)  # the Sum adds up over replicas
     logs = self._record_metrics(loss, bpd, labels, logits, weight=tf.cast(ok, loss.dtype))
     return {**logs, 'skipped_steps': self.skip_tracker.result()}
 
