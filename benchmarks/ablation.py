@@ -108,7 +108,7 @@ def plot(runs: list[dict], path: str, title: str) -> None:
     steps = np.arange(1, curves.shape[1] + 1) * runs[0]['steps_per_epoch']
     mean, std = curves.mean(0), curves.std(0, ddof=1) if len(curves) > 1 else np.zeros(curves.shape[1])
     for ax in (full, zoom):
-      (line,) = ax.plot(steps, mean, label=f'{name} ({len(curves)} seeds)')
+      (line,) = ax.plot(steps, mean, label=f'{name} ({len(curves)} seed{"s" if len(curves) > 1 else ""})')
       ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.25)
   full.set_ylim(top=min(full.get_ylim()[1], 3.2))
   half = steps[len(steps) // 2]
