@@ -108,7 +108,7 @@ def plot(runs: list[dict], path: str, title: str) -> None:
     steps = np.arange(1, curves.shape[1] + 1) * runs[0]['steps_per_epoch']
     mean, std = curves.mean(0), curves.std(0, ddof=1) if len(curves) > 1 else np.zeros(curves.shape[1])
     for ax in (full, zoom):
-      (line,) = ax.plot(steps, mean, label=f'{name} ({len(curves)} seeds)')
+      (line,) = ax.plot(steps, mean, label=f'{name} ({len(curves)} seed{"s" if len(curves) > 1 else ""})')
       ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.25)
   full.set_ylim(top=min(full.get_ylim()[1], 3.2))
   half = steps[len(steps) // 2]
@@ -131,6 +131,7 @@ def main() -> None:
   parser.add_argument('--epochs', type=int, default=100)
   parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
   parser.add_argument('--image-size', type=int, help='upscale the digits to SIZE x SIZE (bilinear)')
+  parser.add_argument('--variants', nargs='+', choices=list(VARIANTS), default=list(VARIANTS), metavar='NAME')
   parser.add_argument('--out', default='benchmarks/results/ablation', help='writes OUT.json and OUT.png')
   parser.add_argument('--plot-only', action='store_true', help='redraw OUT.png and the summary from OUT.json')
   args = parser.parse_args()
@@ -144,7 +145,8 @@ def main() -> None:
     runs = []
     steps_per_epoch = math.ceil((data.load_digits('train')[0].shape[0]) / BATCH)
     for seed in args.seeds:  # seeds outermost: variants alternate, so machine noise spreads evenly
-      for name, (permutation, coupling) in VARIANTS.items():
+      for name in args.variants:
+        permutation, coupling = VARIANTS[name]
         result = run(permutation, coupling, seed, args.epochs, args.image_size)
         result = dict(variant=name, seed=seed, epochs=args.epochs, steps_per_epoch=steps_per_epoch, **result)
         runs.append(result)
