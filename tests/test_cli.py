@@ -140,11 +140,14 @@ def test_rerun_after_a_finished_run_trains_afresh(tmp_path, capsys):
   assert cli.main(['train', *TINY, '--epochs', '1', '--out', str(out)]) == 0
   first = json.loads((out / 'metrics.json').read_text())
   capsys.readouterr()
-  assert cli.main(['train', *TINY, '--epochs', '1', '--out', str(out), '--seed', '3', '--tensorboard']) == 0
+  flags = ['--seed', '3', '--tensorboard', '--memory-saving', 'inverse']
+  assert cli.main(['train', *TINY, '--epochs', '1', '--out', str(out), *flags]) == 0
   assert list((out / 'logs' / 'train').iterdir()) and list((out / 'logs' / 'samples').iterdir())
   assert 'finished run' in capsys.readouterr().out
   second = json.loads((out / 'metrics.json').read_text())
   assert second['epochs_this_run'] == 1 and second['config']['seed'] == 3 and first['config']['seed'] == 0
+  assert first['config']['memory_saving'] == 'off' and second['config']['memory_saving'] == 'inverse'
+  assert cli._load_model(str(out)).get_config()['memory_saving'] == 'inverse'  # trained and saved with it
   assert _history_epochs(out) == [0]  # a fresh history, not appended
   assert not (out / 'backup').exists()
 

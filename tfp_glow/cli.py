@@ -101,7 +101,7 @@ def _train_config(args) -> dict:
     )
   config = {
     'dataset': dataset,
-    **{k: getattr(args, k) for k in ('clipnorm', 'seed', 'max_consecutive_skips')},
+    **{k: getattr(args, k) for k in ('clipnorm', 'seed', 'max_consecutive_skips', 'memory_saving')},
   }
   fallback = dict(coupling='affine', permutation='conv_lu', conditional=False)
   for key, default in {**DEFAULTS.get(dataset, _LARGE), **fallback, **preset}.items():
@@ -195,6 +195,7 @@ def train(args) -> int:
       num_classes=info.num_classes if config['conditional'] else None,
       n_bins=info.n_bins,
       max_consecutive_skips=config['max_consecutive_skips'],
+      memory_saving=False if config['memory_saving'] == 'off' else config['memory_saving'],
       seed=config['seed'],
     )
     steps_per_epoch = math.ceil(info.num_examples / config['batch_size']) if info.num_examples else 1000
@@ -543,6 +544,13 @@ def _build_parser() -> argparse.ArgumentParser:
     type=int,
     default=10,
     help='stop (diverged) after this many skipped steps in a row (bad batches, NaN/Inf gradients)',
+  )
+  p.add_argument(
+    '--memory-saving',
+    choices=('off', 'inverse', 'checkpoint'),
+    default='off',
+    help="memory-saving gradients: recompute each step's activations in the backward pass through the exact "
+    "inverse, or per-step checkpoints (tfp_glow.reversible); for the paper's sizes on GPUs",
   )
   p.add_argument('--sample-every', type=int, help='write samples/ every N epochs (default: epochs // 10)')
   p.add_argument(
