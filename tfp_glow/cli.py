@@ -34,35 +34,12 @@ from tfp_glow.callbacks import (
   read_image,
   save_png,
 )
+from tfp_glow.cli_flags import DEFAULTS, LARGE_DEFAULTS, SAMPLE_TEMPERATURE, build_parser
 from tfp_glow.model import GlowModel
 from tfp_glow.optim import default_optimizer
 
-_LARGE = dict(
-  levels=3,
-  steps=16,
-  width=256,
-  batch_size=64,
-  epochs=10,
-  lr=1e-3,
-  warmup_epochs=1.0,
-  ema=False,
-  n_bits=8,
-  image_size=None,
-  pad_to_32=False,
-)
-# Per-data-set defaults of `train`; "folder:PATH" uses _LARGE. Only digits runs in minutes on a CPU.
-DEFAULTS = {
-  'digits': dict(_LARGE, levels=2, steps=8, width=64, epochs=80, lr=2e-3, warmup_epochs=2.0, ema=True),
-  'mnist': dict(_LARGE, levels=2),
-  'fashion_mnist': dict(_LARGE, levels=2),  # 28 = 4 * 7: levels <= 2
-  'cifar10': _LARGE,
-  'downsampled_imagenet/32x32': _LARGE,
-  'downsampled_imagenet/64x64': dict(_LARGE, levels=4),
-  'celeb_a': dict(_LARGE, levels=4, n_bits=5),
-}
 # Other config changes would invalidate a backup.
 _MAY_CHANGE_ON_RESUME = ('epochs', 'sample_every', 'max_consecutive_skips')
-SAMPLE_TEMPERATURE = 0.7
 
 
 class UsageError(Exception):
@@ -104,7 +81,7 @@ def _train_config(args) -> dict:
     **{k: getattr(args, k) for k in ('clipnorm', 'seed', 'max_consecutive_skips', 'memory_saving')},
   }
   fallback = dict(coupling='affine', permutation='conv_lu', conditional=False)
-  for key, default in {**DEFAULTS.get(dataset, _LARGE), **fallback, **preset}.items():
+  for key, default in {**DEFAULTS.get(dataset, LARGE_DEFAULTS), **fallback, **preset}.items():
     config[key] = default if getattr(args, key) is None else getattr(args, key)
   config['sample_every'] = args.sample_every or max(1, config['epochs'] // 10)
   if args.config:
@@ -489,134 +466,11 @@ def manipulate(args) -> int:
   return 0
 
 
-def _add_data_flags(p: argparse.ArgumentParser, default_dataset: str | None) -> None:
-  fallback = default_dataset or "that of the model's training run, else digits"
-  p.add_argument(
-    '--dataset',
-    default=default_dataset,
-    help=f'{", ".join(glow_data.DATASETS)} or {glow_data.FOLDER_PREFIX}PATH (default: {fallback})',
-  )
-  p.add_argument('--data-dir', help='tensorflow_datasets data directory (data prepared with `tfds build`)')
-  p.add_argument('--image-size', type=int, help='resize images to SIZE x SIZE')
-  p.add_argument('--pad-to-32', action=argparse.BooleanOptionalAction, help='zero-pad images to 32x32')
-
-
 def _build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-    prog='tfp-glow', description=__doc__.split('\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  handlers = dict(
+    train=train, sample=sample, evaluate=evaluate, interpolate=interpolate, manipulate=manipulate
   )
-  commands = parser.add_subparsers(dest='command', required=True)
-
-  p = commands.add_parser('train', help='train a Glow model (defaults: offline digits, a few CPU minutes)')
-  _add_data_flags(p, 'digits')
-  p.set_defaults(dataset=None)  # digits, unless --config names another
-  for flag, kind in (
-    ('levels', int),
-    ('steps', int),
-    ('width', int),
-    ('n-bits', int),
-    ('batch-size', int),
-    ('epochs', int),
-    ('lr', float),
-    ('warmup-epochs', float),
-  ):
-    p.add_argument(
-      f'--{flag}',
-      type=kind,
-      help=f'default: {DEFAULTS["digits"][flag.replace("-", "_")]} for '
-      'digits, per data set otherwise (tfp_glow.cli.DEFAULTS)',
-    )
-  p.add_argument('--coupling', choices=('affine', 'additive'), help='default: affine')
-  p.add_argument('--permutation', choices=('conv_lu', 'conv', 'shuffle', 'reverse'), help='default: conv_lu')
-  p.add_argument(
-    '--ema',
-    action=argparse.BooleanOptionalAction,
-    help='Polyak-average the weights (EMA, momentum 0.99), used after training; it lags a short '
-    'run (a few hundred steps): use --no-ema there (default: per data set)',
-  )
-  p.add_argument('--clipnorm', type=float, help='clip each gradient to this norm')
-  p.add_argument(
-    '--conditional', action=argparse.BooleanOptionalAction, help='class-conditional model (labeled data sets)'
-  )
-  p.add_argument('--seed', type=int, default=0)
-  p.add_argument(
-    '--max-consecutive-skips',
-    type=int,
-    default=10,
-    help='stop (diverged) after this many skipped steps in a row (bad batches, NaN/Inf gradients)',
-  )
-  p.add_argument(
-    '--memory-saving',
-    choices=('off', 'inverse', 'checkpoint'),
-    default='off',
-    help="memory-saving gradients: recompute each step's activations in the backward pass through the exact "
-    "inverse, or per-step checkpoints (tfp_glow.reversible); for the paper's sizes on GPUs",
-  )
-  p.add_argument('--sample-every', type=int, help='write samples/ every N epochs (default: epochs // 10)')
-  p.add_argument(
-    '--config',
-    choices=list(configs.CONFIGS),
-    metavar='NAME',
-    help="a paper experiment's settings (other flags override them): " + ', '.join(configs.CONFIGS),
-  )
-  p.add_argument(
-    '--strategy',
-    choices=distribute.STRATEGIES,
-    default='default',
-    help='tf.distribute strategy: one device, every GPU of this host, every host in TF_CONFIG, or a TPU; '
-    '--batch-size is the global batch',
-  )
-  p.add_argument('--tpu', help='--strategy tpu: the TPU name or grpc:// address (default: the local TPU)')
-  p.add_argument('--tensorboard', action='store_true', help='log metrics and sample grids to DIR/logs')
-  p.add_argument('--out', help='output directory (default: runs/DATASET); rerun to resume a killed run')
-  p.set_defaults(handler=train)
-
-  sample_p = commands.add_parser('sample', help='write a grid of samples as PNG')
-  evaluate_p = commands.add_parser('evaluate', help='print JSON: test bits/dim and reconstruction error')
-  interpolate_p = commands.add_parser('interpolate', help="decode the line between two images' latents")
-  manipulate_p = commands.add_parser(
-    'manipulate', help="move an image along a class direction (the paper's attribute manipulation)"
-  )
-  for p, handler in (
-    (sample_p, sample),
-    (evaluate_p, evaluate),
-    (interpolate_p, interpolate),
-    (manipulate_p, manipulate),
-  ):
-    p.add_argument('model', help='a .keras file, or a train --out directory')
-    p.set_defaults(handler=handler)
-  for p in (evaluate_p, interpolate_p, manipulate_p):  # data for evaluation and for test:I
-    _add_data_flags(p, None)
-    p.add_argument('--batch-size', type=int, default=256)
-  for p, out in (
-    (sample_p, 'samples.png'),
-    (interpolate_p, 'interpolation.png'),
-    (manipulate_p, 'manipulation.png'),
-  ):
-    p.add_argument('--zoom', type=int, help='enlarge each image ZOOM times (default: small ones to ~32 px)')
-    p.add_argument('--out', default=out)
-  sample_p.add_argument('--n', type=int, default=16)
-  sample_p.add_argument('--temperature', type=float, default=SAMPLE_TEMPERATURE)
-  sample_p.add_argument('--label', type=int, help='class of every sample (default: cycle over the classes)')
-  sample_p.add_argument('--seed', type=int, help='fixes the samples (default: random)')
-  sample_p.add_argument('--columns', type=int)
-  interpolate_p.add_argument('image1', help='an image file (PNG/JPEG), or test:I, the I-th test image')
-  interpolate_p.add_argument('image2')
-  interpolate_p.add_argument('--steps', type=int, default=8)
-  interpolate_p.add_argument('--label', type=int, help='class of image files (conditional models)')
-  manipulate_p.add_argument('image', help='an image file (PNG/JPEG), or test:I, the I-th test image')
-  manipulate_p.add_argument(
-    '--to-class', type=int, required=True, help='direction: mean latent of this class (the "attribute")'
-  )
-  manipulate_p.add_argument(
-    '--from-class', type=int, help='minus the mean latent of this class (default: all others)'
-  )
-  manipulate_p.add_argument('--alphas', type=float, nargs='+', default=[-0.5, 0.0, 0.5, 1.0, 1.5])
-  manipulate_p.add_argument(
-    '--split', choices=('train', 'test'), default='train', help='images for the direction'
-  )
-  manipulate_p.add_argument('--label', type=int, help='class of an image file (conditional models)')
-  return parser
+  return build_parser(handlers, description=__doc__.split('\n')[0])
 
 
 def main(argv: list[str] | None = None) -> int:
