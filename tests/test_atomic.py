@@ -110,3 +110,28 @@ def test_a_model_with_nan_weights_is_never_saved_over_a_good_one(tmp_path):
   model.load_weights(tmp_path / 'm.weights.h5')
   np.testing.assert_array_equal(variable.numpy(), good)
   assert sorted(os.listdir(tmp_path)) == ['m.keras', 'm.weights.h5']
+
+
+def test_remove_stale_leaves_other_writers_directories_and_vanished_files_alone(tmp_path, monkeypatch):
+  # The chief cleans `out` while another worker writes into `out/.worker_worker_1` (hidden): the
+  # worker's temporary files are live, not stale, and one may be renamed away between listing and
+  # removal.
+  (tmp_path / 'checkpoints').mkdir()
+  (tmp_path / '.worker_worker_1').mkdir()
+  for name in ['.tmp1-a.json', 'checkpoints/.tmp1-latest.keras', '.worker_worker_1/.tmp2-config.json']:
+    (tmp_path / name).write_text('{')
+  (tmp_path / '.tmp3-vanishing.json').write_text('{')
+  remove = tf.io.gfile.remove
+
+  def renamed_first(path):
+    if path.endswith('vanishing.json'):
+      os.remove(path)  # its writer renamed it into place a moment ago
+    remove(path)
+
+  monkeypatch.setattr(tf.io.gfile, 'remove', renamed_first)
+  removed = atomic.remove_stale(tmp_path)
+  assert sorted(os.path.relpath(p, tmp_path) for p in removed) == [
+    '.tmp1-a.json',
+    'checkpoints/.tmp1-latest.keras',
+  ]
+  assert (tmp_path / '.worker_worker_1/.tmp2-config.json').exists()

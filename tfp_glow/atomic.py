@@ -56,16 +56,26 @@ def write_json(path: str | os.PathLike, obj) -> None:
 
 
 def remove_stale(directory: str | os.PathLike) -> list[str]:
-  """Removes the temporary files that killed writers left under `directory`; returns their paths."""
+  """Removes the temporary files that killed writers left under `directory`; returns their paths.
+
+  Hidden subdirectories (names starting with '.') are not entered: they belong to other writers that
+  may be running now (another worker's `.worker_*` directory), whose temporary files are not stale.
+  A file that disappears meanwhile (renamed into place by its writer) is not an error.
+  """
   directory = os.fspath(directory)
   if not tf.io.gfile.isdir(directory):
     return []
   stale = []
-  for root, _, files in tf.io.gfile.walk(directory):
+  for root, subdirs, files in tf.io.gfile.walk(directory):
+    subdirs[:] = [d for d in subdirs if not d.startswith('.')]  # walk is top-down: this prunes them
     for name in files:
       if name.startswith(_PREFIX) and '-' in name:
-        stale.append(os.path.join(root, name))
-        tf.io.gfile.remove(stale[-1])
+        path = os.path.join(root, name)
+        try:
+          tf.io.gfile.remove(path)
+        except tf.errors.NotFoundError:
+          continue
+        stale.append(path)
   return stale
 
 
