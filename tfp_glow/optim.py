@@ -7,11 +7,25 @@ so Keras callbacks that set the rate (`ReduceLROnPlateau`, `LearningRateSchedule
 
 `optimizer.learning_rate` is the rate after warmup; the factor follows `optimizer.iterations`,
 so a resumed run (BackupAndRestore, load_model) continues its warmup where it stopped.
+
+Fused updates: Keras' Adam(ax) builds about a dozen small ops per variable per step; with a Glow's
+hundreds of variables that is most of a training step's graph, which makes tracing and graph
+optimization slow (the first step) and adds per-op overhead to every step. `WarmupAdamax` and
+`WarmupAdam` instead update each (non-distributed) variable with TensorFlow's one fused kernel,
+`ResourceApplyAdaMax` / `ResourceApplyAdam` (CPU, GPU and XLA kernels), same formulas:
+
+  Adamax: m = b1 m + (1 - b1) g;  u = max(b2 u, |g|);  theta -= lr / (1 - b1^t) * m / (u + eps)
+  Adam:   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+          theta -= lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)
+
+Under a distribution strategy (mirrored variables), sparse gradients or amsgrad, Keras' own update
+runs instead.
 """
 
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
 
 class _LinearWarmup:
@@ -33,20 +47,88 @@ class _LinearWarmup:
   # The hook through which every Keras backend passes the current rate to `update_step`.
   def _backend_update_step(self, grads, trainable_variables, learning_rate):
     scaled = keras.ops.cast(learning_rate, 'float32') * self.warmup_factor()
-    return super()._backend_update_step(grads, trainable_variables, scaled)
+    self._fused_scalars = {}  # built once per step, shared by every variable's fused update
+    try:
+      return super()._backend_update_step(grads, trainable_variables, scaled)
+    finally:
+      self._fused_scalars = None  # graph tensors: never reused by a later trace
+
+  def _scalars(self, dtype: tf.DType, learning_rate) -> dict[str, tf.Tensor]:
+    """The fused kernels' scalar arguments in `dtype`: lr, b1, b2, eps, b1^t, b2^t (t = step + 1)."""
+    cache = getattr(self, '_fused_scalars', None)
+    if cache is None:  # update_step called on its own
+      cache = {}
+    if dtype not in cache:
+      step = tf.cast(self.iterations + 1, dtype)
+      beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+      cache[dtype] = dict(
+        lr=tf.cast(learning_rate, dtype),
+        beta1=beta_1,
+        beta2=beta_2,
+        epsilon=tf.cast(self.epsilon, dtype),
+        beta1_power=tf.pow(beta_1, step),
+        beta2_power=tf.pow(beta_2, step),
+      )
+    return cache[dtype]
 
   def get_config(self):
     return {**super().get_config(), 'warmup_steps': self.warmup_steps}
 
 
+def _resource_variable(variable) -> tf.Variable | None:
+  """The plain tf.Variable behind a Keras variable (None if it is distributed, e.g. mirrored)."""
+  if isinstance(variable, keras.Variable):
+    variable = variable.value
+  plain = isinstance(variable, tf.Variable) and not isinstance(variable, tf.distribute.DistributedValues)
+  return variable if plain else None
+
+
+def _fused_variables(optimizer, gradient, variable, slots) -> list[tf.Variable] | None:
+  """[variable, *its slot variables] as plain tf.Variables; None where the fused kernel can't run."""
+  index = optimizer._get_variable_index(variable)
+  plain = [_resource_variable(v) for v in (variable, *(slot[index] for slot in slots))]
+  if any(v is None for v in plain) or isinstance(gradient, tf.IndexedSlices):
+    return None
+  return plain
+
+
 @keras.saving.register_keras_serializable(package='tfp_glow')
 class WarmupAdamax(_LinearWarmup, keras.optimizers.Adamax):
-  """keras.optimizers.Adamax with linear warmup (see the module docstring)."""
+  """keras.optimizers.Adamax with linear warmup and a fused update (see the module docstring)."""
+
+  def update_step(self, gradient, variable, learning_rate):
+    plain = _fused_variables(self, gradient, variable, (self._m, self._u))
+    if plain is None:
+      return super().update_step(gradient, variable, learning_rate)
+    var, m, u = plain
+    c = self._scalars(var.dtype, learning_rate)
+    tf.raw_ops.ResourceApplyAdaMax(
+      var=var.handle,
+      m=m.handle,
+      v=u.handle,
+      beta1_power=c['beta1_power'],
+      lr=c['lr'],
+      beta1=c['beta1'],
+      beta2=c['beta2'],
+      epsilon=c['epsilon'],
+      grad=tf.cast(gradient, var.dtype),
+    )
 
 
 @keras.saving.register_keras_serializable(package='tfp_glow')
 class WarmupAdam(_LinearWarmup, keras.optimizers.Adam):
-  """keras.optimizers.Adam with linear warmup (see the module docstring)."""
+  """keras.optimizers.Adam with linear warmup and a fused update (see the module docstring)."""
+
+  def update_step(self, gradient, variable, learning_rate):
+    slots = (self._momentums, self._velocities)
+    plain = None if self.amsgrad else _fused_variables(self, gradient, variable, slots)
+    if plain is None:
+      return super().update_step(gradient, variable, learning_rate)
+    var, m, v = plain
+    c = self._scalars(var.dtype, learning_rate)
+    tf.raw_ops.ResourceApplyAdam(
+      var=var.handle, m=m.handle, v=v.handle, grad=tf.cast(gradient, var.dtype), **c
+    )
 
 
 @keras.saving.register_keras_serializable(package='tfp_glow')

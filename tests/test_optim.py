@@ -1,0 +1,54 @@
+"""The warmup optimizers' fused updates (one TensorFlow kernel per variable) equal Keras' own."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfp_glow import optim
+
+CASES = [(optim.WarmupAdamax, keras.optimizers.Adamax), (optim.WarmupAdam, keras.optimizers.Adam)]
+
+
+def run(optimizer, dtype='float32', jit_compile=False, steps=6):
+  rng = np.random.default_rng(0)
+  init = [rng.normal(size=s) for s in [(3, 4), (5,), ()]]
+  grads = [[rng.normal(size=np.shape(w)) for w in init] for _ in range(steps)]
+  variables = [keras.Variable(w, dtype=dtype) for w in init]
+  optimizer.build(variables)
+  apply = tf.function(lambda g: optimizer.apply(g, variables), jit_compile=jit_compile)
+  for g in grads:
+    apply([tf.constant(x, dtype) for x in g])
+  ops = {
+    op.type
+    for op in apply.get_concrete_function([tf.constant(x, dtype) for x in grads[0]]).graph.get_operations()
+  }
+  return [v.numpy() for v in variables], ops
+
+
+@pytest.mark.parametrize('fused, keras_class', CASES, ids=['adamax', 'adam'])
+@pytest.mark.parametrize('dtype', ['float32', 'float64'])
+def test_fused_update_equals_keras_with_the_same_warmup(fused, keras_class, dtype):
+  ours, ops = run(fused(1e-2, warmup_steps=3, clipnorm=1.0), dtype)
+  theirs, their_ops = run(keras_class(optim.LinearWarmup(1e-2, 3), clipnorm=1.0), dtype)
+  kernel = 'ResourceApplyAdaMax' if fused is optim.WarmupAdamax else 'ResourceApplyAdam'
+  assert kernel in ops and kernel not in their_ops  # the fused path ran
+  for a, b in zip(ours, theirs):  # Keras computes the (warmed-up) rate in float32 for every dtype
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+  assert not np.allclose(ours[0], run(keras_class(1e-2), dtype)[0][0])  # the warmup matters here
+
+
+@pytest.mark.parametrize('fused, keras_class', CASES, ids=['adamax', 'adam'])
+def test_fused_update_under_xla_and_with_ema(fused, keras_class):
+  ours, _ = run(fused(1e-2, warmup_steps=0, use_ema=True), jit_compile=True)
+  theirs, _ = run(keras_class(1e-2, use_ema=True), jit_compile=True)
+  for a, b in zip(ours, theirs):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_amsgrad_uses_keras_update():
+  ours, ops = run(optim.WarmupAdam(1e-2, warmup_steps=0, amsgrad=True))
+  theirs, _ = run(keras.optimizers.Adam(1e-2, amsgrad=True))
+  assert 'ResourceApplyAdam' not in ops
+  for a, b in zip(ours, theirs):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
