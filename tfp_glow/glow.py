@@ -266,7 +266,7 @@ class Glow(GlowBijector):
         h, ld = level.exit.inverse_and_log_det(h)
         log_det += ld
         stay = h.shape[-1] // 2
-        h, eps = h[..., :stay], h[..., stay:]
+        h, eps = tf.split(h, [stay, h.shape[-1] - stay], axis=-1)  # one concat as gradient
       elif level.exit is not None:
         eps, ld = level.exit.inverse_and_log_det(h, labels=labels)
         log_det += ld

@@ -63,28 +63,32 @@ class AffineCoupling(GlowBijector):
   def network(self) -> keras.layers.Layer:
     return self.layer
 
-  def _shift_and_log_scale(self, x_a: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
-    """(shift, log scale) of the image -> latent map z_b = (x_b + shift) * exp(log scale)."""
+  def _shift_and_scale(self, x_a: tf.Tensor):
+    """(shift, scale, log scale) of the image -> latent map z_b = (x_b + shift) * scale; scale and
+    log scale are None for an additive coupling."""
     h = tf.cast(self.network(x_a), self.dtype)  # a mixed-precision network computes in bf16/fp16
     if self._additive:
-      return h, None
+      return h, None, None
     shift, raw = tf.split(h, 2, axis=-1)
-    return shift, tf.math.log_sigmoid(raw + 2.0)  # log(sigmoid(.)), computed stably
+    raw = raw + 2.0
+    return shift, tf.sigmoid(raw), tf.math.log_sigmoid(raw)  # log(sigmoid(.)), computed stably
 
+  # tf.split, not two slices: its gradient is one concat, where each slice's gradient would be a
+  # full-size zero-padded tensor, added up afterwards.
   def inverse_and_log_det(self, x):
-    x_a, x_b = x[..., : self._split], x[..., self._split :]
-    shift, log_scale = self._shift_and_log_scale(x_a)
-    if log_scale is None:
+    x_a, x_b = tf.split(x, [self._split, self.channels - self._split], axis=-1)
+    shift, scale, log_scale = self._shift_and_scale(x_a)
+    if scale is None:
       return tf.concat([x_a, x_b + shift], axis=-1), tf.zeros([], self.dtype)
-    z_b = (x_b + shift) * tf.exp(log_scale)
+    z_b = (x_b + shift) * scale
     return tf.concat([x_a, z_b], axis=-1), tf.reduce_sum(log_scale, axis=[1, 2, 3])
 
   def forward_and_log_det(self, z):
-    z_a, z_b = z[..., : self._split], z[..., self._split :]
-    shift, log_scale = self._shift_and_log_scale(z_a)
-    if log_scale is None:
+    z_a, z_b = tf.split(z, [self._split, self.channels - self._split], axis=-1)
+    shift, scale, log_scale = self._shift_and_scale(z_a)
+    if scale is None:
       return tf.concat([z_a, z_b - shift], axis=-1), tf.zeros([], self.dtype)
-    x_b = z_b * tf.exp(-log_scale) - shift
+    x_b = z_b / scale - shift
     return tf.concat([z_a, x_b], axis=-1), -tf.reduce_sum(log_scale, axis=[1, 2, 3])
 
 
