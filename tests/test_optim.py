@@ -10,7 +10,7 @@ from tfp_glow import optim
 CASES = [(optim.WarmupAdamax, keras.optimizers.Adamax), (optim.WarmupAdam, keras.optimizers.Adam)]
 
 
-def run(optimizer, dtype='float32', jit_compile=False, steps=6):
+def run(optimizer, dtype='float32', jit_compile=False, steps=6, finalize=False):
   rng = np.random.default_rng(0)
   init = [rng.normal(size=s) for s in [(3, 4), (5,), ()]]
   grads = [[rng.normal(size=np.shape(w)) for w in init] for _ in range(steps)]
@@ -23,6 +23,8 @@ def run(optimizer, dtype='float32', jit_compile=False, steps=6):
     op.type
     for op in apply.get_concrete_function([tf.constant(x, dtype) for x in grads[0]]).graph.get_operations()
   }
+  if finalize:  # the EMA of the weights replaces them, as at the end of `fit`
+    optimizer.finalize_variable_values(variables)
   return [v.numpy() for v in variables], ops
 
 
@@ -39,11 +41,19 @@ def test_fused_update_equals_keras_with_the_same_warmup(fused, keras_class, dtyp
 
 
 @pytest.mark.parametrize('fused, keras_class', CASES, ids=['adamax', 'adam'])
-def test_fused_update_under_xla_and_with_ema(fused, keras_class):
-  ours, _ = run(fused(1e-2, warmup_steps=0, use_ema=True), jit_compile=True)
-  theirs, _ = run(keras_class(1e-2, use_ema=True), jit_compile=True)
+@pytest.mark.parametrize('finalize', [False, True], ids=['weights', 'ema'])
+def test_fused_update_under_xla_and_with_ema(fused, keras_class, finalize):
+  ours, ops = run(
+    fused(1e-2, warmup_steps=0, use_ema=True, ema_momentum=0.5), jit_compile=True, finalize=finalize
+  )
+  theirs, _ = run(keras_class(1e-2, use_ema=True, ema_momentum=0.5), jit_compile=True, finalize=finalize)
+  assert 'ResourceApplyGradientDescent' in ops  # the fused EMA ran
   for a, b in zip(ours, theirs):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+  if finalize:  # the averages differ from the weights
+    assert not np.allclose(
+      ours[0], run(fused(1e-2, warmup_steps=0, use_ema=True, ema_momentum=0.5), jit_compile=True)[0][0]
+    )
 
 
 def test_amsgrad_uses_keras_update():
