@@ -135,6 +135,21 @@ def test_final_model_loads_and_matches_the_metrics(run):
   assert abs(bpd - metrics['test_bits_per_dim']) < 0.02
 
 
+@pytest.mark.parametrize('precision', ['mixed_bfloat16', 'mixed_float16'])
+def test_train_in_mixed_precision(run, tmp_path, precision):
+  out = tmp_path / precision
+  assert _train(out, '--precision', precision) == 0
+  assert keras.mixed_precision.global_policy().name == 'float32'  # the process' policy is restored
+  metrics = json.loads((out / 'metrics.json').read_text())
+  reference = json.loads((run / 'metrics.json').read_text())
+  assert metrics['config']['precision'] == precision and reference['config']['precision'] == 'float32'
+  # The runs are deterministic: 16-bit networks change the result, but only a little.
+  assert metrics['test_bits_per_dim'] != reference['test_bits_per_dim']
+  assert abs(metrics['test_bits_per_dim'] - reference['test_bits_per_dim']) < 0.1
+  model = cli._load_model(str(out))
+  assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (precision == 'mixed_float16')
+
+
 def test_rerun_after_a_finished_run_trains_afresh(tmp_path, capsys):
   out = tmp_path / 'again'
   assert cli.main(['train', *TINY, '--epochs', '1', '--out', str(out)]) == 0

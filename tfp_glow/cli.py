@@ -36,6 +36,7 @@ from tfp_glow.callbacks import (
 )
 from tfp_glow.cli_flags import DEFAULTS, LARGE_DEFAULTS, SAMPLE_TEMPERATURE, build_parser
 from tfp_glow.model import GlowModel
+from tfp_glow.nets import global_policy
 from tfp_glow.optim import default_optimizer
 
 # Other config changes would invalidate a backup.
@@ -78,7 +79,9 @@ def _train_config(args) -> dict:
     )
   config = {
     'dataset': dataset,
-    **{k: getattr(args, k) for k in ('clipnorm', 'seed', 'max_consecutive_skips', 'memory_saving')},
+    **{
+      k: getattr(args, k) for k in ('clipnorm', 'seed', 'max_consecutive_skips', 'memory_saving', 'precision')
+    },
   }
   fallback = dict(coupling='affine', permutation='conv_lu', conditional=False)
   for key, default in {**DEFAULTS.get(dataset, LARGE_DEFAULTS), **fallback, **preset}.items():
@@ -157,7 +160,8 @@ def train(args) -> int:
     strategy = distribute.make_strategy(args.strategy, tpu=args.tpu)  # before any other TF op
   wout = distribute.write_dir(out, strategy)  # `out` on the chief, a temporary directory elsewhere
   keras.utils.set_random_seed(config['seed'])
-  with _flag_errors(), strategy.scope():
+  # The model is built and compiled in the chosen precision; the process' policy is restored after.
+  with _flag_errors(), strategy.scope(), global_policy(config.get('precision', 'float32')):
     train_ds, info = _load_split(config, 'train', shuffle=True, data_dir=args.data_dir)
     test_ds, _ = _load_split(config, 'test', shuffle=False, data_dir=args.data_dir)
     if args.strategy != 'default':

@@ -10,6 +10,7 @@ from typing import Callable
 
 from tfp_glow import configs, distribute
 from tfp_glow import data as glow_data
+from tfp_glow.nets import PRECISIONS
 
 LARGE_DEFAULTS = dict(
   levels=3,
@@ -104,6 +105,13 @@ def build_parser(
     default='off',
     help="memory-saving gradients: recompute each step's activations in the backward pass through the exact "
     "inverse, or per-step checkpoints (tfp_glow.reversible); for the paper's sizes on GPUs",
+  )
+  p.add_argument(
+    '--precision',
+    choices=PRECISIONS,
+    default='float32',
+    help='mixed_bfloat16 / mixed_float16 (loss scaling): the coupling networks compute in 16 bits; weights, '
+    'actnorm, 1x1 convs, log-dets and priors stay float32 (tfp_glow.nets); for GPUs and TPUs',
   )
   p.add_argument('--sample-every', type=int, help='write samples/ every N epochs (default: epochs // 10)')
   p.add_argument(

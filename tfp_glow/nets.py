@@ -9,10 +9,29 @@ convolutions, the coupling arithmetic, log-determinants and priors stay float32.
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import keras
 import tensorflow as tf
 
 MIXED_POLICIES = ('mixed_bfloat16', 'mixed_float16')
+PRECISIONS = ('float32', *MIXED_POLICIES)
+
+
+@contextlib.contextmanager
+def global_policy(name: str) -> Iterator[None]:
+  """Keras' global dtype policy set to `name` ('float32' or one of MIXED_POLICIES) inside the block,
+  the previous one restored after it. A GlowModel built and compiled inside computes its networks in
+  that precision (and, for 'mixed_float16', trains with loss scaling)."""
+  if name not in PRECISIONS:
+    raise ValueError(f'precision must be one of {PRECISIONS}, got {name!r}.')
+  previous = keras.mixed_precision.global_policy()
+  keras.mixed_precision.set_global_policy(name)
+  try:
+    yield
+  finally:
+    keras.mixed_precision.set_global_policy(previous)
 
 
 def network_policy(flow_dtype: tf.DType | str) -> str:
