@@ -62,3 +62,49 @@ def test_amsgrad_uses_keras_update():
   assert 'ResourceApplyAdam' not in ops
   for a, b in zip(ours, theirs):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('jit_compile', [False, True], ids=['graph', 'xla'])
+@pytest.mark.parametrize('name', ['adamax', 'adam'])
+def test_apply_masked_skips_bit_identically_without_a_branch(name, jit_compile):
+  rng = np.random.default_rng(0)
+  init = [rng.normal(size=s).astype('float32') for s in [(3, 4), (5,)]]
+  variables = [keras.Variable(w) for w in init]
+  masked = optim.default_optimizer(1e-2, warmup_steps=3, use_ema=True, clipnorm=1.0, name=name)
+  masked.build(variables)
+  assert masked.can_apply_masked(variables)
+  step = tf.function(lambda ok, g: masked.apply_masked(ok, g, variables), jit_compile=jit_compile)
+  grads = [tf.constant(rng.normal(size=w.shape), tf.float32) for w in init]
+  step(tf.constant(True), grads)
+  step(tf.constant(True), [-g for g in grads])  # now the EMA differs from the weights
+  state = [v.numpy().copy() for v in [*variables, *masked.variables]]
+  nan = [tf.fill(w.shape, np.nan) for w in init]
+  for g in (nan, grads):  # a skipped step: NaN gradients, or good ones (the batch was bad)
+    step(tf.constant(False), g)
+    for v, s in zip([*variables, *masked.variables], state):
+      np.testing.assert_array_equal(v.numpy(), s, err_msg=v.name)
+  assert int(masked.iterations.numpy()) == 2
+  graph = step.get_concrete_function(tf.constant(True), grads).graph
+  assert not {'If', 'StatelessIf'} & {op.type for op in graph.get_operations()}
+  # An applied step equals plain `apply` of the same optimizer state.
+  reference_vars = [keras.Variable(v.numpy()) for v in variables]
+  reference = optim.default_optimizer(1e-2, warmup_steps=3, use_ema=True, clipnorm=1.0, name=name)
+  reference.build(reference_vars)
+  for r, m in zip(reference.variables, masked.variables):
+    r.assign(m)
+  step(tf.constant(True), grads)
+  reference.apply(grads, reference_vars)
+  for a, b in zip([*variables, *masked.variables], [*reference_vars, *reference.variables]):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.name)
+
+
+def test_apply_masked_is_refused_where_it_could_not_skip_exactly():
+  variables = [keras.Variable(np.ones(3, 'float32'))]
+  for optimizer in [
+    optim.WarmupAdamax(1e-2, weight_decay=0.1),
+    optim.WarmupAdam(1e-2, amsgrad=True),
+    optim.WarmupAdam(1e-2, gradient_accumulation_steps=2),
+  ]:
+    optimizer.build(variables)
+    assert not optimizer.can_apply_masked(variables)
+  assert not optim.WarmupAdamax(1e-2).can_apply_masked(variables)  # not built yet

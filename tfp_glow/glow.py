@@ -18,6 +18,7 @@ from tfp_glow.bijectors.split import SplitPrior
 from tfp_glow.bijectors.squeeze import Squeeze
 from tfp_glow.bijectors.top_prior import TopPrior
 from tfp_glow.reversible import check_mode, run_steps
+from tfp_glow.step_loop import can_loop, invert_steps_looped
 
 COUPLINGS = ('affine', 'additive')
 PERMUTATIONS = ('conv_lu', 'conv', 'shuffle', 'reverse')
@@ -289,10 +290,15 @@ class Glow(GlowBijector):
         log_det += ld
       else:
         h = eps
-      for step in reversed(level.steps):
-        for b in reversed(step.bijectors()):
-          h, ld = b.forward_and_log_det(h)
-          log_det += ld
+      steps = [s.bijectors() for s in level.steps]
+      if can_loop(steps):  # one loop over the steps (see tfp_glow.step_loop)
+        h, ld = invert_steps_looped(steps, h)
+        log_det += ld
+      else:
+        for step in reversed(steps):
+          for b in reversed(step):
+            h, ld = b.forward_and_log_det(h)
+            log_det += ld
       h = self._squeeze.forward_and_log_det(h)[0]
     return h, log_det
 

@@ -116,3 +116,31 @@ def coupling_network(
     name=name,
   )
   return net
+
+
+def coupling_network_weights(network: keras.Sequential) -> list[keras.Variable]:
+  """The variables of a `coupling_network`, in the order `apply_coupling_network` takes them:
+  [conv_in kernel, bias, conv_hidden kernel, bias, conv_out kernel, bias, logs]."""
+  conv_in, conv_hidden, conv_out = (network.get_layer(n) for n in ('conv_in', 'conv_hidden', 'conv_out'))
+  return [
+    conv_in.kernel,
+    conv_in.bias,
+    conv_hidden.kernel,
+    conv_hidden.bias,
+    conv_out.conv.kernel,
+    conv_out.conv.bias,
+    conv_out.logs,
+  ]
+
+
+def apply_coupling_network(
+  weights: list[tf.Tensor], x: tf.Tensor, compute_dtype: tf.DType | str, logscale_factor: float = 3.0
+) -> tf.Tensor:
+  """`coupling_network`'s function with its weights as arguments (what `tfp_glow.step_loop` needs):
+  the same ops as the Keras layers, computed in `compute_dtype` (bfloat16/float16 under a mixed policy,
+  the weights cast as Keras casts them). [N, H, W, in_channels] -> [N, H, W, out_channels]."""
+  k_in, b_in, k_hidden, b_hidden, k_out, b_out, logs = (tf.cast(w, compute_dtype) for w in weights)
+  h = tf.cast(x, compute_dtype)
+  h = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(h, k_in, 1, 'SAME'), b_in))
+  h = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(h, k_hidden, 1, 'SAME'), b_hidden))
+  return tf.nn.bias_add(tf.nn.conv2d(h, k_out, 1, 'SAME'), b_out) * tf.exp(logs * logscale_factor)

@@ -61,15 +61,50 @@ class _LinearWarmup:
     if dtype not in cache:
       step = tf.cast(self.iterations + 1, dtype)
       beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
-      cache[dtype] = dict(
-        lr=tf.cast(learning_rate, dtype),
-        beta1=beta_1,
-        beta2=beta_2,
-        epsilon=tf.cast(self.epsilon, dtype),
-        beta1_power=tf.pow(beta_1, step),
-        beta2_power=tf.pow(beta_2, step),
-      )
+      lr = tf.cast(learning_rate, dtype)
+      scalars = dict(beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step))
+      mask = getattr(self, '_apply_mask', None)
+      if mask is not None:  # a skipped step (see `apply_masked`): lr 0, b1 = b2 = 1 change nothing
+        one, zero = tf.ones([], dtype), tf.zeros([], dtype)
+        lr, beta_1, beta_2 = (
+          tf.where(mask, lr, zero),
+          tf.where(mask, beta_1, one),
+          tf.where(mask, beta_2, one),
+        )
+      scalars.update(lr=lr, beta1=beta_1, beta2=beta_2, epsilon=tf.cast(self.epsilon, dtype))
+      cache[dtype] = scalars
     return cache[dtype]
+
+  def can_apply_masked(self, variables) -> bool:
+    """True if `apply_masked` can run for `variables`: every update is a fused kernel (plain, not
+    mirrored, variables) and nothing else changes the weights (weight decay, gradient accumulation,
+    periodic EMA overwrite, constraints)."""
+    if (
+      not self.built or self.weight_decay or self.gradient_accumulation_steps or self.ema_overwrite_frequency
+    ):
+      return False
+    if getattr(self, 'amsgrad', False):
+      return False
+    plain = [_resource_variable(v) is not None and v.constraint is None for v in variables]
+    slots = [_resource_variable(s) is not None for s in self.variables]
+    return all(plain) and all(slots)
+
+  def apply_masked(self, ok: tf.Tensor, grads, variables) -> None:
+    """`apply(grads, variables)` if `ok` (a scalar bool), else nothing at all: weights, moments, EMA
+    and `iterations` stay bit-identical. No `tf.cond`: the fused kernels run either way, with
+    gradients 0, learning rate 0 and b1 = b2 = 1 on a skipped step, where
+      Adamax: m = 1 m + 0 0 = m;  u = max(1 u, |0|) = u;  theta -= 0 * m / (...) = theta
+      Adam:   m = m + (0 - m) 0 = m;  v = v + (0 - v) 0 = v;  theta -= 0 * ... = theta
+      EMA:    avg -= 0 * (avg - theta) = avg
+    A conditional branch would have to capture every variable again (thousands at the paper's
+    depth): slow to trace and to optimize. Requires `can_apply_masked(variables)`."""
+    grads = [None if g is None else tf.where(ok, g, tf.zeros([], g.dtype)) for g in grads]
+    self._apply_mask = ok
+    try:
+      self.apply(grads, variables)
+    finally:
+      self._apply_mask = None
+    self.iterations.assign_sub(1 - tf.cast(ok, self.iterations.dtype))  # apply counted the step
 
   def _update_model_variables_moving_average(self, trainable_variables):
     """The weight EMA (use_ema=True), fused: avg <- avg - (1 - momentum) (avg - theta), one kernel
@@ -85,6 +120,9 @@ class _LinearWarmup:
       return super()._update_model_variables_moving_average(trainable_variables)
     first = tf.equal(tf.convert_to_tensor(self.iterations), 0)
     rate = tf.where(first, 1.0, 1.0 - self.ema_momentum)  # 1 - momentum, float32
+    mask = getattr(self, '_apply_mask', None)
+    if mask is not None:  # a skipped step (see `apply_masked`)
+      rate = tf.where(mask, rate, 0.0)
     rates = {}
     for var, average in plain:
       if average.dtype not in rates:

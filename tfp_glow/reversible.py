@@ -28,6 +28,7 @@ from typing import Sequence
 import tensorflow as tf
 
 from tfp_glow.bijectors.base import GlowBijector
+from tfp_glow.step_loop import apply_steps_looped, can_loop
 
 MODES = ('inverse', 'checkpoint')
 StepBijectors = Sequence[GlowBijector]
@@ -64,8 +65,8 @@ def invert_steps(steps: Sequence[StepBijectors], y: tf.Tensor) -> tf.Tensor:
 
 def run_steps(steps: Sequence[StepBijectors], x: tf.Tensor, mode: str | None) -> tuple[tf.Tensor, tf.Tensor]:
   """`apply_steps` with the gradient strategy `mode` (None, 'inverse' or 'checkpoint')."""
-  if mode is None:
-    return apply_steps(steps, x)
+  if mode is None:  # one loop over the steps when they allow it: a graph that does not grow with K
+    return apply_steps_looped(steps, x) if can_loop(steps) else apply_steps(steps, x)
   if mode == 'checkpoint':
     log_det = tf.zeros(tf.shape(x)[:1], x.dtype)
     for step in steps:

@@ -75,12 +75,23 @@ class ActNorm(GlowBijector):
     p.bias.assign(tf.where(done, tf.convert_to_tensor(p.bias), bias))
     p.initialized.assign(True)
 
-  def inverse_and_log_det(self, x):
+  def parameter_tensors(self) -> list[tf.Tensor]:
     p = self.layer
-    z = x * tf.exp(p.log_scale) + p.bias
-    return z, num_pixels(x, self.dtype) * tf.reduce_sum(p.log_scale)
+    return [tf.convert_to_tensor(p.log_scale), tf.convert_to_tensor(p.bias)]
+
+  def loop_signature(self) -> tuple:
+    return ('actnorm', self.channels, self.dtype)
+
+  def inverse_and_log_det_with(self, parameters, x):
+    log_scale, bias = parameters
+    return x * tf.exp(log_scale) + bias, num_pixels(x, self.dtype) * tf.reduce_sum(log_scale)
+
+  def forward_and_log_det_with(self, parameters, z):
+    log_scale, bias = parameters
+    return (z - bias) * tf.exp(-log_scale), -num_pixels(z, self.dtype) * tf.reduce_sum(log_scale)
+
+  def inverse_and_log_det(self, x):
+    return self.inverse_and_log_det_with(self.parameter_tensors(), x)
 
   def forward_and_log_det(self, z):
-    p = self.layer
-    x = (z - p.bias) * tf.exp(-p.log_scale)
-    return x, -num_pixels(z, self.dtype) * tf.reduce_sum(p.log_scale)
+    return self.forward_and_log_det_with(self.parameter_tensors(), z)

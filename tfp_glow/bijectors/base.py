@@ -145,6 +145,28 @@ class GlowBijector(tfb.Bijector):
       cached.update(self._augmented_inverse(y, **kwargs)[1])
     return cached['ildj']
 
+  # ---- parameters as arguments: how `tfp_glow.step_loop` runs K steps as one loop ------------
+
+  def parameter_tensors(self) -> list[Tensor] | None:
+    """The current values of the parameters this layer's math reads, in the order that
+    `*_and_log_det_with` takes them; None if it cannot take them as arguments (a level holding
+    such a layer runs its steps unrolled)."""
+    return None
+
+  def loop_signature(self) -> tuple | None:
+    """What besides the parameters determines this layer's function (kind, sizes, precision): two
+    layers with equal signatures and parameter shapes compute the same function of (parameters,
+    input), so one loop body serves both. None: not loopable."""
+    return None
+
+  def inverse_and_log_det_with(self, parameters: list[Tensor], y: Tensor) -> ValueAndLogDet:
+    """`inverse_and_log_det` with `parameters` (as from `parameter_tensors`) in place of this layer's own."""
+    raise NotImplementedError(f'{type(self).__name__} does not take its parameters as arguments.')
+
+  def forward_and_log_det_with(self, parameters: list[Tensor], x: Tensor) -> ValueAndLogDet:
+    """`forward_and_log_det` with `parameters` (as from `parameter_tensors`) in place of this layer's own."""
+    raise NotImplementedError(f'{type(self).__name__} does not take its parameters as arguments.')
+
   def forward_and_log_det(self, x: Tensor, **kwargs) -> ValueAndLogDet:
     """Latent -> image on `[N, H, W, C]`: (y, log|det dy/dx|, shape [N] or []). Subclasses implement it."""
     raise NotImplementedError(f'{type(self).__name__} does not implement forward_and_log_det.')

@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from tfp_glow.bijectors.base import GlowBijector, check_channels
-from tfp_glow.nets import coupling_network, network_policy
+from tfp_glow.nets import apply_coupling_network, coupling_network, coupling_network_weights, network_policy
 
 
 class AffineCoupling(GlowBijector):
@@ -47,6 +47,9 @@ class AffineCoupling(GlowBijector):
     self._additive = additive
     self._split = channels // 2  # size of x_a
     out = (channels - self._split) * (1 if additive else 2)
+    # The default network also runs with its weights as arguments (`parameter_tensors`), which lets
+    # `tfp_glow.step_loop` run K steps as one loop; a custom network is called as a Keras layer.
+    self._default_network = network is None
     if network is None:
       network = coupling_network(self._split, out, width, network_policy(dtype), name=name + '_nn')
     _build(network, self._split, out, name)
@@ -63,10 +66,30 @@ class AffineCoupling(GlowBijector):
   def network(self) -> keras.layers.Layer:
     return self.layer
 
-  def _shift_and_scale(self, x_a: tf.Tensor):
+  def parameter_tensors(self) -> list[tf.Tensor] | None:
+    """The default network's weights (see `tfp_glow.nets.apply_coupling_network`); None for a custom one."""
+    if not self._default_network:
+      return None
+    return [tf.convert_to_tensor(w) for w in coupling_network_weights(self.network)]
+
+  def loop_signature(self) -> tuple | None:
+    if not self._default_network:
+      return None
+    compute = self.network.get_layer('conv_in').compute_dtype
+    return ('affine_coupling', self.channels, self._additive, self.dtype, compute)
+
+  def _network_output(self, parameters, x_a: tf.Tensor) -> tf.Tensor:
+    if parameters is None:
+      h = self.network(x_a)
+    else:
+      conv_out = self.network.get_layer('conv_out')
+      h = apply_coupling_network(parameters, x_a, conv_out.compute_dtype, conv_out.logscale_factor)
+    return tf.cast(h, self.dtype)  # a mixed-precision network computes in bf16/fp16
+
+  def _shift_and_scale(self, parameters, x_a: tf.Tensor):
     """(shift, scale, log scale) of the image -> latent map z_b = (x_b + shift) * scale; scale and
     log scale are None for an additive coupling."""
-    h = tf.cast(self.network(x_a), self.dtype)  # a mixed-precision network computes in bf16/fp16
+    h = self._network_output(parameters, x_a)
     if self._additive:
       return h, None, None
     shift, raw = tf.split(h, 2, axis=-1)
@@ -75,21 +98,27 @@ class AffineCoupling(GlowBijector):
 
   # tf.split, not two slices: its gradient is one concat, where each slice's gradient would be a
   # full-size zero-padded tensor, added up afterwards.
-  def inverse_and_log_det(self, x):
+  def inverse_and_log_det_with(self, parameters, x):
     x_a, x_b = tf.split(x, [self._split, self.channels - self._split], axis=-1)
-    shift, scale, log_scale = self._shift_and_scale(x_a)
+    shift, scale, log_scale = self._shift_and_scale(parameters, x_a)
     if scale is None:
       return tf.concat([x_a, x_b + shift], axis=-1), tf.zeros([], self.dtype)
     z_b = (x_b + shift) * scale
     return tf.concat([x_a, z_b], axis=-1), tf.reduce_sum(log_scale, axis=[1, 2, 3])
 
-  def forward_and_log_det(self, z):
+  def forward_and_log_det_with(self, parameters, z):
     z_a, z_b = tf.split(z, [self._split, self.channels - self._split], axis=-1)
-    shift, scale, log_scale = self._shift_and_scale(z_a)
+    shift, scale, log_scale = self._shift_and_scale(parameters, z_a)
     if scale is None:
       return tf.concat([z_a, z_b - shift], axis=-1), tf.zeros([], self.dtype)
     x_b = z_b / scale - shift
     return tf.concat([z_a, x_b], axis=-1), -tf.reduce_sum(log_scale, axis=[1, 2, 3])
+
+  def inverse_and_log_det(self, x):
+    return self.inverse_and_log_det_with(self.parameter_tensors(), x)
+
+  def forward_and_log_det(self, z):
+    return self.forward_and_log_det_with(self.parameter_tensors(), z)
 
 
 def _build(network: keras.layers.Layer, in_channels: int, out_channels: int, who: str) -> None:

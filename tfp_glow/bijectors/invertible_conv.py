@@ -97,45 +97,63 @@ class Invertible1x1Conv(GlowBijector):
       name=name,
     )
 
-  def _lu_factors(self) -> tuple[tf.Tensor, tf.Tensor]:
+  def parameter_tensors(self) -> list[tf.Tensor]:
+    """[kernel], or the LU form's [permutation, lower, upper, log_abs_s, sign_s]."""
     p = self.layer
+    names = ('permutation', 'lower', 'upper', 'log_abs_s', 'sign_s') if p.lu_decomposed else ('kernel',)
+    return [tf.convert_to_tensor(getattr(p, n)) for n in names]
+
+  def loop_signature(self) -> tuple:
+    return ('invertible_1x1_conv', self.channels, self.layer.lu_decomposed, self.dtype)
+
+  def _lu_factors(self, lower, upper, log_abs_s, sign_s) -> tuple[tf.Tensor, tf.Tensor]:
     eye = tf.eye(self.channels, dtype=self.dtype)
-    lower = tf.linalg.band_part(p.lower, -1, 0) - tf.linalg.band_part(p.lower, 0, 0) + eye
+    lower = tf.linalg.band_part(lower, -1, 0) - tf.linalg.band_part(lower, 0, 0) + eye
     upper = (
-      tf.linalg.band_part(p.upper, 0, -1)
-      - tf.linalg.band_part(p.upper, 0, 0)
-      + tf.linalg.diag(p.sign_s * tf.exp(p.log_abs_s))
+      tf.linalg.band_part(upper, 0, -1)
+      - tf.linalg.band_part(upper, 0, 0)
+      + tf.linalg.diag(sign_s * tf.exp(log_abs_s))
     )
     return lower, upper
 
-  def weight(self) -> tuple[tf.Tensor, tf.Tensor]:
-    """Returns (W [C, C], log|det W| [])."""
-    p = self.layer
-    if not p.lu_decomposed:
-      return tf.convert_to_tensor(p.kernel), _log_abs_det(p.kernel)
-    lower, upper = self._lu_factors()
-    return tf.gather(lower @ upper, p.permutation), tf.reduce_sum(p.log_abs_s)
+  def weight(self, parameters: list[tf.Tensor] | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+    """Returns (W [C, C], log|det W| []), from this layer's parameters or `parameters`."""
+    parameters = self.parameter_tensors() if parameters is None else parameters
+    if not self.layer.lu_decomposed:
+      (kernel,) = parameters
+      return kernel, _log_abs_det(kernel)
+    permutation, *lu = parameters
+    lower, upper = self._lu_factors(*lu)
+    return tf.gather(lower @ upper, permutation), tf.reduce_sum(lu[2])
 
-  def inverse_weight(self) -> tuple[tf.Tensor, tf.Tensor]:
-    """Returns (W^-1 [C, C], log|det W| [])."""
-    p = self.layer
-    if not p.lu_decomposed:
-      return tf.linalg.inv(p.kernel), _log_abs_det(p.kernel)
-    lower, upper = self._lu_factors()
+  def inverse_weight(self, parameters: list[tf.Tensor] | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+    """Returns (W^-1 [C, C], log|det W| []), from this layer's parameters or `parameters`."""
+    parameters = self.parameter_tensors() if parameters is None else parameters
+    if not self.layer.lu_decomposed:
+      (kernel,) = parameters
+      return tf.linalg.inv(kernel), _log_abs_det(kernel)
+    permutation, *lu = parameters
+    lower, upper = self._lu_factors(*lu)
     eye = tf.eye(self.channels, dtype=self.dtype)
     # W^-1 = U^-1 L^-1 P^T; P^T as a matrix is the identity's columns gathered by the permutation.
     l_inv = tf.linalg.triangular_solve(lower, eye, lower=True)
     u_inv = tf.linalg.triangular_solve(upper, eye, lower=False)
-    p_transpose = tf.gather(eye, p.permutation, axis=1)
-    return u_inv @ (l_inv @ p_transpose), tf.reduce_sum(p.log_abs_s)
+    p_transpose = tf.gather(eye, permutation, axis=1)
+    return u_inv @ (l_inv @ p_transpose), tf.reduce_sum(lu[2])
 
-  def inverse_and_log_det(self, x):
-    w, log_det = self.weight()
+  def inverse_and_log_det_with(self, parameters, x):
+    w, log_det = self.weight(parameters)
     return _conv1x1(x, w), num_pixels(x, self.dtype) * log_det
 
-  def forward_and_log_det(self, z):
-    w_inv, log_det = self.inverse_weight()
+  def forward_and_log_det_with(self, parameters, z):
+    w_inv, log_det = self.inverse_weight(parameters)
     return _conv1x1(z, w_inv), -num_pixels(z, self.dtype) * log_det
+
+  def inverse_and_log_det(self, x):
+    return self.inverse_and_log_det_with(self.parameter_tensors(), x)
+
+  def forward_and_log_det(self, z):
+    return self.forward_and_log_det_with(self.parameter_tensors(), z)
 
 
 def _log_abs_det(w: tf.Tensor) -> tf.Tensor:

@@ -67,9 +67,22 @@ class ChannelPermutation(GlowBijector):
     """A fixed random permutation drawn once at construction (`seed` for reproducibility)."""
     return cls(np.random.default_rng(seed).permutation(channels), **{'name': 'shuffle', **kwargs})
 
+  def parameter_tensors(self) -> list[tf.Tensor]:
+    return [tf.convert_to_tensor(self.layer.permutation)]
+
+  def loop_signature(self) -> tuple:
+    return ('channel_permutation', self.channels, self.dtype)
+
+  def inverse_and_log_det_with(self, parameters, x):
+    (permutation,) = parameters
+    return tf.gather(x, permutation, axis=-1), tf.zeros([], self.dtype)
+
+  def forward_and_log_det_with(self, parameters, z):
+    (permutation,) = parameters
+    return tf.gather(z, tf.math.invert_permutation(permutation), axis=-1), tf.zeros([], self.dtype)
+
   def inverse_and_log_det(self, x):
-    return tf.gather(x, self.layer.permutation, axis=-1), tf.zeros([], self.dtype)
+    return self.inverse_and_log_det_with(self.parameter_tensors(), x)
 
   def forward_and_log_det(self, z):
-    inverse = tf.math.invert_permutation(self.layer.permutation)
-    return tf.gather(z, inverse, axis=-1), tf.zeros([], self.dtype)
+    return self.forward_and_log_det_with(self.parameter_tensors(), z)

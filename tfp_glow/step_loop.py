@@ -1,0 +1,79 @@
+"""A level's K steps of flow as one `tf.while_loop`: a graph whose size does not grow with K.
+
+Unrolled, K steps put K copies of a step's ops into the graph, so tracing, TensorFlow's graph
+optimizer and the first step's set-up all grow with K (most of a minute at K=32). Here each of the
+steps' parameter tensors is stacked over the K steps, [K, ...], and one loop body applies step k with
+slice k of every stack:
+
+  image -> latent:  h_0 = x;      h_{k+1}, ld_k = step(params[k], h_k)            k = 0 .. K-1
+  latent -> image:  h_K = z;      h_k, ld_k = step^-1(params[k], h_{k+1})        k = K-1 .. 0
+  log-det = sum_k ld_k
+
+with step = actnorm -> permutation -> coupling, each a `GlowBijector` that takes its parameters as
+arguments (`parameter_tensors`, `*_and_log_det_with`). The parameters stay each step's own Keras/TFP
+variables: gradients flow through the loop (TensorFlow keeps each iteration's activations, as an
+unrolled graph would) and through the stacks back to every step's variables. The stacks are read
+through TensorArrays, as `tf.scan` does, so each iteration's parameter gradient lands in its own slot.
+
+A level runs as a loop when every step has the same kinds of layers with equal `loop_signature()`s
+and parameter shapes (any of Glow's built-in layers and the default coupling network); otherwise
+(a custom coupling network) it runs unrolled.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import tensorflow as tf
+
+from tfp_glow.bijectors.base import GlowBijector
+
+StepBijectors = Sequence[GlowBijector]
+
+
+def can_loop(steps: Sequence[StepBijectors]) -> bool:
+  """True if `steps` (>= 2 of them) can share one loop body (see the module docstring)."""
+  if len(steps) < 2:
+    return False
+  signatures = [tuple(b.loop_signature() for b in step) for step in steps]
+  if any(s is None for s in signatures[0]) or any(s != signatures[0] for s in signatures):
+    return False
+  shapes = [[[(p.shape, p.dtype) for p in b.parameter_tensors()] for b in step] for step in steps]
+  return all(s == shapes[0] for s in shapes)
+
+
+def apply_steps_looped(steps: Sequence[StepBijectors], x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """Image -> latent through `steps`, as `reversible.apply_steps`: (y [N, h, w, c], log-det [N])."""
+  return _loop(steps, x, inverse=True)
+
+
+def invert_steps_looped(steps: Sequence[StepBijectors], z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """Latent -> image through `steps`, last step first: (x [N, h, w, c], log-det [N])."""
+  return _loop(steps, z, inverse=False)
+
+
+def _loop(steps: Sequence[StepBijectors], h: tf.Tensor, inverse: bool) -> tuple[tf.Tensor, tf.Tensor]:
+  k_steps = len(steps)
+  template = list(steps[0])  # step 0's layers compute every step, each with its own parameters
+  parameters = [[b.parameter_tensors() for b in step] for step in steps]
+  columns = zip(*(tf.nest.flatten(p) for p in parameters))  # one per parameter tensor, K entries
+  stacks = [
+    tf.TensorArray(column[0].dtype, size=k_steps, element_shape=column[0].shape).unstack(tf.stack(column))
+    for column in columns
+  ]
+
+  def body(k, h, log_det):
+    index = k if inverse else k_steps - 1 - k
+    step_parameters = tf.nest.pack_sequence_as(parameters[0], [s.read(index) for s in stacks])
+    layers = list(zip(template, step_parameters))
+    for bijector, p in layers if inverse else reversed(layers):
+      fn = bijector.inverse_and_log_det_with if inverse else bijector.forward_and_log_det_with
+      h, ld = fn(p, h)
+      log_det += ld
+    return k + 1, h, log_det
+
+  log_det = tf.zeros(tf.shape(h)[:1], h.dtype)
+  _, h, log_det = tf.while_loop(
+    lambda k, *_: k < k_steps, body, (tf.constant(0), h, log_det), maximum_iterations=k_steps
+  )
+  return h, log_det
