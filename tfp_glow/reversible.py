@@ -18,17 +18,21 @@ Gradients agree with plain backpropagation to floating-point rounding (the inver
 exactly up to rounding; tests/test_memory_saving.py checks both against the standard gradients).
 
 A step here is any sequence of `GlowBijector`s applied image -> latent with `inverse_and_log_det`
-(the flow's direction for the likelihood, the one that is trained).
+(the flow's direction for the likelihood, the one that is trained). Where a level's steps can run as
+one loop (`tfp_glow.step_loop`), both modes are loops too: 'inverse' walks the steps backwards in one
+tf.while_loop, 'checkpoint' recomputes inside the loop, so neither the graph nor the stored
+activations grow with K; otherwise (a custom coupling network) the steps are unrolled.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
+import keras
 import tensorflow as tf
 
 from tfp_glow.bijectors.base import GlowBijector
-from tfp_glow.step_loop import apply_steps_looped, can_loop
+from tfp_glow.step_loop import apply_step, apply_steps_looped, can_loop, flat_parameters, stacked_parameters
 
 MODES = ('inverse', 'checkpoint')
 StepBijectors = Sequence[GlowBijector]
@@ -64,16 +68,20 @@ def invert_steps(steps: Sequence[StepBijectors], y: tf.Tensor) -> tf.Tensor:
 
 
 def run_steps(steps: Sequence[StepBijectors], x: tf.Tensor, mode: str | None) -> tuple[tf.Tensor, tf.Tensor]:
-  """`apply_steps` with the gradient strategy `mode` (None, 'inverse' or 'checkpoint')."""
-  if mode is None:  # one loop over the steps when they allow it: a graph that does not grow with K
-    return apply_steps_looped(steps, x) if can_loop(steps) else apply_steps(steps, x)
+  """`apply_steps` with the gradient strategy `mode` (None, 'inverse' or 'checkpoint'), as one loop over
+  the steps where they allow it (`tfp_glow.step_loop`: a graph that does not grow with K)."""
+  looped = can_loop(steps)
+  if mode is None:
+    return apply_steps_looped(steps, x) if looped else apply_steps(steps, x)
   if mode == 'checkpoint':
+    if looped:
+      return apply_steps_looped(steps, x, checkpoint=True)
     log_det = tf.zeros(tf.shape(x)[:1], x.dtype)
     for step in steps:
       x, ld = tf.recompute_grad(lambda x, step=step: apply_steps([step], x))(x)
       log_det += ld
     return x, log_det
-  return _reversible_block(steps, x)
+  return _reversible_loop(steps, x) if looped else _reversible_block(steps, x)
 
 
 def _step_variables(step: StepBijectors) -> list[tf.Variable]:
@@ -125,3 +133,60 @@ def _after(x: tf.Tensor, dependency: tf.Tensor) -> tf.Tensor:
   probe = tf.cast(tf.reduce_max(tf.reshape(dependency, [-1])[:1]), tf.bool)
   zero = tf.where(tf.equal(probe, probe), 0.0, 1.0)  # always 0 (a NaN casts to True), never folded
   return x + tf.cast(zero, x.dtype)
+
+
+def _reversible_loop(steps: Sequence[StepBijectors], x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """'inverse' mode for steps that run as one loop (`tfp_glow.step_loop`): the same backward walk as
+  `_reversible_block`, as one tf.while_loop, so neither the graph nor the memory grows with K."""
+  k_steps, template = len(steps), list(steps[0])
+  owner = {
+    _tf_variable(v).ref(): (k, j) for k, step in enumerate(steps) for j, v in enumerate(flat_parameters(step))
+  }
+
+  @tf.custom_gradient
+  def block(x):
+    y, log_det = apply_steps_looped(steps, x)
+
+    def grad(dy, dlog_det, variables=None):
+      variables = list(variables or [])
+      for v in variables:
+        if v.ref() not in owner:
+          raise ValueError(
+            f'memory_saving: the variable {v.name} is read inside the flow steps but belongs to no '
+            "step's parameters, so its gradient cannot be recomputed step by step."
+          )
+      if dlog_det is None:
+        dlog_det = tf.zeros(tf.shape(y)[:1], y.dtype)
+      stacks = stacked_parameters(steps)
+      shapes = flat_parameters(steps[0])
+      wanted = sorted({owner[v.ref()][1] for v in variables})  # positions of trainable parameters
+      slots = [tf.TensorArray(stacks[j].dtype, size=k_steps, element_shape=shapes[j].shape) for j in wanted]
+
+      def body(i, y_k, dy, slots):
+        k = k_steps - 1 - i
+        y_k = _after(y_k, dy)  # see `_reversible_block`
+        parameters = [s.read(k) for s in stacks]
+        x_k = tf.stop_gradient(apply_step(template, parameters, y_k, inverse=False)[0])
+        watched = [parameters[j] for j in wanted]
+        with tf.GradientTape() as tape:
+          tape.watch([x_k, *watched])
+          y_again, ld = apply_step(template, parameters, x_k, inverse=True)
+        g = tape.gradient([y_again, ld], [x_k, *watched], output_gradients=[dy, dlog_det])
+        slots = [
+          s.write(k, tf.zeros_like(w) if gw is None else gw) for s, gw, w in zip(slots, g[1:], watched)
+        ]
+        return i + 1, x_k, g[0], slots
+
+      _, _, dx, slots = tf.while_loop(
+        lambda i, *_: i < k_steps, body, (tf.constant(0), y, dy, slots), maximum_iterations=k_steps
+      )
+      stacked = {j: tf.unstack(s.stack(), num=k_steps) for j, s in zip(wanted, slots)}  # [k] per step
+      return dx, [stacked[owner[v.ref()][1]][owner[v.ref()][0]] for v in variables]
+
+    return (y, log_det), grad
+
+  return block(x)
+
+
+def _tf_variable(v):
+  return v.value if isinstance(v, keras.Variable) else v

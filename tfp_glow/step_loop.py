@@ -10,10 +10,11 @@ slice k of every stack:
   log-det = sum_k ld_k
 
 with step = actnorm -> permutation -> coupling, each a `GlowBijector` that takes its parameters as
-arguments (`parameter_tensors`, `*_and_log_det_with`). The parameters stay each step's own Keras/TFP
+arguments (`parameter_variables`, `*_and_log_det_with`). The parameters stay each step's own Keras/TFP
 variables: gradients flow through the loop (TensorFlow keeps each iteration's activations, as an
 unrolled graph would) and through the stacks back to every step's variables. The stacks are read
 through TensorArrays, as `tf.scan` does, so each iteration's parameter gradient lands in its own slot.
+`tfp_glow.reversible` builds its memory-saving loops from the same pieces.
 
 A level runs as a loop when every step has the same kinds of layers with equal `loop_signature()`s
 and parameter shapes (any of Glow's built-in layers and the default coupling network); otherwise
@@ -38,13 +39,47 @@ def can_loop(steps: Sequence[StepBijectors]) -> bool:
   signatures = [tuple(b.loop_signature() for b in step) for step in steps]
   if any(s is None for s in signatures[0]) or any(s != signatures[0] for s in signatures):
     return False
-  shapes = [[[(p.shape, p.dtype) for p in b.parameter_tensors()] for b in step] for step in steps]
+  shapes = [[(p.shape, p.dtype) for p in flat_parameters(step)] for step in steps]
   return all(s == shapes[0] for s in shapes)
 
 
-def apply_steps_looped(steps: Sequence[StepBijectors], x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-  """Image -> latent through `steps`, as `reversible.apply_steps`: (y [N, h, w, c], log-det [N])."""
-  return _loop(steps, x, inverse=True)
+def flat_parameters(step: StepBijectors) -> list:
+  """A step's parameter variables, its layers' `parameter_variables()` one after the other."""
+  return [v for b in step for v in b.parameter_variables()]
+
+
+def stacked_parameters(steps: Sequence[StepBijectors]) -> list[tf.TensorArray]:
+  """Per parameter of a step, a TensorArray of its K steps' values (read k for step k)."""
+  columns = zip(*(flat_parameters(step) for step in steps))
+  return [
+    tf.TensorArray(column[0].dtype, size=len(steps), element_shape=column[0].shape).unstack(
+      tf.stack([tf.convert_to_tensor(v) for v in column])
+    )
+    for column in columns
+  ]
+
+
+def apply_step(template: StepBijectors, parameters: Sequence[tf.Tensor], h: tf.Tensor, inverse: bool):
+  """One step with `parameters` (flat, as `flat_parameters`): image -> latent if `inverse`, else
+  latent -> image. Returns (h, log-det [N])."""
+  layers, start = [], 0
+  for b in template:
+    n = len(b.parameter_variables())
+    layers.append((b, list(parameters[start : start + n])))
+    start += n
+  log_det = tf.zeros(tf.shape(h)[:1], h.dtype)
+  for bijector, p in layers if inverse else reversed(layers):
+    h, ld = (bijector.inverse_and_log_det_with if inverse else bijector.forward_and_log_det_with)(p, h)
+    log_det += ld
+  return h, log_det
+
+
+def apply_steps_looped(
+  steps: Sequence[StepBijectors], x: tf.Tensor, checkpoint: bool = False
+) -> tuple[tf.Tensor, tf.Tensor]:
+  """Image -> latent through `steps`, as `reversible.apply_steps`: (y [N, h, w, c], log-det [N]).
+  `checkpoint`: each step under `tf.recompute_grad` (see `tfp_glow.reversible`)."""
+  return _loop(steps, x, inverse=True, checkpoint=checkpoint)
 
 
 def invert_steps_looped(steps: Sequence[StepBijectors], z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -52,25 +87,23 @@ def invert_steps_looped(steps: Sequence[StepBijectors], z: tf.Tensor) -> tuple[t
   return _loop(steps, z, inverse=False)
 
 
-def _loop(steps: Sequence[StepBijectors], h: tf.Tensor, inverse: bool) -> tuple[tf.Tensor, tf.Tensor]:
+def _loop(
+  steps: Sequence[StepBijectors], h: tf.Tensor, inverse: bool, checkpoint: bool = False
+) -> tuple[tf.Tensor, tf.Tensor]:
   k_steps = len(steps)
   template = list(steps[0])  # step 0's layers compute every step, each with its own parameters
-  parameters = [[b.parameter_tensors() for b in step] for step in steps]
-  columns = zip(*(tf.nest.flatten(p) for p in parameters))  # one per parameter tensor, K entries
-  stacks = [
-    tf.TensorArray(column[0].dtype, size=k_steps, element_shape=column[0].shape).unstack(tf.stack(column))
-    for column in columns
-  ]
+  stacks = stacked_parameters(steps)
+
+  def step(h, *parameters):
+    return apply_step(template, parameters, h, inverse)
+
+  if checkpoint:  # keep only each step's input; recompute its activations in the backward pass
+    step = tf.recompute_grad(step)
 
   def body(k, h, log_det):
     index = k if inverse else k_steps - 1 - k
-    step_parameters = tf.nest.pack_sequence_as(parameters[0], [s.read(index) for s in stacks])
-    layers = list(zip(template, step_parameters))
-    for bijector, p in layers if inverse else reversed(layers):
-      fn = bijector.inverse_and_log_det_with if inverse else bijector.forward_and_log_det_with
-      h, ld = fn(p, h)
-      log_det += ld
-    return k + 1, h, log_det
+    h, ld = step(h, *[s.read(index) for s in stacks])
+    return k + 1, h, log_det + ld
 
   log_det = tf.zeros(tf.shape(h)[:1], h.dtype)
   _, h, log_det = tf.while_loop(

@@ -75,9 +75,8 @@ class ActNorm(GlowBijector):
     p.bias.assign(tf.where(done, tf.convert_to_tensor(p.bias), bias))
     p.initialized.assign(True)
 
-  def parameter_tensors(self) -> list[tf.Tensor]:
-    p = self.layer
-    return [tf.convert_to_tensor(p.log_scale), tf.convert_to_tensor(p.bias)]
+  def parameter_variables(self) -> list:
+    return [self.layer.log_scale, self.layer.bias]
 
   def loop_signature(self) -> tuple:
     return ('actnorm', self.channels, self.dtype)
@@ -91,7 +90,7 @@ class ActNorm(GlowBijector):
     return (z - bias) * tf.exp(-log_scale), -num_pixels(z, self.dtype) * tf.reduce_sum(log_scale)
 
   def inverse_and_log_det(self, x):
-    return self.inverse_and_log_det_with(self.parameter_tensors(), x)
+    return self.inverse_and_log_det_with(self.current_parameters(), x)
 
   def forward_and_log_det(self, z):
-    return self.forward_and_log_det_with(self.parameter_tensors(), z)
+    return self.forward_and_log_det_with(self.current_parameters(), z)

@@ -147,11 +147,15 @@ class GlowBijector(tfb.Bijector):
 
   # ---- parameters as arguments: how `tfp_glow.step_loop` runs K steps as one loop ------------
 
-  def parameter_tensors(self) -> list[Tensor] | None:
-    """The current values of the parameters this layer's math reads, in the order that
-    `*_and_log_det_with` takes them; None if it cannot take them as arguments (a level holding
-    such a layer runs its steps unrolled)."""
+  def parameter_variables(self) -> list[keras.Variable] | None:
+    """The variables this layer's math reads, in the order that `*_and_log_det_with` takes their
+    values; None if it cannot take them as arguments (a level holding such a layer runs unrolled)."""
     return None
+
+  def current_parameters(self) -> list[Tensor] | None:
+    """The values of `parameter_variables()` (None where that is None)."""
+    variables = self.parameter_variables()
+    return None if variables is None else [tf.convert_to_tensor(v) for v in variables]
 
   def loop_signature(self) -> tuple | None:
     """What besides the parameters determines this layer's function (kind, sizes, precision): two
@@ -160,11 +164,11 @@ class GlowBijector(tfb.Bijector):
     return None
 
   def inverse_and_log_det_with(self, parameters: list[Tensor], y: Tensor) -> ValueAndLogDet:
-    """`inverse_and_log_det` with `parameters` (as from `parameter_tensors`) in place of this layer's own."""
+    """`inverse_and_log_det` with `parameters` (as from `current_parameters`) in place of this layer's own."""
     raise NotImplementedError(f'{type(self).__name__} does not take its parameters as arguments.')
 
   def forward_and_log_det_with(self, parameters: list[Tensor], x: Tensor) -> ValueAndLogDet:
-    """`forward_and_log_det` with `parameters` (as from `parameter_tensors`) in place of this layer's own."""
+    """`forward_and_log_det` with `parameters` (as from `current_parameters`) in place of this layer's own."""
     raise NotImplementedError(f'{type(self).__name__} does not take its parameters as arguments.')
 
   def forward_and_log_det(self, x: Tensor, **kwargs) -> ValueAndLogDet:

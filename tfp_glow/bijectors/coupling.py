@@ -47,7 +47,7 @@ class AffineCoupling(GlowBijector):
     self._additive = additive
     self._split = channels // 2  # size of x_a
     out = (channels - self._split) * (1 if additive else 2)
-    # The default network also runs with its weights as arguments (`parameter_tensors`), which lets
+    # The default network also runs with its weights as arguments (`parameter_variables`), which lets
     # `tfp_glow.step_loop` run K steps as one loop; a custom network is called as a Keras layer.
     self._default_network = network is None
     if network is None:
@@ -66,11 +66,9 @@ class AffineCoupling(GlowBijector):
   def network(self) -> keras.layers.Layer:
     return self.layer
 
-  def parameter_tensors(self) -> list[tf.Tensor] | None:
+  def parameter_variables(self) -> list | None:
     """The default network's weights (see `tfp_glow.nets.apply_coupling_network`); None for a custom one."""
-    if not self._default_network:
-      return None
-    return [tf.convert_to_tensor(w) for w in coupling_network_weights(self.network)]
+    return coupling_network_weights(self.network) if self._default_network else None
 
   def loop_signature(self) -> tuple | None:
     if not self._default_network:
@@ -115,10 +113,10 @@ class AffineCoupling(GlowBijector):
     return tf.concat([z_a, x_b], axis=-1), -tf.reduce_sum(log_scale, axis=[1, 2, 3])
 
   def inverse_and_log_det(self, x):
-    return self.inverse_and_log_det_with(self.parameter_tensors(), x)
+    return self.inverse_and_log_det_with(self.current_parameters(), x)
 
   def forward_and_log_det(self, z):
-    return self.forward_and_log_det_with(self.parameter_tensors(), z)
+    return self.forward_and_log_det_with(self.current_parameters(), z)
 
 
 def _build(network: keras.layers.Layer, in_channels: int, out_channels: int, who: str) -> None:

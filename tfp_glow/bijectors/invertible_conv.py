@@ -97,11 +97,11 @@ class Invertible1x1Conv(GlowBijector):
       name=name,
     )
 
-  def parameter_tensors(self) -> list[tf.Tensor]:
+  def parameter_variables(self) -> list:
     """[kernel], or the LU form's [permutation, lower, upper, log_abs_s, sign_s]."""
     p = self.layer
     names = ('permutation', 'lower', 'upper', 'log_abs_s', 'sign_s') if p.lu_decomposed else ('kernel',)
-    return [tf.convert_to_tensor(getattr(p, n)) for n in names]
+    return [getattr(p, n) for n in names]
 
   def loop_signature(self) -> tuple:
     return ('invertible_1x1_conv', self.channels, self.layer.lu_decomposed, self.dtype)
@@ -118,7 +118,7 @@ class Invertible1x1Conv(GlowBijector):
 
   def weight(self, parameters: list[tf.Tensor] | None = None) -> tuple[tf.Tensor, tf.Tensor]:
     """Returns (W [C, C], log|det W| []), from this layer's parameters or `parameters`."""
-    parameters = self.parameter_tensors() if parameters is None else parameters
+    parameters = self.current_parameters() if parameters is None else parameters
     if not self.layer.lu_decomposed:
       (kernel,) = parameters
       return kernel, _log_abs_det(kernel)
@@ -128,7 +128,7 @@ class Invertible1x1Conv(GlowBijector):
 
   def inverse_weight(self, parameters: list[tf.Tensor] | None = None) -> tuple[tf.Tensor, tf.Tensor]:
     """Returns (W^-1 [C, C], log|det W| []), from this layer's parameters or `parameters`."""
-    parameters = self.parameter_tensors() if parameters is None else parameters
+    parameters = self.current_parameters() if parameters is None else parameters
     if not self.layer.lu_decomposed:
       (kernel,) = parameters
       return tf.linalg.inv(kernel), _log_abs_det(kernel)
@@ -150,10 +150,10 @@ class Invertible1x1Conv(GlowBijector):
     return _conv1x1(z, w_inv), -num_pixels(z, self.dtype) * log_det
 
   def inverse_and_log_det(self, x):
-    return self.inverse_and_log_det_with(self.parameter_tensors(), x)
+    return self.inverse_and_log_det_with(self.current_parameters(), x)
 
   def forward_and_log_det(self, z):
-    return self.forward_and_log_det_with(self.parameter_tensors(), z)
+    return self.forward_and_log_det_with(self.current_parameters(), z)
 
 
 def _log_abs_det(w: tf.Tensor) -> tf.Tensor:

@@ -67,8 +67,8 @@ class ChannelPermutation(GlowBijector):
     """A fixed random permutation drawn once at construction (`seed` for reproducibility)."""
     return cls(np.random.default_rng(seed).permutation(channels), **{'name': 'shuffle', **kwargs})
 
-  def parameter_tensors(self) -> list[tf.Tensor]:
-    return [tf.convert_to_tensor(self.layer.permutation)]
+  def parameter_variables(self) -> list:
+    return [self.layer.permutation]
 
   def loop_signature(self) -> tuple:
     return ('channel_permutation', self.channels, self.dtype)
@@ -82,7 +82,7 @@ class ChannelPermutation(GlowBijector):
     return tf.gather(z, tf.math.invert_permutation(permutation), axis=-1), tf.zeros([], self.dtype)
 
   def inverse_and_log_det(self, x):
-    return self.inverse_and_log_det_with(self.parameter_tensors(), x)
+    return self.inverse_and_log_det_with(self.current_parameters(), x)
 
   def forward_and_log_det(self, z):
-    return self.forward_and_log_det_with(self.parameter_tensors(), z)
+    return self.forward_and_log_det_with(self.current_parameters(), z)
