@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from tfp_glow import cli, configs
+from tfp_glow import cli, cli_train, configs
 from tfp_glow.glow import Glow
 
 PAPER = ('cifar10', 'cifar10_conditional', 'imagenet32', 'imagenet64', 'celeba_hq256', 'mnist')
@@ -116,7 +116,7 @@ def test_memory_estimate_is_smaller_with_recomputation():
 
 
 def _config(*argv):
-  return cli._train_config(cli._build_parser().parse_args(['train', *argv]))
+  return cli_train._train_config(cli._build_parser().parse_args(['train', *argv]))
 
 
 def test_cli_config_sets_the_flags_and_explicit_flags_override():
