@@ -166,16 +166,12 @@ def _reversible_loop(steps: Sequence[StepBijectors], x: tf.Tensor) -> tuple[tf.T
         k = k_steps - 1 - i
         y_k = _after(y_k, dy)  # see `_reversible_block`
         parameters = [s.read(k) for s in stacks]
-        x_k = tf.stop_gradient(apply_step(template, parameters, y_k, inverse=False)[0])
-        watched = [parameters[j] for j in wanted]
-        with tf.GradientTape() as tape:
-          tape.watch([x_k, *watched])
-          y_again, ld = apply_step(template, parameters, x_k, inverse=True)
-        g = tape.gradient([y_again, ld], [x_k, *watched], output_gradients=[dy, dlog_det])
+        x_k, dx_k, grads = _step_vjp(template, parameters, y_k, dy, dlog_det)
         slots = [
-          s.write(k, tf.zeros_like(w) if gw is None else gw) for s, gw, w in zip(slots, g[1:], watched)
+          s.write(k, tf.zeros_like(parameters[j]) if grads[j] is None else grads[j])
+          for s, j in zip(slots, wanted)
         ]
-        return i + 1, x_k, g[0], slots
+        return i + 1, x_k, dx_k, slots
 
       _, _, dx, slots = tf.while_loop(
         lambda i, *_: i < k_steps, body, (tf.constant(0), y, dy, slots), maximum_iterations=k_steps
@@ -190,3 +186,33 @@ def _reversible_loop(steps: Sequence[StepBijectors], x: tf.Tensor) -> tuple[tf.T
 
 def _tf_variable(v):
   return v.value if isinstance(v, keras.Variable) else v
+
+
+def _step_vjp(template, parameters, y, dy, dlog_det):
+  """One step's input x (rebuilt from its output y through the exact inverse) and the vector-Jacobian
+  products of (y, log-det) at x: (x, dx, [d parameter, in `parameters`' order; None if unused]).
+
+  A step that ends with a coupling layer taking its parameters as arguments evaluates the coupling's network
+  once, not twice: the network's input is the untouched half, known from y, so one evaluation under the tape
+  both inverts the coupling and gives its VJP (`AffineCoupling.input_and_vjp_with`); the layers before it
+  (actnorm, permutation: no network) are inverted, then recomputed under the tape."""
+  *head, coupling = template
+  n_head = sum(len(b.parameter_variables()) for b in head)
+  if not hasattr(coupling, 'input_and_vjp_with') or coupling.parameter_variables() is None:
+    x = tf.stop_gradient(apply_step(template, parameters, y, inverse=False)[0])
+    return _recomputed_vjp(template, parameters, x, dy, dlog_det)
+  x_mid, dx_mid, coupling_grads = coupling.input_and_vjp_with(parameters[n_head:], y, dy, dlog_det)
+  x = tf.stop_gradient(apply_step(head, parameters[:n_head], x_mid, inverse=False)[0])
+  x, dx, head_grads = _recomputed_vjp(head, parameters[:n_head], x, dx_mid, dlog_det)
+  return x, dx, [*head_grads, *coupling_grads]
+
+
+def _recomputed_vjp(template, parameters, x, dy, dlog_det):
+  """(x, dx, d parameters) of the layers `template` applied image -> latent at x, recomputed under a tape."""
+  floats = [p for p in parameters if p.dtype.is_floating]
+  with tf.GradientTape() as tape:
+    tape.watch([x, *floats])
+    y, log_det = apply_step(template, parameters, x, inverse=True)
+  g = iter(tape.gradient([y, log_det], [x, *floats], output_gradients=[dy, dlog_det]))
+  dx = next(g)
+  return x, dx, [next(g) if p.dtype.is_floating else None for p in parameters]

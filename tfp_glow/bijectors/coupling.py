@@ -112,6 +112,28 @@ class AffineCoupling(GlowBijector):
     x_b = z_b / scale - shift
     return tf.concat([z_a, x_b], axis=-1), -tf.reduce_sum(log_scale, axis=[1, 2, 3])
 
+  def input_and_vjp_with(self, parameters, z, dz, dlog_det):
+    """For memory-saving gradients (`tfp_glow.reversible`): from this layer's image -> latent output z
+    [N, H, W, C], its input x and the vector-Jacobian products of (z, log-det) at x with the cotangents
+    (dz [N, H, W, C], dlog_det [N]): (x, dx, [d parameter, ...]), with ONE network evaluation. The network's
+    input x_a equals z_a, so the same evaluation inverts the layer (x_b = z_b / scale - shift, held fixed
+    as a leaf) and is differentiated."""
+    z_a, z_b = tf.split(z, [self._split, self.channels - self._split], axis=-1)
+    dz_a, dz_b = tf.split(dz, [self._split, self.channels - self._split], axis=-1)
+    floats = [p for p in parameters if p.dtype.is_floating]
+    with tf.GradientTape() as tape:
+      tape.watch([z_a, *floats])
+      shift, scale, log_scale = self._shift_and_scale(parameters, z_a)
+      x_b = tf.stop_gradient(z_b - shift if scale is None else z_b / scale - shift)  # the exact inverse
+      tape.watch(x_b)
+      z_b_again = x_b + shift if scale is None else (x_b + shift) * scale
+      log_det = tf.zeros_like(dlog_det) if scale is None else tf.reduce_sum(log_scale, axis=[1, 2, 3])
+    g = tape.gradient([z_b_again, log_det], [z_a, x_b, *floats], output_gradients=[dz_b, dlog_det])
+    dx_a = dz_a if g[0] is None else dz_a + g[0]  # z_a = x_a passes through, and feeds the network
+    grads = iter(g[2:])
+    parameter_grads = [next(grads) if p.dtype.is_floating else None for p in parameters]
+    return tf.concat([z_a, x_b], axis=-1), tf.concat([dx_a, g[1]], axis=-1), parameter_grads
+
   def inverse_and_log_det(self, x):
     return self.inverse_and_log_det_with(self.current_parameters(), x)
 
