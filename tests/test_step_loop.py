@@ -58,12 +58,18 @@ def test_loop_equals_unrolled_steps_values_log_dets_and_gradients(coupling, perm
   np.testing.assert_allclose(inverse_log_det, -log_det0, rtol=1e-9, atol=1e-10)
 
 
-def test_glow_runs_its_levels_as_loops_under_xla():
+def test_under_xla_the_steps_are_unrolled_and_give_the_same_values():
   glow = perturbed_glow(num_classes=3)
   x = tf.random.stateless_uniform([2, 8, 8, 2], (3, 4), dtype=tf.float64) - 0.5
   labels = tf.constant([2, 0])
-  eager = glow.inverse_and_log_det(x, labels=labels)
-  xla = tf.function(lambda x: glow.inverse_and_log_det(x, labels=labels), jit_compile=True)(x)
+  steps = level_steps(glow)
+  assert tf.function(lambda: tf.constant(step_loop.can_loop(steps)))()
+  assert not tf.function(lambda: tf.constant(step_loop.can_loop(steps)), jit_compile=True)()
+  eager = glow.inverse_and_log_det(x, labels=labels)  # loops (eager: TensorFlow runs them step by step)
+  encode = tf.function(lambda x: glow.inverse_and_log_det(x, labels=labels), jit_compile=True)
+  ops = {op.type for op in encode.get_concrete_function(x).graph.get_operations()}
+  assert not {'While', 'StatelessWhile'} & ops
+  xla = encode(x)
   for a, b in zip(xla, eager):
     np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
   back = tf.function(lambda z: glow.forward(z, labels=labels), jit_compile=True)(eager[0])

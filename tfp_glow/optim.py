@@ -19,13 +19,16 @@ optimization slow (the first step) and adds per-op overhead to every step. `Warm
           theta -= lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)
 
 The weight EMA (use_ema=True) is fused the same way (`ResourceApplyGradientDescent`). Under a
-distribution strategy (mirrored variables), sparse gradients or amsgrad, Keras' own update runs instead.
+distribution strategy (mirrored variables), under XLA (`tfp_glow.xla`), for sparse gradients or amsgrad,
+Keras' own update runs instead.
 """
 
 from __future__ import annotations
 
 import keras
 import tensorflow as tf
+
+from tfp_glow.xla import tracing_for_xla
 
 
 class _LinearWarmup:
@@ -83,6 +86,8 @@ class _LinearWarmup:
       not self.built or self.weight_decay or self.gradient_accumulation_steps or self.ema_overwrite_frequency
     ):
       return False
+    if tracing_for_xla():  # the fused kernels are slow to compile there (see tfp_glow.xla)
+      return False
     if getattr(self, 'amsgrad', False):
       return False
     plain = [_resource_variable(v) is not None and v.constraint is None for v in variables]
@@ -98,6 +103,8 @@ class _LinearWarmup:
       EMA:    avg -= 0 * (avg - theta) = avg
     A conditional branch would have to capture every variable again (thousands at the paper's
     depth): slow to trace and to optimize. Requires `can_apply_masked(variables)`."""
+    if not self.can_apply_masked(variables):
+      raise ValueError(f'{self.name}: apply_masked cannot skip exactly here (see can_apply_masked).')
     grads = [None if g is None else tf.where(ok, g, tf.zeros([], g.dtype)) for g in grads]
     self._apply_mask = ok
     try:
@@ -116,7 +123,7 @@ class _LinearWarmup:
       (v, a) for v, a in zip(trainable_variables, self._model_variables_moving_average) if a is not None
     ]
     plain = [(_resource_variable(v), _resource_variable(a)) for v, a in pairs]
-    if any(v is None or a is None for v, a in plain):
+    if tracing_for_xla() or any(v is None or a is None for v, a in plain):
       return super()._update_model_variables_moving_average(trainable_variables)
     first = tf.equal(tf.convert_to_tensor(self.iterations), 0)
     rate = tf.where(first, 1.0, 1.0 - self.ema_momentum)  # 1 - momentum, float32
@@ -145,6 +152,8 @@ def _resource_variable(variable) -> tf.Variable | None:
 
 def _fused_variables(optimizer, gradient, variable, slots) -> list[tf.Variable] | None:
   """[variable, *its slot variables] as plain tf.Variables; None where the fused kernel can't run."""
+  if tracing_for_xla():  # XLA compiles Keras' own update much faster (see tfp_glow.xla)
+    return None
   index = optimizer._get_variable_index(variable)
   plain = [_resource_variable(v) for v in (variable, *(slot[index] for slot in slots))]
   if any(v is None for v in plain) or isinstance(gradient, tf.IndexedSlices):
