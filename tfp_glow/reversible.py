@@ -97,15 +97,7 @@ def _reversible_block(steps: Sequence[StepBijectors], x: tf.Tensor) -> tuple[tf.
     y, log_det = apply_steps(steps, x)
 
     def grad(dy, dlog_det, variables=None):
-      variables = list(variables or [])
-      for v in variables:
-        if v.ref() not in owner:
-          raise ValueError(
-            f'memory_saving: the variable {v.name} is read inside the flow steps but belongs to no '
-            "step's bijectors, so its gradient cannot be recomputed step by step."
-          )
-      if dlog_det is None:
-        dlog_det = tf.zeros(tf.shape(y)[:1], y.dtype)
+      variables, dlog_det = _gradient_inputs(variables, owner, dlog_det, y)
       grads = {}
       y_k = y
       for k in reversed(range(len(steps))):
@@ -148,15 +140,7 @@ def _reversible_loop(steps: Sequence[StepBijectors], x: tf.Tensor) -> tuple[tf.T
     y, log_det = apply_steps_looped(steps, x)
 
     def grad(dy, dlog_det, variables=None):
-      variables = list(variables or [])
-      for v in variables:
-        if v.ref() not in owner:
-          raise ValueError(
-            f'memory_saving: the variable {v.name} is read inside the flow steps but belongs to no '
-            "step's parameters, so its gradient cannot be recomputed step by step."
-          )
-      if dlog_det is None:
-        dlog_det = tf.zeros(tf.shape(y)[:1], y.dtype)
+      variables, dlog_det = _gradient_inputs(variables, owner, dlog_det, y)
       stacks = stacked_parameters(steps)
       shapes = flat_parameters(steps[0])
       wanted = sorted({owner[v.ref()][1] for v in variables})  # positions of trainable parameters
@@ -182,6 +166,19 @@ def _reversible_loop(steps: Sequence[StepBijectors], x: tf.Tensor) -> tuple[tf.T
     return (y, log_det), grad
 
   return block(x)
+
+
+def _gradient_inputs(variables, owner: dict, dlog_det, y: tf.Tensor):
+  """The custom gradient's `variables` as a list, each checked to belong to a step (`owner`: by ref), and
+  `dlog_det`, zeros where TensorFlow passes None."""
+  variables = list(variables or [])
+  for v in variables:
+    if v.ref() not in owner:
+      raise ValueError(
+        f'memory_saving: the variable {v.name} is read inside the flow steps but belongs to no '
+        "step's parameters, so its gradient cannot be recomputed step by step."
+      )
+  return variables, tf.zeros(tf.shape(y)[:1], y.dtype) if dlog_det is None else dlog_det
 
 
 def _tf_variable(v):
