@@ -18,7 +18,7 @@ from tfp_glow.bijectors.split import SplitPrior
 from tfp_glow.bijectors.squeeze import Squeeze
 from tfp_glow.bijectors.top_prior import TopPrior
 from tfp_glow.reversible import check_mode, run_steps
-from tfp_glow.step_loop import can_loop, invert_steps_looped
+from tfp_glow.step_loop import can_loop, invert_steps_looped, shared_stack
 
 COUPLINGS = ('affine', 'additive')
 PERMUTATIONS = ('conv_lu', 'conv', 'shuffle', 'reverse')
@@ -123,24 +123,12 @@ class Glow(GlowBijector):
     h, w, c = self._image_shape
     for l in range(levels):
       h, w, c = h // 2, w // 2, c * 4
-      steps_l = []
-      for k in range(steps):
-        prefix = f'level{l}_step{k}_'
-        perm = _make_permutation(permutation, c, int(rng.integers(2**31)), dtype, prefix)
-        net = (
-          coupling_network(c // 2, (c - c // 2) * (1 if coupling == 'additive' else 2))
-          if coupling_network
-          else None
-        )
-        steps_l.append(
-          Step(
-            ActNorm(c, dtype=dtype, name=prefix + 'actnorm'),
-            perm,
-            AffineCoupling(
-              c, width, additive=(coupling == 'additive'), network=net, dtype=dtype, name=prefix + 'coupling'
-            ),
-          )
-        )
+      if coupling_network is None:  # one stack of variables per kind of layer: a level is one loop
+        steps_l = _stacked_steps(l, c, steps, width, coupling, permutation, int(rng.integers(2**31)), dtype)
+      else:
+        steps_l = [
+          _step(l, k, c, width, coupling, permutation, coupling_network, rng, dtype) for k in range(steps)
+        ]
       if l < levels - 1:
         exit_ = SplitPrior(c, dtype=dtype, name=f'level{l}_split_prior')
         latent_shape = (h, w, c - c // 2)
@@ -158,7 +146,8 @@ class Glow(GlowBijector):
     # tf.Module finds sub-bijectors (and their tf.Variables) in this flat list.
     self._bijectors = [b for lv in self._levels for s in lv.steps for b in s.bijectors()]
     self._bijectors += [lv.exit for lv in self._levels if lv.exit is not None]
-    layer = LayerGroup([b.layer for b in self._bijectors], dtype, name)
+    layers = list({id(b.layer): b.layer for b in self._bijectors}.values())  # a stack's layer once
+    layer = LayerGroup(layers, dtype, name)
     super().__init__(
       layer=layer,
       channels=self._image_shape[-1],
@@ -199,7 +188,8 @@ class Glow(GlowBijector):
   @property
   def is_initialized(self) -> tf.Tensor:
     """True once every actnorm has had its data-dependent initialization."""
-    return tf.reduce_all(tf.stack([a.is_initialized for a in self.actnorms]))
+    flags = {id(a.layer): a.layer.initialized for a in self.actnorms}.values()  # a stack's flags once
+    return tf.reduce_all(tf.stack([tf.reduce_all(tf.convert_to_tensor(f)) for f in flags]))
 
   # ---- data-dependent init ---------------------------------------------------------------------
 
@@ -291,8 +281,9 @@ class Glow(GlowBijector):
       else:
         h = eps
       steps = [s.bijectors() for s in level.steps]
-      if can_loop(steps):  # one loop over the steps (see tfp_glow.step_loop)
-        h, ld = invert_steps_looped(steps, h)
+      looped = can_loop(steps)
+      if looped or shared_stack(steps) is not None:  # one loop over the steps (see tfp_glow.step_loop)
+        h, ld = invert_steps_looped(steps, h, unroll=not looped)  # unrolled under XLA
         log_det += ld
       else:
         for step in reversed(steps):
@@ -346,6 +337,38 @@ class Glow(GlowBijector):
 
 def _flat(labels):
   return None if labels is None else tf.reshape(labels, [-1])
+
+
+def _step(level, k, c, width, coupling, permutation, coupling_network, rng, dtype) -> Step:
+  """Step k of a level whose layers each own their parameters (a custom coupling network)."""
+  prefix = f'level{level}_step{k}_'
+  perm = _make_permutation(permutation, c, int(rng.integers(2**31)), dtype, prefix)
+  net = coupling_network(c // 2, (c - c // 2) * (1 if coupling == 'additive' else 2))
+  additive = coupling == 'additive'
+  return Step(
+    ActNorm(c, dtype=dtype, name=prefix + 'actnorm'),
+    perm,
+    AffineCoupling(c, width, additive=additive, network=net, dtype=dtype, name=prefix + 'coupling'),
+  )
+
+
+def _stacked_steps(level, c, steps, width, coupling, permutation, seed, dtype) -> list[Step]:
+  """A level's K steps whose parameters are stacked, one variable [K, ...] per parameter of a step
+  (see `GlowBijector.index`): the loop over the steps reads each once, and the optimizer updates a
+  handful of variables per level instead of 13 per step."""
+  prefix = f'level{level}_'
+  actnorms = ActNorm.stacked(c, steps, dtype=dtype, name=prefix + 'actnorm')
+  if permutation in ('conv_lu', 'conv'):
+    lu = permutation == 'conv_lu'
+    perms = Invertible1x1Conv.stacked(c, steps, lu, seed, dtype, name=prefix + 'invertible_1x1_conv')
+  else:
+    rng = np.random.default_rng(seed)
+    rows = [rng.permutation(c) if permutation == 'shuffle' else np.arange(c)[::-1] for _ in range(steps)]
+    perms = ChannelPermutation.stacked(rows, dtype, name=prefix + permutation)
+  couplings = AffineCoupling.stacked(
+    c, steps, width, additive=(coupling == 'additive'), dtype=dtype, name=prefix + 'coupling'
+  )
+  return [Step(*layers) for layers in zip(actnorms, perms, couplings)]
 
 
 def _make_permutation(kind: str, channels: int, seed: int, dtype, prefix: str) -> GlowBijector:

@@ -144,3 +144,59 @@ def apply_coupling_network(
   h = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(h, k_in, 1, 'SAME'), b_in))
   h = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(h, k_hidden, 1, 'SAME'), b_hidden))
   return tf.nn.bias_add(tf.nn.conv2d(h, k_out, 1, 'SAME'), b_out) * tf.exp(logs * logscale_factor)
+
+
+class StackedCouplingNetworks(keras.layers.Layer):
+  """The weights of K `coupling_network`s, each stacked over the K steps of a Glow level ([K, ...]), in
+  `coupling_network_weights`' order (`weights_in_order()`): what lets a level run its K couplings as one
+  loop with a handful of variables (`tfp_glow.step_loop`). Step k's network is
+  `apply_coupling_network([w[k] for w in weights_in_order()], x, compute_dtype)`.
+
+  Each step's weights start as a `coupling_network`'s do: Glorot-uniform kernels (drawn per step, with
+  that step's fan-in and fan-out), zero biases, and a zero last layer (the coupling starts as the identity).
+  `dtype`: a dtype or a Keras mixed policy name (float32 variables, low-precision compute).
+  """
+
+  logscale_factor = 3.0  # as ZeroConv2D's
+
+  def __init__(
+    self,
+    in_channels: int,
+    out_channels: int,
+    width: int,
+    steps: int,
+    dtype: tf.DType | str = 'float32',
+    name: str = 'coupling_nn',
+  ):
+    dtype = dtype if dtype in MIXED_POLICIES else tf.as_dtype(dtype).name
+    super().__init__(dtype=dtype, name=name)
+    glorot = keras.initializers.GlorotUniform()
+
+    def per_step(shape, dtype=None):  # Glorot's fans are those of one step's kernel, not of the stack
+      return tf.stack([glorot(shape[1:], dtype=dtype) for _ in range(shape[0])])
+
+    def weight(shape, initializer, name):
+      return self.add_weight(shape=(steps, *shape), initializer=initializer, name=name)
+
+    self.conv_in_kernel = weight((3, 3, in_channels, width), per_step, 'conv_in_kernel')
+    self.conv_in_bias = weight((width,), 'zeros', 'conv_in_bias')
+    self.conv_hidden_kernel = weight((1, 1, width, width), per_step, 'conv_hidden_kernel')
+    self.conv_hidden_bias = weight((width,), 'zeros', 'conv_hidden_bias')
+    self.conv_out_kernel = weight((3, 3, width, out_channels), 'zeros', 'conv_out_kernel')
+    self.conv_out_bias = weight((out_channels,), 'zeros', 'conv_out_bias')
+    self.conv_out_logs = weight((out_channels,), 'zeros', 'conv_out_logs')
+    self.built = True
+
+  def weights_in_order(self) -> list[keras.Variable]:
+    return [
+      self.conv_in_kernel,
+      self.conv_in_bias,
+      self.conv_hidden_kernel,
+      self.conv_hidden_bias,
+      self.conv_out_kernel,
+      self.conv_out_bias,
+      self.conv_out_logs,
+    ]
+
+  def call(self, inputs):  # Keras wants a call; this layer is read, never called.
+    return inputs

@@ -32,7 +32,15 @@ import keras
 import tensorflow as tf
 
 from tfp_glow.bijectors.base import GlowBijector
-from tfp_glow.step_loop import apply_step, apply_steps_looped, can_loop, flat_parameters, stacked_parameters
+from tfp_glow.step_loop import (
+  apply_step,
+  apply_steps_looped,
+  can_loop,
+  flat_parameters,
+  read_step,
+  shared_stack,
+  stacked_parameters,
+)
 
 MODES = ('inverse', 'checkpoint')
 StepBijectors = Sequence[GlowBijector]
@@ -71,17 +79,22 @@ def run_steps(steps: Sequence[StepBijectors], x: tf.Tensor, mode: str | None) ->
   """`apply_steps` with the gradient strategy `mode` (None, 'inverse' or 'checkpoint'), as one loop over
   the steps where they allow it (`tfp_glow.step_loop`: a graph that does not grow with K)."""
   looped = can_loop(steps)
+  if looped or shared_stack(steps) is not None:  # a stack runs unrolled only under XLA or as one step
+    unroll = not looped
+    if mode is None:
+      return apply_steps_looped(steps, x, unroll=unroll)
+    if mode == 'checkpoint':
+      return apply_steps_looped(steps, x, checkpoint=True, unroll=unroll)
+    return _reversible_loop(steps, x, unroll)
   if mode is None:
-    return apply_steps_looped(steps, x) if looped else apply_steps(steps, x)
+    return apply_steps(steps, x)
   if mode == 'checkpoint':
-    if looped:
-      return apply_steps_looped(steps, x, checkpoint=True)
     log_det = tf.zeros(tf.shape(x)[:1], x.dtype)
     for step in steps:
       x, ld = tf.recompute_grad(lambda x, step=step: apply_steps([step], x))(x)
       log_det += ld
     return x, log_det
-  return _reversible_loop(steps, x) if looped else _reversible_block(steps, x)
+  return _reversible_block(steps, x)
 
 
 def _step_variables(step: StepBijectors) -> list[tf.Variable]:
@@ -127,41 +140,59 @@ def _after(x: tf.Tensor, dependency: tf.Tensor) -> tf.Tensor:
   return x + tf.cast(zero, x.dtype)
 
 
-def _reversible_loop(steps: Sequence[StepBijectors], x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def _reversible_loop(steps: Sequence[StepBijectors], x: tf.Tensor, unroll: bool = False):
   """'inverse' mode for steps that run as one loop (`tfp_glow.step_loop`): the same backward walk as
-  `_reversible_block`, as one tf.while_loop, so neither the graph nor the memory grows with K."""
+  `_reversible_block`, as one tf.while_loop, so neither the graph nor the memory grows with K (`unroll`:
+  the same body called K times from Python, for XLA). Returns (y [N, h, w, c], log-det [N])."""
   k_steps, template = len(steps), list(steps[0])
-  owner = {
-    _tf_variable(v).ref(): (k, j) for k, step in enumerate(steps) for j, v in enumerate(flat_parameters(step))
-  }
+  stack = shared_stack(steps)
+  if stack is not None:  # variable j holds parameter j of every step: its gradient is the whole stack
+    owner = {_tf_variable(v).ref(): (None, j) for j, v in enumerate(stack)}
+    shapes = [v.shape[1:] for v in stack]
+  else:
+    owner = {
+      _tf_variable(v).ref(): (k, j)
+      for k, step in enumerate(steps)
+      for j, v in enumerate(flat_parameters(step))
+    }
+    shapes = [v.shape for v in flat_parameters(steps[0])]
 
   @tf.custom_gradient
   def block(x):
-    y, log_det = apply_steps_looped(steps, x)
+    y, log_det = apply_steps_looped(steps, x, unroll=unroll)
 
     def grad(dy, dlog_det, variables=None):
       variables, dlog_det = _gradient_inputs(variables, owner, dlog_det, y)
-      stacks = stacked_parameters(steps)
-      shapes = flat_parameters(steps[0])
+      columns = stacked_parameters(steps, unroll)
       wanted = sorted({owner[v.ref()][1] for v in variables})  # positions of trainable parameters
-      slots = [tf.TensorArray(stacks[j].dtype, size=k_steps, element_shape=shapes[j].shape) for j in wanted]
 
       def body(i, y_k, dy, slots):
         k = k_steps - 1 - i
         y_k = _after(y_k, dy)  # see `_reversible_block`
-        parameters = [s.read(k) for s in stacks]
+        parameters = read_step(columns, k)
         x_k, dx_k, grads = _step_vjp(template, parameters, y_k, dy, dlog_det)
-        slots = [
-          s.write(k, tf.zeros_like(parameters[j]) if grads[j] is None else grads[j])
-          for s, j in zip(slots, wanted)
-        ]
+        step_grads = [tf.zeros_like(parameters[j]) if grads[j] is None else grads[j] for j in wanted]
+        if unroll:
+          slots = [[*s[:k], g, *s[k + 1 :]] for s, g in zip(slots, step_grads)]
+        else:
+          slots = [s.write(k, g) for s, g in zip(slots, step_grads)]
         return i + 1, x_k, dx_k, slots
 
-      _, _, dx, slots = tf.while_loop(
-        lambda i, *_: i < k_steps, body, (tf.constant(0), y, dy, slots), maximum_iterations=k_steps
-      )
-      stacked = {j: tf.unstack(s.stack(), num=k_steps) for j, s in zip(wanted, slots)}  # [k] per step
-      return dx, [stacked[owner[v.ref()][1]][owner[v.ref()][0]] for v in variables]
+      if unroll:
+        slots, dx, y_k = [[None] * k_steps for _ in wanted], dy, y
+        for i in range(k_steps):
+          _, y_k, dx, slots = body(i, y_k, dx, slots)
+        stacked = {j: tf.stack(s) for j, s in zip(wanted, slots)}  # [K, ...]
+      else:
+        slots = [tf.TensorArray(columns[j].dtype, size=k_steps, element_shape=shapes[j]) for j in wanted]
+        _, _, dx, slots = tf.while_loop(
+          lambda i, *_: i < k_steps, body, (tf.constant(0), y, dy, slots), maximum_iterations=k_steps
+        )
+        stacked = {j: s.stack() for j, s in zip(wanted, slots)}
+      if stack is not None:  # each variable is a whole stack
+        return dx, [stacked[owner[v.ref()][1]] for v in variables]
+      per_step = {j: tf.unstack(g, num=k_steps) for j, g in stacked.items()}
+      return dx, [per_step[owner[v.ref()][1]][owner[v.ref()][0]] for v in variables]
 
     return (y, log_det), grad
 

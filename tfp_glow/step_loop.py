@@ -37,7 +37,13 @@ def can_loop(steps: Sequence[StepBijectors]) -> bool:
   """True if `steps` (>= 2 of them) can share one loop body (see the module docstring), and we are not
   tracing for XLA (`jit_compile=True`): measured on this project's CPU, XLA ran the loops' gradients 30x
   slower than unrolled steps (4 against 130 images/s, 5 GB peak), while it compiles unrolled steps well."""
-  if len(steps) < 2 or tracing_for_xla():
+  return loopable(steps) and not tracing_for_xla()
+
+
+def loopable(steps: Sequence[StepBijectors]) -> bool:
+  """True if `steps` (>= 2 of them) have the same kinds of layers with equal `loop_signature()`s and
+  parameter shapes: one loop body (or one unrolled body with parameters as arguments) computes them all."""
+  if len(steps) < 2:
     return False
   signatures = [tuple(b.loop_signature() for b in step) for step in steps]
   if any(s is None for s in signatures[0]) or any(s != signatures[0] for s in signatures):
@@ -46,20 +52,46 @@ def can_loop(steps: Sequence[StepBijectors]) -> bool:
   return all(s == shapes[0] for s in shapes)
 
 
+def shared_stack(steps: Sequence[StepBijectors]) -> list | None:
+  """If `steps` are steps 0..K-1 of one stack (`GlowBijector.index`: each parameter one variable [K, ...],
+  as in a Glow level), that stack's variables, flat in `apply_step`'s order; else None."""
+  layers = [b.layer for b in steps[0]] if steps else []
+  for k, step in enumerate(steps):
+    if [b.index for b in step] != [k] * len(step) or [b.layer for b in step] != layers:
+      return None
+  if any(b.loop_signature() is None for b in steps[0]):
+    return None
+  variables = flat_parameters(steps[0])
+  return variables if all(v.shape[0] == len(steps) for v in variables) else None
+
+
 def flat_parameters(step: StepBijectors) -> list:
-  """A step's parameter variables, its layers' `parameter_variables()` one after the other."""
+  """A step's parameter variables, its layers' `parameter_variables()` one after the other (for a step
+  of a stack: the stacked variables)."""
   return [v for b in step for v in b.parameter_variables()]
 
 
-def stacked_parameters(steps: Sequence[StepBijectors]) -> list[tf.TensorArray]:
-  """Per parameter of a step, a TensorArray of its K steps' values (read k for step k)."""
-  columns = zip(*(flat_parameters(step) for step in steps))
+def stacked_parameters(steps: Sequence[StepBijectors], unroll: bool = False) -> list:
+  """Per parameter of a step, its K steps' values: a TensorArray (read k for step k), or with `unroll` a
+  list (index k). A stack's variables are read once each; separate variables are read and stacked."""
+  stack = shared_stack(steps)
+  if stack is not None:
+    values = [tf.convert_to_tensor(v) for v in stack]
+    if unroll:
+      return [tf.unstack(v, num=len(steps)) for v in values]  # gradient: one Pack per variable
+    return [tf.TensorArray(v.dtype, size=len(steps), element_shape=v.shape[1:]).unstack(v) for v in values]
+  columns = [[tf.convert_to_tensor(v) for v in column] for column in zip(*map(flat_parameters, steps))]
+  if unroll:
+    return columns
   return [
-    tf.TensorArray(column[0].dtype, size=len(steps), element_shape=column[0].shape).unstack(
-      tf.stack([tf.convert_to_tensor(v) for v in column])
-    )
+    tf.TensorArray(column[0].dtype, size=len(steps), element_shape=column[0].shape).unstack(tf.stack(column))
     for column in columns
   ]
+
+
+def read_step(columns: list, k) -> list:
+  """Step k's parameters from `stacked_parameters`' columns."""
+  return [c[k] if isinstance(c, list) else c.read(k) for c in columns]
 
 
 def apply_step(template: StepBijectors, parameters: Sequence[tf.Tensor], h: tf.Tensor, inverse: bool):
@@ -78,24 +110,27 @@ def apply_step(template: StepBijectors, parameters: Sequence[tf.Tensor], h: tf.T
 
 
 def apply_steps_looped(
-  steps: Sequence[StepBijectors], x: tf.Tensor, checkpoint: bool = False
+  steps: Sequence[StepBijectors], x: tf.Tensor, checkpoint: bool = False, unroll: bool = False
 ) -> tuple[tf.Tensor, tf.Tensor]:
   """Image -> latent through `steps`, as `reversible.apply_steps`: (y [N, h, w, c], log-det [N]).
-  `checkpoint`: each step under `tf.recompute_grad` (see `tfp_glow.reversible`)."""
-  return _loop(steps, x, inverse=True, checkpoint=checkpoint)
+  `checkpoint`: each step under `tf.recompute_grad` (see `tfp_glow.reversible`). `unroll`: the same
+  body, called K times from Python (for XLA, and for a stack of one step)."""
+  return _loop(steps, x, inverse=True, checkpoint=checkpoint, unroll=unroll)
 
 
-def invert_steps_looped(steps: Sequence[StepBijectors], z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def invert_steps_looped(
+  steps: Sequence[StepBijectors], z: tf.Tensor, unroll: bool = False
+) -> tuple[tf.Tensor, tf.Tensor]:
   """Latent -> image through `steps`, last step first: (x [N, h, w, c], log-det [N])."""
-  return _loop(steps, z, inverse=False)
+  return _loop(steps, z, inverse=False, unroll=unroll)
 
 
 def _loop(
-  steps: Sequence[StepBijectors], h: tf.Tensor, inverse: bool, checkpoint: bool = False
+  steps: Sequence[StepBijectors], h: tf.Tensor, inverse: bool, checkpoint: bool = False, unroll: bool = False
 ) -> tuple[tf.Tensor, tf.Tensor]:
   k_steps = len(steps)
   template = list(steps[0])  # step 0's layers compute every step, each with its own parameters
-  stacks = stacked_parameters(steps)
+  columns = stacked_parameters(steps, unroll)
 
   def step(h, *parameters):
     return apply_step(template, parameters, h, inverse)
@@ -104,11 +139,14 @@ def _loop(
     step = tf.recompute_grad(step)
 
   def body(k, h, log_det):
-    index = k if inverse else k_steps - 1 - k
-    h, ld = step(h, *[s.read(index) for s in stacks])
+    h, ld = step(h, *read_step(columns, k if inverse else k_steps - 1 - k))
     return k + 1, h, log_det + ld
 
   log_det = tf.zeros(tf.shape(h)[:1], h.dtype)
+  if unroll:
+    for k in range(k_steps):
+      _, h, log_det = body(k, h, log_det)
+    return h, log_det
   _, h, log_det = tf.while_loop(
     lambda k, *_: k < k_steps, body, (tf.constant(0), h, log_det), maximum_iterations=k_steps
   )

@@ -8,15 +8,19 @@ from tfp_glow.bijectors.base import GlowBijector, ParameterLayer, check_channels
 
 
 class ActNormParameters(ParameterLayer):
-  """log_scale [C], bias [C] (trainable) and `initialized` (a saved, non-trainable flag)."""
+  """log_scale [C], bias [C] (trainable) and `initialized` (a saved, non-trainable flag); with `steps=K`,
+  the same for K actnorms stacked: [K, C], [K, C], [K]."""
 
-  def __init__(self, channels: int, dtype: tf.DType = tf.float32, name: str = 'actnorm'):
+  def __init__(
+    self, channels: int, dtype: tf.DType = tf.float32, name: str = 'actnorm', steps: int | None = None
+  ):
     super().__init__(dtype, name)
-    self.log_scale = self.add_weight(shape=(channels,), initializer='zeros', name='log_scale')
-    self.bias = self.add_weight(shape=(channels,), initializer='zeros', name='bias')
+    lead = () if steps is None else (steps,)
+    self.log_scale = self.add_weight(shape=(*lead, channels), initializer='zeros', name='log_scale')
+    self.bias = self.add_weight(shape=(*lead, channels), initializer='zeros', name='bias')
     # Saved with the weights, so a restored model is not re-initialized from new data.
     self.initialized = self.add_weight(
-      shape=(), initializer='zeros', dtype='bool', trainable=False, name='initialized'
+      shape=lead, initializer='zeros', dtype='bool', trainable=False, name='initialized'
     )
 
 
@@ -39,23 +43,37 @@ class ActNorm(GlowBijector):
   """
 
   def __init__(
-    self, channels: int, dtype: tf.DType = tf.float32, validate_args: bool = False, name: str = 'actnorm'
+    self,
+    channels: int,
+    dtype: tf.DType = tf.float32,
+    validate_args: bool = False,
+    name: str = 'actnorm',
+    stack: tuple[ActNormParameters, int] | None = None,
   ):
     parameters = dict(locals())
     check_channels(channels, 1, name)
+    layer, index = stack or (ActNormParameters(channels, dtype, name), None)
     super().__init__(
-      layer=ActNormParameters(channels, dtype, name),
+      layer=layer,
       channels=channels,
       is_constant_jacobian=True,
       dtype=dtype,
       validate_args=validate_args,
       parameters=parameters,
+      index=index,
       name=name,
     )
 
+  @classmethod
+  def stacked(cls, channels: int, steps: int, dtype: tf.DType = tf.float32, name: str = 'actnorm') -> list:
+    """K = `steps` actnorms whose parameters are one stack of variables ([K, C]; see `GlowBijector.index`):
+    what a Glow level uses, so that its K steps run as one loop."""
+    layer = ActNormParameters(channels, dtype, name, steps=steps)
+    return [cls(channels, dtype, name=f'{name}_{k}', stack=(layer, k)) for k in range(steps)]
+
   @property
   def is_initialized(self) -> tf.Tensor:
-    return tf.convert_to_tensor(self.layer.initialized)
+    return self._read(self.layer.initialized)
 
   def initialize(self, x: tf.Tensor, epsilon: float = 1e-6) -> None:
     """Data-dependent init from images `x` `[..., H, W, C]`; a no-op once initialized.
@@ -70,10 +88,10 @@ class ActNorm(GlowBijector):
     log_scale = -tf.math.log(tf.sqrt(variance) + epsilon)
     bias = -mean * tf.exp(log_scale)
     p = self.layer
-    done = tf.convert_to_tensor(p.initialized)
-    p.log_scale.assign(tf.where(done, tf.convert_to_tensor(p.log_scale), log_scale))
-    p.bias.assign(tf.where(done, tf.convert_to_tensor(p.bias), bias))
-    p.initialized.assign(True)
+    done = self._read(p.initialized)
+    self._assign(p.log_scale, tf.where(done, self._read(p.log_scale), log_scale))
+    self._assign(p.bias, tf.where(done, self._read(p.bias), bias))
+    self._assign(p.initialized, tf.constant(True))
 
   def parameter_variables(self) -> list:
     return [self.layer.log_scale, self.layer.bias]

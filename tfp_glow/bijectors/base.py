@@ -67,9 +67,11 @@ class GlowBijector(tfb.Bijector):
     dtype: tf.DType = tf.float32,
     validate_args: bool = False,
     parameters: dict[str, Any] | None = None,
+    index: int | None = None,
     name: str,
   ):
     self._layer = layer
+    self._index = index
     self._channels = channels  # the event's C on both sides, checked on every call; None: any
     # The tf.Variables behind the Keras variables, as a plain attribute: this is what
     # `tf.Module.trainable_variables` walks (it does not look inside Keras layers).
@@ -91,6 +93,13 @@ class GlowBijector(tfb.Bijector):
   def layer(self) -> keras.layers.Layer | None:
     """The Keras layer that owns this bijector's parameters (None if it has none)."""
     return self._layer
+
+  @property
+  def index(self) -> int | None:
+    """None: `layer`'s variables are this bijector's parameters. k: `layer` holds the parameters of a
+    stack of K such bijectors (a Glow level's steps, each variable [K, ...], see `tfp_glow.step_loop`)
+    and this bijector is step k of it: its parameters are the variables' slices [k]."""
+    return self._index
 
   @classmethod
   def _parameter_properties(cls, dtype, num_classes=None):
@@ -149,13 +158,31 @@ class GlowBijector(tfb.Bijector):
 
   def parameter_variables(self) -> list[keras.Variable] | None:
     """The variables this layer's math reads, in the order that `*_and_log_det_with` takes their
-    values; None if it cannot take them as arguments (a level holding such a layer runs unrolled)."""
+    values (whole: [K, ...] for a step of a stack); None if it cannot take them as arguments (a level
+    holding such a layer runs unrolled)."""
     return None
 
   def current_parameters(self) -> list[Tensor] | None:
-    """The values of `parameter_variables()` (None where that is None)."""
+    """The values of `parameter_variables()`, sliced at `index` for a step of a stack (None where
+    `parameter_variables()` is None)."""
     variables = self.parameter_variables()
-    return None if variables is None else [tf.convert_to_tensor(v) for v in variables]
+    if variables is None:
+      return None
+    values = [tf.convert_to_tensor(v) for v in variables]
+    return values if self._index is None else [v[self._index] for v in values]
+
+  def _read(self, variable) -> Tensor:
+    """This bijector's value of `variable` (its slice [index] for a step of a stack)."""
+    value = tf.convert_to_tensor(variable)
+    return value if self._index is None else value[self._index]
+
+  def _assign(self, variable, value) -> None:
+    """Sets this bijector's value of `variable` (only slice [index] for a step of a stack: a whole-variable
+    assignment, which works eagerly, in `tf.function` and in a strategy's cross-replica context)."""
+    if self._index is not None:
+      full = tf.convert_to_tensor(variable)
+      value = tf.tensor_scatter_nd_update(full, [[self._index]], tf.cast(value, full.dtype)[tf.newaxis])
+    variable.assign(value)
 
   def loop_signature(self) -> tuple | None:
     """What besides the parameters determines this layer's function (kind, sizes, precision): two

@@ -6,7 +6,13 @@ import keras
 import tensorflow as tf
 
 from tfp_glow.bijectors.base import GlowBijector, check_channels
-from tfp_glow.nets import apply_coupling_network, coupling_network, coupling_network_weights, network_policy
+from tfp_glow.nets import (
+  StackedCouplingNetworks,
+  apply_coupling_network,
+  coupling_network,
+  coupling_network_weights,
+  network_policy,
+)
 
 
 class AffineCoupling(GlowBijector):
@@ -41,6 +47,7 @@ class AffineCoupling(GlowBijector):
     dtype: tf.DType = tf.float32,
     validate_args: bool = False,
     name: str = 'affine_coupling',
+    stack: tuple[StackedCouplingNetworks, int] | None = None,
   ):
     parameters = dict(locals())
     check_channels(channels, 2, name + ' (the coupling splits channels in two)')
@@ -50,38 +57,70 @@ class AffineCoupling(GlowBijector):
     # The default network also runs with its weights as arguments (`parameter_variables`), which lets
     # `tfp_glow.step_loop` run K steps as one loop; a custom network is called as a Keras layer.
     self._default_network = network is None
-    if network is None:
+    index = None
+    if stack is not None:
+      network, index = stack
+    elif network is None:
       network = coupling_network(self._split, out, width, network_policy(dtype), name=name + '_nn')
-    _build(network, self._split, out, name)
+    if stack is None:
+      _build(network, self._split, out, name)
     super().__init__(
       layer=network,
       channels=channels,
       dtype=dtype,
       validate_args=validate_args,
       parameters=parameters,
+      index=index,
       name=name,
     )
 
+  @classmethod
+  def stacked(
+    cls,
+    channels: int,
+    steps: int,
+    width: int = 512,
+    additive: bool = False,
+    dtype: tf.DType = tf.float32,
+    name: str = 'affine_coupling',
+  ) -> list:
+    """K = `steps` couplings with default networks whose weights are one stack of variables
+    (`tfp_glow.nets.StackedCouplingNetworks`, see `GlowBijector.index`): what a Glow level uses."""
+    split = channels // 2
+    out = (channels - split) * (1 if additive else 2)
+    layer = StackedCouplingNetworks(split, out, width, steps, network_policy(dtype), name=name + '_nn')
+    return [
+      cls(channels, width, additive, dtype=dtype, name=f'{name}_{k}', stack=(layer, k)) for k in range(steps)
+    ]
+
   @property
   def network(self) -> keras.layers.Layer:
+    """The coupling network (for a step of a stack: the stacked networks' weights)."""
     return self.layer
 
   def parameter_variables(self) -> list | None:
     """The default network's weights (see `tfp_glow.nets.apply_coupling_network`); None for a custom one."""
+    if isinstance(self.network, StackedCouplingNetworks):
+      return self.network.weights_in_order()
     return coupling_network_weights(self.network) if self._default_network else None
+
+  def _compute_dtype_and_logscale_factor(self) -> tuple[str, float]:
+    if isinstance(self.network, StackedCouplingNetworks):
+      return self.network.compute_dtype, self.network.logscale_factor
+    conv_out = self.network.get_layer('conv_out')
+    return conv_out.compute_dtype, conv_out.logscale_factor
 
   def loop_signature(self) -> tuple | None:
     if not self._default_network:
       return None
-    compute = self.network.get_layer('conv_in').compute_dtype
-    return ('affine_coupling', self.channels, self._additive, self.dtype, compute)
+    compute = self._compute_dtype_and_logscale_factor()
+    return ('affine_coupling', self.channels, self._additive, self.dtype, *compute)
 
   def _network_output(self, parameters, x_a: tf.Tensor) -> tf.Tensor:
     if parameters is None:
       h = self.network(x_a)
     else:
-      conv_out = self.network.get_layer('conv_out')
-      h = apply_coupling_network(parameters, x_a, conv_out.compute_dtype, conv_out.logscale_factor)
+      h = apply_coupling_network(parameters, x_a, *self._compute_dtype_and_logscale_factor())
     return tf.cast(h, self.dtype)  # a mixed-precision network computes in bf16/fp16
 
   def _shift_and_scale(self, parameters, x_a: tf.Tensor):

@@ -9,15 +9,36 @@ import tensorflow as tf
 from tfp_glow.bijectors.base import GlowBijector, ParameterLayer, check_channels, num_pixels
 
 
-def random_rotation(channels: int, seed: int | None = None) -> np.ndarray:
+def random_rotation(channels: int, seed: int | np.random.Generator | None = None) -> np.ndarray:
   """A random orthogonal C x C matrix (QR of a Gaussian matrix), the paper's initial W."""
   rng = np.random.default_rng(seed)
   q, r = np.linalg.qr(rng.standard_normal((channels, channels)))
   return q * np.sign(np.diag(r))  # sign fix: uniform (Haar) over rotations and reflections
 
 
+def initial_parameters(channels: int, lu_decomposed: bool, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """W0 = a random rotation, as {'kernel'} or as its LU factors (see `Invertible1x1Conv`)."""
+  w0 = random_rotation(channels, rng)
+  if not lu_decomposed:
+    return {'kernel': w0}
+  # W0 = P L U (scipy's convention), U = U' + diag(s), s = sign(s) * exp(log|s|).
+  p, lower, upper = scipy.linalg.lu(w0)
+  s = np.diag(upper)
+  return {
+    'permutation': np.argmax(p, axis=1).astype(np.int32),  # P @ M == tf.gather(M, permutation)
+    'lower': np.tril(lower, -1),
+    'upper': np.triu(upper, 1),
+    'log_abs_s': np.log(np.abs(s)),
+    'sign_s': np.sign(s),
+  }
+
+
 class InvertibleConvParameters(ParameterLayer):
-  """W, either as a full `kernel` or as its LU factors (see `Invertible1x1Conv`)."""
+  """W, either as a full `kernel` or as its LU factors (see `Invertible1x1Conv`); with `steps=K`, K such
+  parameter sets stacked ([K, ...]), each from its own random rotation."""
+
+  NAMES = {True: ('permutation', 'lower', 'upper', 'log_abs_s', 'sign_s'), False: ('kernel',)}
+  FIXED = ('permutation', 'sign_s')  # saved, not trained
 
   def __init__(
     self,
@@ -26,33 +47,22 @@ class InvertibleConvParameters(ParameterLayer):
     seed: int | None,
     dtype: tf.DType = tf.float32,
     name: str = 'invertible_1x1_conv',
+    steps: int | None = None,
   ):
     super().__init__(dtype, name)
     self.lu_decomposed = lu_decomposed
-    w0 = random_rotation(channels, seed)
-    const = lambda value: lambda shape, dtype=None: tf.constant(value, dtype=dtype)  # noqa: E731
-    c = (channels, channels)
-    if not lu_decomposed:
-      self.kernel = self.add_weight(shape=c, initializer=const(w0), name='kernel')
-      return
-    # W0 = P L U (scipy's convention), U = U' + diag(s), s = sign(s) * exp(log|s|).
-    p, lower, upper = scipy.linalg.lu(w0)
-    s = np.diag(upper)
-    self.permutation = self.add_weight(  # P @ M == tf.gather(M, permutation)
-      shape=(channels,),
-      dtype='int32',
-      trainable=False,
-      name='permutation',
-      initializer=const(np.argmax(p, axis=1).astype(np.int32)),
-    )
-    self.lower = self.add_weight(shape=c, initializer=const(np.tril(lower, -1)), name='lower')
-    self.upper = self.add_weight(shape=c, initializer=const(np.triu(upper, 1)), name='upper')
-    self.log_abs_s = self.add_weight(
-      shape=(channels,), initializer=const(np.log(np.abs(s))), name='log_abs_s'
-    )
-    self.sign_s = self.add_weight(
-      shape=(channels,), initializer=const(np.sign(s)), trainable=False, name='sign_s'
-    )
+    rng = np.random.default_rng(seed)
+    values = [initial_parameters(channels, lu_decomposed, rng) for _ in range(steps or 1)]
+    for n in self.NAMES[lu_decomposed]:
+      value = np.stack([v[n] for v in values]) if steps is not None else values[0][n]
+      weight = self.add_weight(
+        shape=value.shape,
+        dtype='int32' if n == 'permutation' else None,
+        trainable=n not in self.FIXED,
+        initializer=lambda shape, dtype=None, value=value: tf.constant(value, dtype=dtype),
+        name=n,
+      )
+      setattr(self, n, weight)
 
 
 class Invertible1x1Conv(GlowBijector):
@@ -83,10 +93,11 @@ class Invertible1x1Conv(GlowBijector):
     dtype: tf.DType = tf.float32,
     validate_args: bool = False,
     name: str = 'invertible_1x1_conv',
+    stack: tuple[InvertibleConvParameters, int] | None = None,
   ):
     parameters = dict(locals())
     check_channels(channels, 1, name)
-    layer = InvertibleConvParameters(channels, lu_decomposed, seed, dtype, name)
+    layer, index = stack or (InvertibleConvParameters(channels, lu_decomposed, seed, dtype, name), None)
     super().__init__(
       layer=layer,
       channels=channels,
@@ -94,14 +105,30 @@ class Invertible1x1Conv(GlowBijector):
       dtype=dtype,
       validate_args=validate_args,
       parameters=parameters,
+      index=index,
       name=name,
     )
 
+  @classmethod
+  def stacked(
+    cls,
+    channels: int,
+    steps: int,
+    lu_decomposed: bool = True,
+    seed: int | None = None,
+    dtype: tf.DType = tf.float32,
+    name: str = 'invertible_1x1_conv',
+  ) -> list:
+    """K = `steps` 1x1 convolutions whose parameters are one stack of variables ([K, ...], each step its
+    own random rotation; see `GlowBijector.index`): what a Glow level uses."""
+    layer = InvertibleConvParameters(channels, lu_decomposed, seed, dtype, name, steps=steps)
+    return [
+      cls(channels, lu_decomposed, dtype=dtype, name=f'{name}_{k}', stack=(layer, k)) for k in range(steps)
+    ]
+
   def parameter_variables(self) -> list:
     """[kernel], or the LU form's [permutation, lower, upper, log_abs_s, sign_s]."""
-    p = self.layer
-    names = ('permutation', 'lower', 'upper', 'log_abs_s', 'sign_s') if p.lu_decomposed else ('kernel',)
-    return [getattr(p, n) for n in names]
+    return [getattr(self.layer, n) for n in InvertibleConvParameters.NAMES[self.layer.lu_decomposed]]
 
   def loop_signature(self) -> tuple:
     return ('invertible_1x1_conv', self.channels, self.layer.lu_decomposed, self.dtype)

@@ -11,7 +11,8 @@ from tfp_glow.bijectors.base import GlowBijector, ParameterLayer, check_channels
 
 
 class PermutationParameters(ParameterLayer):
-  """The permutation as a saved, non-trainable variable (a random shuffle must survive save/load)."""
+  """The permutation as a saved, non-trainable variable (a random shuffle must survive save/load); [C],
+  or [K, C] for K stacked permutations."""
 
   def __init__(
     self, permutation: np.ndarray, dtype: tf.DType = tf.float32, name: str = 'channel_permutation'
@@ -41,21 +42,34 @@ class ChannelPermutation(GlowBijector):
     dtype: tf.DType = tf.float32,
     validate_args: bool = False,
     name: str = 'channel_permutation',
+    stack: tuple[PermutationParameters, int] | None = None,
   ):
     parameters = dict(locals())
-    permutation = np.asarray(permutation, dtype=np.int32)
-    check_channels(len(permutation), 1, name)
-    if permutation.ndim != 1 or sorted(permutation.tolist()) != list(range(len(permutation))):
-      raise ValueError(f'{name}: not a permutation of 0..C-1: {permutation.tolist()}.')
+    permutation = _checked(permutation, name)
+    layer, index = stack or (PermutationParameters(permutation, dtype, name), None)
     super().__init__(
-      layer=PermutationParameters(permutation, dtype, name),
+      layer=layer,
       channels=len(permutation),
       is_constant_jacobian=True,
       dtype=dtype,
       validate_args=validate_args,
       parameters=parameters,
+      index=index,
       name=name,
     )
+
+  @classmethod
+  def stacked(
+    cls,
+    permutations: Sequence[Sequence[int]],
+    dtype: tf.DType = tf.float32,
+    name: str = 'channel_permutation',
+  ) -> list:
+    """One ChannelPermutation per row of `permutations` [K, C], their permutations one stacked variable
+    (see `GlowBijector.index`): what a Glow level uses."""
+    rows = np.stack([_checked(p, name) for p in permutations])
+    layer = PermutationParameters(rows, dtype, name)
+    return [cls(row, dtype, name=f'{name}_{k}', stack=(layer, k)) for k, row in enumerate(rows)]
 
   @classmethod
   def reverse(cls, channels: int, **kwargs) -> ChannelPermutation:
@@ -86,3 +100,11 @@ class ChannelPermutation(GlowBijector):
 
   def forward_and_log_det(self, z):
     return self.forward_and_log_det_with(self.current_parameters(), z)
+
+
+def _checked(permutation: Sequence[int], name: str) -> np.ndarray:
+  permutation = np.asarray(permutation, dtype=np.int32)
+  check_channels(len(permutation), 1, name)
+  if permutation.ndim != 1 or sorted(permutation.tolist()) != list(range(len(permutation))):
+    raise ValueError(f'{name}: not a permutation of 0..C-1: {permutation.tolist()}.')
+  return permutation
