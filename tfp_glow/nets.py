@@ -170,10 +170,10 @@ class StackedCouplingNetworks(keras.layers.Layer):
   ):
     dtype = dtype if dtype in MIXED_POLICIES else tf.as_dtype(dtype).name
     super().__init__(dtype=dtype, name=name)
-    glorot = keras.initializers.GlorotUniform()
-
-    def per_step(shape, dtype=None):  # Glorot's fans are those of one step's kernel, not of the stack
-      return tf.stack([glorot(shape[1:], dtype=dtype) for _ in range(shape[0])])
+    def per_step(shape, dtype=None):
+      # Glorot's fans are those of one step's kernel, not of the stack's shape. One initializer per step:
+      # an unseeded Keras initializer draws its seed once, so reusing one would start every step equal.
+      return tf.stack([keras.initializers.GlorotUniform()(shape[1:], dtype=dtype) for _ in range(shape[0])])
 
     def weight(shape, initializer, name):
       return self.add_weight(shape=(steps, *shape), initializer=initializer, name=name)
