@@ -180,3 +180,16 @@ def test_float64_model_trains():
   assert all(v.dtype == 'float64' for v in model.trainable_variables)
   x = next(iter(digits('test', batch_size=4, shuffle=False)))
   assert model.log_prob(x).dtype == tf.float64  # float32 images are cast to the flow's dtype
+
+
+def test_weights_of_another_layout_are_refused_with_a_message_naming_the_settings(tmp_path):
+  saved = GlowModel((8, 8, 1), levels=2, steps=2, width=8, seed=0)
+  for v in saved.trainable_weights:
+    v.assign(v + 0.5)
+  saved.save_weights(tmp_path / 'k2.weights.h5')
+  deeper = GlowModel((8, 8, 1), levels=2, steps=3, width=8, seed=0)
+  before = [v.numpy() for v in deeper.weights]
+  with pytest.raises(ValueError, match='does not match this model: build the model with the settings'):
+    deeper.load_weights(tmp_path / 'k2.weights.h5')
+  for v, value in zip(deeper.weights, before):  # not half-loaded (the exits' priors would match)
+    np.testing.assert_array_equal(v.numpy(), value, err_msg=v.path)

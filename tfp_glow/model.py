@@ -337,6 +337,22 @@ class GlowModel(keras.Model):
     with atomic.replacing(filepath) as tmp:
       super().save_weights(tmp, overwrite=True)
 
+  def load_weights(self, filepath, skip_mismatch=False, **kwargs):
+    """`keras.Model.load_weights`; a file of another layout leaves the weights as they were (Keras would
+    have loaded the parts that match) and gets an error that says what may be wrong."""
+    before = [v.numpy() for v in self.weights]
+    try:
+      return super().load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
+    except ValueError as e:
+      for v, value in zip(self.weights, before):
+        v.assign(value)
+      raise ValueError(
+        f'GlowModel: {os.fspath(filepath)!r} does not match this model: build the model with the settings it '
+        'was saved with (image shape, levels, steps, width, coupling, permutation, classes). Files written '
+        'before tfp_glow stacked each level\'s step parameters into [K, ...] variables (one variable per step '
+        f'and parameter) cannot be loaded. Keras says: {e}'
+      ) from e
+
   def _check_finite_weights(self, filepath) -> None:
     if not guard.finite_weights(self):
       raise guard.NonFiniteWeightsError(
