@@ -12,6 +12,7 @@ from tfp_glow.bijectors.actnorm import ActNorm
 from tfp_glow.bijectors.coupling import AffineCoupling
 from tfp_glow.bijectors.invertible_conv import Invertible1x1Conv
 from tfp_glow.bijectors.permutation import ChannelPermutation
+from tfp_glow.bijectors.squeeze import Squeeze
 
 ARGS = dict(image_shape=(8, 8, 2), levels=2, steps=3, width=8, seed=0, dtype=tf.float64)
 
@@ -127,3 +128,25 @@ def test_stacks_start_like_their_per_step_layers():
   np.testing.assert_array_equal(perms[1].inverse(x).numpy().ravel(), [2, 1, 0])
   with pytest.raises(ValueError, match='not a permutation'):
     ChannelPermutation.stacked([[0, 1, 2], [0, 0, 1]])
+
+
+def test_the_looped_actnorm_init_equals_the_step_by_step_init():
+  glow = tg.Glow(**ARGS)
+  perturb(glow, 0.3)
+  flags = glow.levels[0].steps[0].actnorm.layer.initialized
+  flags.assign([False, True, False])  # step 1 of level 0 keeps its (perturbed) values
+  copy = step_by_step_copy(glow)
+  copy.levels[0].steps[1].actnorm.layer.initialized.assign(True)
+  x = tf.random.stateless_uniform([16, 8, 8, 2], (7, 7), dtype=tf.float64) - 0.5
+  kept = glow.levels[0].steps[1].actnorm.current_parameters()
+  glow.initialize(x)
+  copy.initialize(x)
+  assert bool(glow.is_initialized) and bool(copy.is_initialized)
+  for level, level_copy in zip(glow.levels, copy.levels):
+    for step, step_copy in zip(level.steps, level_copy.steps):
+      for a, b in zip(step.actnorm.current_parameters(), step_copy.actnorm.current_parameters()):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+  for a, b in zip(glow.levels[0].steps[1].actnorm.current_parameters(), kept):
+    np.testing.assert_array_equal(a, b)
+  z = glow.levels[0].steps[0].actnorm.inverse(Squeeze(2, dtype=tf.float64).inverse(x)).numpy()  # its input
+  np.testing.assert_allclose(z.mean(axis=(0, 1, 2)), 0, atol=1e-8)

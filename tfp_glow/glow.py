@@ -18,7 +18,7 @@ from tfp_glow.bijectors.split import SplitPrior
 from tfp_glow.bijectors.squeeze import Squeeze
 from tfp_glow.bijectors.top_prior import TopPrior
 from tfp_glow.reversible import check_mode, run_steps
-from tfp_glow.step_loop import can_loop, invert_steps_looped, shared_stack
+from tfp_glow.step_loop import can_loop, initialize_steps_looped, invert_steps_looped, shared_stack
 
 COUPLINGS = ('affine', 'additive')
 PERMUTATIONS = ('conv_lu', 'conv', 'shuffle', 'reverse')
@@ -202,7 +202,11 @@ class Glow(GlowBijector):
     """
     images = tf.convert_to_tensor(images, dtype=self.dtype)
     self._check_image_input(images)
-    self._encode_4d(tf.reshape(images, [-1, *self._image_shape]), _flat(labels), initialize=True)
+    images, labels = tf.reshape(images, [-1, *self._image_shape]), _flat(labels)
+    initialize = lambda x, y: self._encode_4d(x, y, initialize=True).log_det  # noqa: E731
+    # Eagerly, as one graph: TensorFlow's per-op dispatch would otherwise run K steps' ops one by one
+    # (1.6 s at K=32, against 0.5 s traced). The assignments are the same either way.
+    (tf.function(initialize, autograph=False) if tf.executing_eagerly() else initialize)(images, labels)
 
   # ---- encode / decode -------------------------------------------------------------------------
 
@@ -244,7 +248,11 @@ class Glow(GlowBijector):
     self._check_labels(labels)
     for level in self._levels:
       h = self._squeeze.inverse_and_log_det(h)[0]
-      if initialize:  # each actnorm sees the activations of the (initialized) steps before it
+      stack = shared_stack([s.bijectors() for s in level.steps])
+      if initialize and stack is not None:  # one loop (see `initialize`)
+        h, ld = initialize_steps_looped([s.bijectors() for s in level.steps], h)
+        log_det += ld
+      elif initialize:  # each actnorm sees the activations of the (initialized) steps before it
         for step in level.steps:
           step.actnorm.initialize(h)
           h, ld = run_steps([step.bijectors()], h, None)

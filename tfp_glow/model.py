@@ -349,7 +349,7 @@ class GlowModel(keras.Model):
       raise ValueError(
         f'GlowModel: {os.fspath(filepath)!r} does not match this model: build the model with the settings it '
         'was saved with (image shape, levels, steps, width, coupling, permutation, classes). Files written '
-        'before tfp_glow stacked each level\'s step parameters into [K, ...] variables (one variable per step '
+        "before tfp_glow stacked each level's step parameters into [K, ...] variables (one variable per step "
         f'and parameter) cannot be loaded. Keras says: {e}'
       ) from e
 

@@ -170,6 +170,7 @@ class StackedCouplingNetworks(keras.layers.Layer):
   ):
     dtype = dtype if dtype in MIXED_POLICIES else tf.as_dtype(dtype).name
     super().__init__(dtype=dtype, name=name)
+
     def per_step(shape, dtype=None):
       # Glorot's fans are those of one step's kernel, not of the stack's shape. One initializer per step:
       # an unseeded Keras initializer draws its seed once, so reusing one would start every step equal.

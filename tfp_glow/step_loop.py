@@ -27,6 +27,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from tfp_glow.bijectors.actnorm import ActNorm, data_init
 from tfp_glow.bijectors.base import GlowBijector
 from tfp_glow.xla import tracing_for_xla
 
@@ -150,4 +151,38 @@ def _loop(
   _, h, log_det = tf.while_loop(
     lambda k, *_: k < k_steps, body, (tf.constant(0), h, log_det), maximum_iterations=k_steps
   )
+  return h, log_det
+
+
+def initialize_steps_looped(steps: Sequence[StepBijectors], h: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """Actnorm's data-dependent init for a stack's K steps (`shared_stack`), each starting with its actnorm,
+  as one loop: step k's actnorm from the activations it receives, then step k applied with them:
+
+    (log_scale_k, bias_k) = data_init(h_k) unless initialized[k];   h_{k+1} = step_k(h_k)
+
+  The stacks are assigned once, after the loop. Returns the image -> latent output and log-det, as
+  `apply_steps_looped`."""
+  actnorm, k_steps, template = steps[0][0], len(steps), list(steps[0])
+  if not isinstance(actnorm, ActNorm) or shared_stack(steps) is None:
+    raise ValueError(
+      'initialize_steps_looped: expected the steps of one stack, each starting with an actnorm.'
+    )
+  columns = stacked_parameters(steps)
+  flags = tf.convert_to_tensor(actnorm.layer.initialized)
+  new = [tf.TensorArray(actnorm.dtype, size=k_steps) for _ in range(2)]
+
+  def body(k, h, log_det, log_scales, biases):
+    parameters = read_step(columns, k)
+    done = tf.gather(flags, k)
+    log_scale, bias = (tf.where(done, old, init) for old, init in zip(parameters[:2], data_init(h)))
+    h, ld = apply_step(template, [log_scale, bias, *parameters[2:]], h, inverse=True)
+    return k + 1, h, log_det + ld, log_scales.write(k, log_scale), biases.write(k, bias)
+
+  log_det = tf.zeros(tf.shape(h)[:1], h.dtype)
+  _, h, log_det, log_scales, biases = tf.while_loop(
+    lambda k, *_: k < k_steps, body, (tf.constant(0), h, log_det, *new), maximum_iterations=k_steps
+  )
+  actnorm.layer.log_scale.assign(log_scales.stack())
+  actnorm.layer.bias.assign(biases.stack())
+  actnorm.layer.initialized.assign(tf.ones_like(flags))
   return h, log_det

@@ -83,12 +83,9 @@ class ActNorm(GlowBijector):
     """
     x = tf.convert_to_tensor(x, dtype=self.dtype)
     check_images(x, self.dtype, self.name)
-    axes = list(range(x.shape.rank - 1))
-    mean, variance = tf.nn.moments(x, axes=axes)
-    log_scale = -tf.math.log(tf.sqrt(variance) + epsilon)
-    bias = -mean * tf.exp(log_scale)
     p = self.layer
     done = self._read(p.initialized)
+    log_scale, bias = data_init(x, epsilon)
     self._assign(p.log_scale, tf.where(done, self._read(p.log_scale), log_scale))
     self._assign(p.bias, tf.where(done, self._read(p.bias), bias))
     self._assign(p.initialized, tf.constant(True))
@@ -112,3 +109,11 @@ class ActNorm(GlowBijector):
 
   def forward_and_log_det(self, z):
     return self.forward_and_log_det_with(self.current_parameters(), z)
+
+
+def data_init(x: tf.Tensor, epsilon: float = 1e-6) -> tuple[tf.Tensor, tf.Tensor]:
+  """(log_scale [C], bias [C]) that standardize `x` [..., H, W, C] per channel: log_scale =
+  -log(std + epsilon), bias = -mean * exp(log_scale)."""
+  mean, variance = tf.nn.moments(x, axes=list(range(x.shape.rank - 1)))
+  log_scale = -tf.math.log(tf.sqrt(variance) + epsilon)
+  return log_scale, -mean * tf.exp(log_scale)
