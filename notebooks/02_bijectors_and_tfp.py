@@ -187,6 +187,18 @@ print(
 )
 
 # %% [markdown]
+# Inside a Glow, each level keeps ONE variable per parameter of a step, stacked over its K steps
+# (`[K, ...]`), so that the level runs as one loop and the optimizer updates a handful of variables
+# whatever K is. Each step's actnorm, 1x1 convolution and coupling is still a TFP bijector of its own
+# class: `index` says which slice of the stack it computes with.
+
+# %%
+step = tiny_glow.levels[0].steps[1]
+for b in step.bijectors():
+  shapes = [tuple(v.shape) for v in b.parameter_variables()][:2]
+  print(f'{b.name:32s} {type(b).__name__:18s} index {b.index}   first stacked variables {shapes}')
+
+# %% [markdown]
 # ## 2. Composing with TFP's bijectors
 #
 # Our bijectors mix freely with TFP's. `tfb.Chain([b1, b2, b3])` applies `b3` first in the forward

@@ -1,8 +1,8 @@
 """A level's K steps of flow as one `tf.while_loop`: a graph whose size does not grow with K.
 
 Unrolled, K steps put K copies of a step's ops into the graph, so tracing, TensorFlow's graph
-optimizer and the first step's set-up all grow with K (most of a minute at K=32). Here each of the
-steps' parameter tensors is stacked over the K steps, [K, ...], and one loop body applies step k with
+optimizer and the first step's set-up all grow with K (most of a minute at K=32). Here each of a
+step's parameters is stacked over the K steps, [K, ...], and one loop body applies step k with
 slice k of every stack:
 
   image -> latent:  h_0 = x;      h_{k+1}, ld_k = step(params[k], h_k)            k = 0 .. K-1
@@ -10,15 +10,22 @@ slice k of every stack:
   log-det = sum_k ld_k
 
 with step = actnorm -> permutation -> coupling, each a `GlowBijector` that takes its parameters as
-arguments (`parameter_variables`, `*_and_log_det_with`). The parameters stay each step's own Keras/TFP
-variables: gradients flow through the loop (TensorFlow keeps each iteration's activations, as an
-unrolled graph would) and through the stacks back to every step's variables. The stacks are read
-through TensorArrays, as `tf.scan` does, so each iteration's parameter gradient lands in its own slot.
+arguments (`parameter_variables`, `*_and_log_det_with`).
+
+In a Glow level the stacks ARE the variables (`shared_stack`): each kind of layer keeps one Keras
+variable [K, ...] per parameter (`ActNorm.stacked`, `Invertible1x1Conv.stacked`,
+`AffineCoupling.stacked`), and each step's layer is a TFP bijector on slice k (`GlowBijector.index`).
+So a level has 13 variables whatever K is (not 13 K): the loop reads each once, its gradient is one
+[K, ...] tensor, and the optimizer, the guard and the saved file handle 13 variables per level. (Steps
+whose layers own separate variables are stacked on the fly, and each step's gradient unstacked.) The
+stacks are read through TensorArrays, as `tf.scan` does, so each iteration's parameter gradient lands
+in its own slot; TensorFlow keeps each iteration's activations, as an unrolled graph would.
 `tfp_glow.reversible` builds its memory-saving loops from the same pieces.
 
 A level runs as a loop when every step has the same kinds of layers with equal `loop_signature()`s
-and parameter shapes (any of Glow's built-in layers and the default coupling network); otherwise
-(a custom coupling network), and under XLA (`jit_compile=True`, see `can_loop`), it runs unrolled.
+and parameter shapes (any of Glow's built-in layers and the default coupling network); a custom
+coupling network runs unrolled. Under XLA (`jit_compile=True`, see `can_loop`) a stack's steps run
+unrolled with the same body (`unroll=True`, the stacks split with one `tf.unstack` each).
 """
 
 from __future__ import annotations
