@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from typing import Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tfp_glow import atomic, guard
+from tfp_glow import atomic, guard, model_inputs
 from tfp_glow import data as glow_data
 from tfp_glow.distribution import GlowDistribution, bits_per_dim
 from tfp_glow.glow import Glow
@@ -128,7 +127,7 @@ class GlowModel(keras.Model):
   def fit(self, x=None, y=None, **kwargs):
     """`keras.Model.fit`, which first initializes actnorm from the first training images if needed."""
     if not self.is_initialized:
-      images, labels = _first_images(x, y, self._glow_config['init_batch_size'])
+      images, labels = model_inputs.first_images(x, y, self._glow_config['init_batch_size'])
       self.initialize(images, labels if self.num_classes else None)
     if isinstance(x, tf.data.Dataset):
       kwargs.setdefault('shuffle', False)  # a Dataset shuffles itself; Keras warns otherwise
@@ -137,7 +136,7 @@ class GlowModel(keras.Model):
       kwargs['validation_data'] = self._even_batches(kwargs['validation_data'])
     callbacks = list(kwargs.get('callbacks') or [])
     for callback in callbacks:
-      _set_monitor_direction(callback, self._step_metrics() + [self.skip_tracker])
+      model_inputs.set_monitor_direction(callback, self._step_metrics() + [self.skip_tracker])
     limit = self._glow_config['max_consecutive_skips']
     kwargs['callbacks'] = [*callbacks, guard.StopAfterConsecutiveSkips(limit)]
     return super().fit(x, y, **kwargs)
@@ -147,28 +146,7 @@ class GlowModel(keras.Model):
     return super().evaluate(self._even_batches(x), y, *args, **kwargs)
 
   def _even_batches(self, data):
-    """Under N > 1 replicas, a tf.data.Dataset's batches cut to a multiple of N images (with a
-    warning): Keras (3.15) cannot split an uneven batch across replicas ('Inputs to operation AddN
-    must have the same size'). Other data, and single-device runs, pass unchanged."""
-    replicas = self.distribute_strategy.num_replicas_in_sync
-    if replicas == 1 or not isinstance(data, tf.data.Dataset):
-      return data
-    batch = tf.nest.flatten(data.element_spec)[0].shape[0]
-    if batch is not None and batch % replicas == 0:
-      return data
-    warnings.warn(
-      f'GlowModel: {replicas} replicas: a batch whose size is not a multiple of {replicas} is cut to '
-      f'one (up to {replicas - 1} of its images left out). Batch sizes that are multiples of '
-      f'{replicas} (and drop_remainder=True) keep every image.',
-      stacklevel=3,
-    )
-
-    def cut(*parts):
-      n = tf.shape(tf.nest.flatten(parts)[0])[0]
-      kept = tf.nest.map_structure(lambda t: t[: n - n % replicas], parts)
-      return kept if len(kept) > 1 else kept[0]
-
-    return data.map(cut).filter(lambda *parts: tf.shape(tf.nest.flatten(parts)[0])[0] > 0)
+    return model_inputs.even_batches(data, self.distribute_strategy.num_replicas_in_sync)
 
   def compile(self, optimizer=None, **kwargs):
     """`keras.Model.compile`; the default optimizer is Adamax, lr 1e-3, with linear warmup."""
@@ -373,62 +351,15 @@ class GlowModel(keras.Model):
       raise ValueError(f'GlowModel.export supports format="tf_saved_model" only, got {format!r}.')
     export_saved_model(self, filepath, verbose=verbose)
 
-  # ---- input checks ---------------------------------------------------------------------------
+  # ---- input checks (tfp_glow.model_inputs) ----------------------------------------------------
 
   def _check_images(self, images, check_values: bool = True) -> tf.Tensor:
-    images = tf.convert_to_tensor(images)
-    if images.dtype.is_integer or images.dtype == tf.uint8:
-      raise TypeError(
-        f'GlowModel: got {images.dtype.name} images; the model expects floats in [-0.5, 0.5). '
-        'Convert raw 0..255 pixels with tfp_glow.data.dequantize(tfp_glow.data.reduce_bits(x, '
-        'n_bits), 2**n_bits) or load data with tfp_glow.data.load_dataset.'
-      )
-    images = tf.cast(images, self.glow.dtype)
-    if images.shape.rank != 4 or tuple(images.shape[1:]) != self.image_shape:
-      raise ValueError(
-        f'GlowModel: expected images of shape [N, {", ".join(map(str, self.image_shape))}], '
-        f'got {images.shape}.'
-      )
-    if check_values and self._glow_config['validate_inputs']:
-      tf.debugging.assert_all_finite(images, 'GlowModel: the images contain NaN or Inf.')
-      tf.debugging.assert_greater_equal(
-        images,
-        tf.constant(-0.5, images.dtype),
-        message='GlowModel: image values must be in [-0.5, 0.5) (raw 0..255 pixels? see tfp_glow.data).',
-      )
-      tf.debugging.assert_less_equal(
-        images,
-        tf.constant(0.5, images.dtype),
-        message='GlowModel: image values must be in [-0.5, 0.5) (raw 0..255 pixels? see tfp_glow.data).',
-      )
-    return images
+    validate = check_values and self._glow_config['validate_inputs']
+    return model_inputs.check_images(images, self.image_shape, self.glow.dtype, validate)
 
   def _check_labels(self, labels, required: bool, batch=None, check_values: bool = True):
-    if not self.num_classes:
-      if labels is not None:
-        raise ValueError(
-          'GlowModel: labels were given, but the model is not class-conditional (num_classes=None).'
-        )
-      return None
-    if labels is None:
-      if required:
-        raise ValueError(
-          f'GlowModel: this model is class-conditional (num_classes={self.num_classes}); '
-          'pass labels (integer class ids), or (images, labels) pairs to fit.'
-        )
-      return None
-    labels = tf.convert_to_tensor(labels)
-    if not labels.dtype.is_integer:
-      raise TypeError(f'GlowModel: labels must be integer class ids, got {labels.dtype.name}.')
-    labels = tf.cast(labels, tf.int32)
-    if batch is not None:
-      labels = tf.broadcast_to(labels, [batch])
-    if check_values and self._glow_config['validate_inputs']:
-      tf.debugging.assert_non_negative(labels, message='GlowModel: labels must be >= 0.')
-      tf.debugging.assert_less(
-        labels, self.num_classes, message=f'GlowModel: labels must be < num_classes={self.num_classes}.'
-      )
-    return labels
+    validate = check_values and self._glow_config['validate_inputs']
+    return model_inputs.check_labels(labels, self.num_classes, required, batch, validate)
 
 
 # The constructor arguments that GlowModel hands to the Glow bijector unchanged.
@@ -446,42 +377,8 @@ _GLOW_ARGS = (
 )
 
 
-def _set_monitor_direction(callback, metrics) -> None:
-  """Gives a callback in mode 'auto' (EarlyStopping, ModelCheckpoint, ReduceLROnPlateau) the
-  direction of the metric it monitors. Keras 3 infers it only for 'loss' and compiled metrics,
-  not for a model's own trackers; ours declare it (`_direction`, as Keras' metrics do)."""
-  if getattr(callback, 'mode', None) != 'auto' or not isinstance(getattr(callback, 'monitor', None), str):
-    return
-  name = callback.monitor.removeprefix('val_')
-  for metric in metrics:
-    if metric.name == name and getattr(metric, '_direction', None) in ('up', 'down'):
-      callback.mode = 'max' if metric._direction == 'up' else 'min'
-
-
 class _Untracked:
   """Holds objects as plain Python attributes that Keras and TF checkpointing do not walk."""
 
   def __init__(self, **objects):
     self.__dict__.update(objects)
-
-
-def _first_images(x, y, count: int):
-  """The first `count` images (and labels) of fit's training data, for actnorm init."""
-  if isinstance(x, tf.data.Dataset):
-    images, labels, n = [], [], 0
-    for batch in x:
-      bx, by, _ = keras.utils.unpack_x_y_sample_weight(batch)
-      images.append(bx)
-      labels.append(by)
-      n += int(bx.shape[0])
-      if n >= count:
-        break
-    if not images:
-      raise ValueError('GlowModel.fit: the training dataset is empty.')
-    cat = lambda parts: None if parts[0] is None else tf.concat(parts, 0)[:count]  # noqa: E731
-    return cat(images), cat(labels)
-  if x is None:
-    raise ValueError('GlowModel.fit: no training data given.')
-  if isinstance(x, (tuple, list)) and y is None:
-    x, y = x
-  return x[:count], (None if y is None else y[:count])

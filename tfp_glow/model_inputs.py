@@ -1,0 +1,130 @@
+"""What `GlowModel` checks and prepares in its inputs, before any of it reaches the flow.
+
+- `check_images` / `check_labels`: shape and dtype errors raised at once (also while tracing), value checks
+  (NaN/Inf, range, class ids) as graph assertions when `validate` is on.
+- `first_images`: the first training images of `fit`'s data, for actnorm's data-dependent init.
+- `even_batches`: under N > 1 replicas, batches cut to a multiple of N.
+- `set_monitor_direction`: tells 'auto'-mode callbacks which way our own metrics improve.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+_RANGE_MESSAGE = 'GlowModel: image values must be in [-0.5, 0.5) (raw 0..255 pixels? see tfp_glow.data).'
+
+
+def check_images(images, image_shape: Sequence[int], dtype: tf.DType, validate: bool) -> tf.Tensor:
+  """Images [N, H, W, C] as floats of `dtype` in [-0.5, 0.5); raises on integer pixels or a wrong shape,
+  and with `validate` asserts (in the graph) finite values in range."""
+  images = tf.convert_to_tensor(images)
+  if images.dtype.is_integer or images.dtype == tf.uint8:
+    raise TypeError(
+      f'GlowModel: got {images.dtype.name} images; the model expects floats in [-0.5, 0.5). '
+      'Convert raw 0..255 pixels with tfp_glow.data.dequantize(tfp_glow.data.reduce_bits(x, '
+      'n_bits), 2**n_bits) or load data with tfp_glow.data.load_dataset.'
+    )
+  images = tf.cast(images, dtype)
+  if images.shape.rank != 4 or tuple(images.shape[1:]) != tuple(image_shape):
+    raise ValueError(
+      f'GlowModel: expected images of shape [N, {", ".join(map(str, image_shape))}], got {images.shape}.'
+    )
+  if validate:
+    tf.debugging.assert_all_finite(images, 'GlowModel: the images contain NaN or Inf.')
+    tf.debugging.assert_greater_equal(images, tf.constant(-0.5, images.dtype), message=_RANGE_MESSAGE)
+    tf.debugging.assert_less_equal(images, tf.constant(0.5, images.dtype), message=_RANGE_MESSAGE)
+  return images
+
+
+def check_labels(labels, num_classes: int | None, required: bool, batch=None, validate: bool = True):
+  """Class ids as int32 [N] (broadcast to `batch` if given), or None for an unconditional model; raises
+  when labels are given to an unconditional model, missing for a conditional one (if `required`), or not
+  integers; with `validate` asserts (in the graph) 0 <= label < num_classes."""
+  if not num_classes:
+    if labels is not None:
+      raise ValueError(
+        'GlowModel: labels were given, but the model is not class-conditional (num_classes=None).'
+      )
+    return None
+  if labels is None:
+    if required:
+      raise ValueError(
+        f'GlowModel: this model is class-conditional (num_classes={num_classes}); '
+        'pass labels (integer class ids), or (images, labels) pairs to fit.'
+      )
+    return None
+  labels = tf.convert_to_tensor(labels)
+  if not labels.dtype.is_integer:
+    raise TypeError(f'GlowModel: labels must be integer class ids, got {labels.dtype.name}.')
+  labels = tf.cast(labels, tf.int32)
+  if batch is not None:
+    labels = tf.broadcast_to(labels, [batch])
+  if validate:
+    tf.debugging.assert_non_negative(labels, message='GlowModel: labels must be >= 0.')
+    tf.debugging.assert_less(
+      labels, num_classes, message=f'GlowModel: labels must be < num_classes={num_classes}.'
+    )
+  return labels
+
+
+def first_images(x, y, count: int):
+  """The first `count` images (and labels, or None) of fit's training data, for actnorm init."""
+  if isinstance(x, tf.data.Dataset):
+    images, labels, n = [], [], 0
+    for batch in x:
+      bx, by, _ = keras.utils.unpack_x_y_sample_weight(batch)
+      images.append(bx)
+      labels.append(by)
+      n += int(bx.shape[0])
+      if n >= count:
+        break
+    if not images:
+      raise ValueError('GlowModel.fit: the training dataset is empty.')
+    cat = lambda parts: None if parts[0] is None else tf.concat(parts, 0)[:count]  # noqa: E731
+    return cat(images), cat(labels)
+  if x is None:
+    raise ValueError('GlowModel.fit: no training data given.')
+  if isinstance(x, (tuple, list)) and y is None:
+    x, y = x
+  return x[:count], (None if y is None else y[:count])
+
+
+def even_batches(data, replicas: int):
+  """Under N = `replicas` > 1, a tf.data.Dataset's batches cut to a multiple of N images (with a
+  warning): Keras (3.15) cannot split an uneven batch across replicas ('Inputs to operation AddN
+  must have the same size'). Other data, and single-device runs, pass unchanged."""
+  if replicas == 1 or not isinstance(data, tf.data.Dataset):
+    return data
+  batch = tf.nest.flatten(data.element_spec)[0].shape[0]
+  if batch is not None and batch % replicas == 0:
+    return data
+  warnings.warn(
+    f'GlowModel: {replicas} replicas: a batch whose size is not a multiple of {replicas} is cut to '
+    f'one (up to {replicas - 1} of its images left out). Batch sizes that are multiples of '
+    f'{replicas} (and drop_remainder=True) keep every image.',
+    stacklevel=4,
+  )
+
+  def cut(*parts):
+    n = tf.shape(tf.nest.flatten(parts)[0])[0]
+    kept = tf.nest.map_structure(lambda t: t[: n - n % replicas], parts)
+    return kept if len(kept) > 1 else kept[0]
+
+  return data.map(cut).filter(lambda *parts: tf.shape(tf.nest.flatten(parts)[0])[0] > 0)
+
+
+def set_monitor_direction(callback, metrics) -> None:
+  """Gives a callback in mode 'auto' (EarlyStopping, ModelCheckpoint, ReduceLROnPlateau) the
+  direction of the metric it monitors. Keras 3 infers it only for 'loss' and compiled metrics,
+  not for a model's own trackers; ours declare it (`_direction`, as Keras' metrics do)."""
+  if getattr(callback, 'mode', None) != 'auto' or not isinstance(getattr(callback, 'monitor', None), str):
+    return
+  name = callback.monitor.removeprefix('val_')
+  for metric in metrics:
+    direction = getattr(metric, '_direction', None)  # Keras metrics' own attribute
+    if metric.name == name and direction in ('up', 'down'):
+      callback.mode = 'max' if direction == 'up' else 'min'
