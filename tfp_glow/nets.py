@@ -139,11 +139,64 @@ def apply_coupling_network(
   """`coupling_network`'s function with its weights as arguments (what `tfp_glow.step_loop` needs):
   the same ops as the Keras layers, computed in `compute_dtype` (bfloat16/float16 under a mixed policy,
   the weights cast as Keras casts them). [N, H, W, in_channels] -> [N, H, W, out_channels]."""
+  return coupling_network_activations(weights, x, compute_dtype, logscale_factor)[0]
+
+
+def coupling_network_activations(
+  weights: list[tf.Tensor], x: tf.Tensor, compute_dtype: tf.DType | str, logscale_factor: float = 3.0
+) -> tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
+  """`apply_coupling_network`, also returning what `coupling_network_vjp` needs, all in `compute_dtype`:
+  (out, (a1, a2, pre)), with a1, a2 the two hidden ReLU outputs [N, H, W, width] and pre the last
+  convolution's output before its exp(logscale_factor * logs) scale [N, H, W, out_channels]."""
   k_in, b_in, k_hidden, b_hidden, k_out, b_out, logs = (tf.cast(w, compute_dtype) for w in weights)
-  h = tf.cast(x, compute_dtype)
-  h = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(h, k_in, 1, 'SAME'), b_in))
-  h = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(h, k_hidden, 1, 'SAME'), b_hidden))
-  return tf.nn.bias_add(tf.nn.conv2d(h, k_out, 1, 'SAME'), b_out) * tf.exp(logs * logscale_factor)
+  a1 = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(tf.cast(x, compute_dtype), k_in, 1, 'SAME'), b_in))
+  a2 = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(a1, k_hidden, 1, 'SAME'), b_hidden))
+  pre = tf.nn.bias_add(tf.nn.conv2d(a2, k_out, 1, 'SAME'), b_out)
+  return pre * tf.exp(logs * logscale_factor), (a1, a2, pre)
+
+
+def coupling_network_vjp(
+  weights: list[tf.Tensor],
+  x: tf.Tensor,
+  activations: tuple[tf.Tensor, tf.Tensor, tf.Tensor],
+  d_out: tf.Tensor,
+  compute_dtype: tf.DType | str,
+  logscale_factor: float = 3.0,
+) -> tuple[tf.Tensor, list[tf.Tensor]]:
+  """The vector-Jacobian product of `apply_coupling_network` at x with cotangent d_out, from the stored
+  `activations` of `coupling_network_activations` (no convolution is recomputed): (dx, [d weight, ...]),
+  dx in x's dtype, each weight's gradient in its dtype. The same kernels TensorFlow's own gradients use
+  (convolution input and filter gradients, bias and ReLU gradients), in the same precision:
+
+    out = pre * e, e = exp(f * logs):    d_pre = d_out * e;   d_logs = f * sum_NHW(d_out * out)
+    pre = conv(a2, k_out) + b_out:       d_k_out, d_b_out, d_a2 = conv/bias gradients of d_pre
+    a2 = relu(conv(a1, k_hidden) + b):   d_z2 = d_a2 * (a2 > 0);  and so on down to dx
+  """
+  a1, a2, pre = activations
+  k_in, _, k_hidden, _, k_out, _, logs = (tf.cast(w, compute_dtype) for w in weights)
+  d_out = tf.cast(d_out, compute_dtype)
+  e = tf.exp(logs * logscale_factor)
+  d_pre = d_out * e
+  d_logs = logscale_factor * tf.reduce_sum(d_out * pre * e, axis=[0, 1, 2])
+  x_c = tf.cast(x, compute_dtype)
+  grads = []
+  d = d_pre
+  for inputs, kernel in ((a2, k_out), (a1, k_hidden), (x_c, k_in)):
+    grads.append(_conv_filter_gradient(inputs, kernel, d))
+    grads.append(tf.raw_ops.BiasAddGrad(out_backprop=d))
+    d_inputs = tf.raw_ops.Conv2DBackpropInput(
+      input_sizes=tf.shape(inputs), filter=kernel, out_backprop=d, strides=[1, 1, 1, 1], padding='SAME'
+    )
+    d = tf.raw_ops.ReluGrad(gradients=d_inputs, features=inputs) if inputs is not x_c else d_inputs
+  d_k_out, d_b_out, d_k_hidden, d_b_hidden, d_k_in, d_b_in = grads
+  ordered = [d_k_in, d_b_in, d_k_hidden, d_b_hidden, d_k_out, d_b_out, d_logs]
+  return tf.cast(d, x.dtype), [tf.cast(g, w.dtype) for g, w in zip(ordered, weights)]
+
+
+def _conv_filter_gradient(inputs: tf.Tensor, kernel: tf.Tensor, d: tf.Tensor) -> tf.Tensor:
+  return tf.raw_ops.Conv2DBackpropFilter(
+    input=inputs, filter_sizes=tf.shape(kernel), out_backprop=d, strides=[1, 1, 1, 1], padding='SAME'
+  )
 
 
 class StackedCouplingNetworks(keras.layers.Layer):

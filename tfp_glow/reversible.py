@@ -31,6 +31,7 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
+from tfp_glow import stored_loop
 from tfp_glow.bijectors.base import GlowBijector
 from tfp_glow.step_loop import (
   apply_step,
@@ -81,6 +82,8 @@ def run_steps(steps: Sequence[StepBijectors], x: tf.Tensor, mode: str | None) ->
   looped = can_loop(steps)
   if looped or shared_stack(steps) is not None:  # a stack runs unrolled only under XLA or as one step
     unroll = not looped
+    if mode is None and looped and stored_loop.applies(steps):
+      return stored_loop.apply_steps_stored(steps, x)
     if mode is None:
       return apply_steps_looped(steps, x, unroll=unroll)
     if mode == 'checkpoint':

@@ -10,6 +10,8 @@ from tfp_glow.nets import (
   StackedCouplingNetworks,
   apply_coupling_network,
   coupling_network,
+  coupling_network_activations,
+  coupling_network_vjp,
   coupling_network_weights,
   network_policy,
 )
@@ -126,22 +128,56 @@ class AffineCoupling(GlowBijector):
   def _shift_and_scale(self, parameters, x_a: tf.Tensor):
     """(shift, scale, log scale) of the image -> latent map z_b = (x_b + shift) * scale; scale and
     log scale are None for an additive coupling."""
-    h = self._network_output(parameters, x_a)
+    return self._shift_and_scale_of(self._network_output(parameters, x_a))
+
+  def _shift_and_scale_of(self, h: tf.Tensor):
+    """`_shift_and_scale` from the network's output h (in the flow's dtype)."""
     if self._additive:
       return h, None, None
     shift, raw = tf.split(h, 2, axis=-1)
     raw = raw + 2.0
     return shift, tf.sigmoid(raw), tf.math.log_sigmoid(raw)  # log(sigmoid(.)), computed stably
 
-  # tf.split, not two slices: its gradient is one concat, where each slice's gradient would be a
-  # full-size zero-padded tensor, added up afterwards.
-  def inverse_and_log_det_with(self, parameters, x):
-    x_a, x_b = tf.split(x, [self._split, self.channels - self._split], axis=-1)
-    shift, scale, log_scale = self._shift_and_scale(parameters, x_a)
+  def couple(self, x_b: tf.Tensor, h: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The coupling's arithmetic, image -> latent, given the network's output h = NN(x_a) (flow dtype):
+    (z_b, log-det [N] or [])."""
+    shift, scale, log_scale = self._shift_and_scale_of(h)
     if scale is None:
-      return tf.concat([x_a, x_b + shift], axis=-1), tf.zeros([], self.dtype)
-    z_b = (x_b + shift) * scale
-    return tf.concat([x_a, z_b], axis=-1), tf.reduce_sum(log_scale, axis=[1, 2, 3])
+      return x_b + shift, tf.zeros([], self.dtype)
+    return (x_b + shift) * scale, tf.reduce_sum(log_scale, axis=[1, 2, 3])
+
+  def split(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """x [..., C] -> (x_a [..., C//2], x_b [..., C - C//2]): the conditioning and the transformed half."""
+    # tf.split, not two slices: its gradient is one concat, where each slice's gradient would be a
+    # full-size zero-padded tensor, added up afterwards.
+    return tuple(tf.split(x, [self._split, self.channels - self._split], axis=-1))
+
+  def inverse_and_log_det_with(self, parameters, x):
+    x_a, x_b = self.split(x)
+    z_b, log_det = self.couple(x_b, self._network_output(parameters, x_a))
+    return tf.concat([x_a, z_b], axis=-1), log_det
+
+  def inverse_with_activations(self, parameters, x):
+    """`inverse_and_log_det_with` for the default network, also returning the network's activations
+    (`tfp_glow.nets.coupling_network_activations`): (z, log-det, activations)."""
+    x_a, x_b = self.split(x)
+    out, activations = coupling_network_activations(
+      parameters, x_a, *self._compute_dtype_and_logscale_factor()
+    )
+    z_b, log_det = self.couple(x_b, tf.cast(out, self.dtype))
+    return tf.concat([x_a, z_b], axis=-1), log_det, activations
+
+  def network_output_from(self, parameters, activations) -> tf.Tensor:
+    """The default network's output (flow dtype) from its stored activations, as it was computed."""
+    compute, factor = self._compute_dtype_and_logscale_factor()
+    logs = tf.cast(parameters[-1], compute)
+    return tf.cast(activations[2] * tf.exp(logs * factor), self.dtype)
+
+  def network_vjp(self, parameters, x_a, activations, d_out):
+    """The default network's VJP from its stored activations (`tfp_glow.nets.coupling_network_vjp`)."""
+    return coupling_network_vjp(
+      parameters, x_a, activations, d_out, *self._compute_dtype_and_logscale_factor()
+    )
 
   def forward_and_log_det_with(self, parameters, z):
     z_a, z_b = tf.split(z, [self._split, self.channels - self._split], axis=-1)

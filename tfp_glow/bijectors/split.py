@@ -32,6 +32,6 @@ class SplitPrior(AffineCoupling):
     network = ZeroConv2D(2 * (channels - channels // 2), dtype=network_policy(dtype), name=name + '_nn')
     super().__init__(channels, network=network, dtype=dtype, validate_args=validate_args, name=name)
 
-  def _shift_and_scale(self, parameters, z_a):
-    mean, log_std = tf.split(tf.cast(self.network(z_a), self.dtype), 2, axis=-1)
+  def _shift_and_scale_of(self, h):  # h = ZeroConv2D(z_a), in the flow's dtype
+    mean, log_std = tf.split(h, 2, axis=-1)
     return -mean, tf.exp(-log_std), -log_std
