@@ -40,7 +40,9 @@ def test_the_hand_built_backward_equals_tensorflows_gradient(coupling, permutati
   )
   perturb(glow, 0.1)
   steps = level_steps(glow)
-  assert stored_loop.applies(steps)
+  with tf.GradientTape():
+    assert stored_loop.applies(steps)
+  assert not stored_loop.applies(steps)  # no tape recording: nothing to store
   variables = glow.trainable_variables
   x = tf.random.stateless_normal([3, 4, 4, 8], (1, 2), dtype=tf.float64)
   run = tf.function(loss_and_gradients, autograph=False) if graph else loss_and_gradients
@@ -99,8 +101,10 @@ def test_every_default_level_trains_through_it(monkeypatch):
 
   step(x)
   assert calls == [2, 2]  # one call per level
-  # Not under XLA (TensorFlow's gradient of unrolled steps) nor with a memory-saving mode.
+  # Not without a tape (evaluation, sampling, export store nothing), not under XLA (TensorFlow's gradient
+  # of unrolled steps), not with a memory-saving mode.
   calls.clear()
+  tf.function(lambda x: glow.inverse_log_det_jacobian(x, 3))(x)
   tf.function(step.python_function, jit_compile=True)(x)
   saving = tg.Glow((8, 8, 1), levels=2, steps=2, width=4, seed=0, memory_saving='checkpoint')
   tf.function(lambda x: saving.inverse_log_det_jacobian(x, 3))(x)

@@ -15,9 +15,10 @@ and the backward pass is one more loop:
 
 So the stored memory is that of plain backpropagation (the network activations dominate it) and no
 convolution runs twice. Gradients equal TensorFlow's own to rounding (`tests/test_stored_loop.py`).
-It applies to a stack's steps (`tfp_glow.step_loop.shared_stack`) whose last layer is an `AffineCoupling`
-with the default network (every Glow level with its default network); anything else, and XLA, keeps
-TensorFlow's own gradient.
+It applies where a gradient tape records (a training step; not evaluation, sampling or export, which
+store nothing), to a stack's steps (`tfp_glow.step_loop.shared_stack`) whose last layer is an
+`AffineCoupling` with the default network (every Glow level with its default network); anything else, and
+XLA, keeps TensorFlow's own gradient.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Sequence
 
 import keras
 import tensorflow as tf
+from tensorflow.python.eager import record  # could_possibly_record: is a gradient tape active
 
 from tfp_glow.bijectors.base import GlowBijector
 from tfp_glow.bijectors.coupling import AffineCoupling
@@ -35,10 +37,14 @@ StepBijectors = Sequence[GlowBijector]
 
 
 def applies(steps: Sequence[StepBijectors]) -> bool:
-  """True if `steps` are a stack's (>= 2) whose last layer is an AffineCoupling with the default network."""
+  """True if a gradient tape is recording (so the gradient will be taken here: without one, as in
+  evaluation, sampling or a SavedModel, nothing is stored, and a gradient taken later by TensorFlow's
+  own means still works) and `steps` are a stack's (>= 2) whose last layer is an AffineCoupling with the
+  default network."""
   coupling = steps[0][-1] if steps else None
   return (
-    len(steps) >= 2
+    record.could_possibly_record()
+    and len(steps) >= 2
     and isinstance(coupling, AffineCoupling)
     and hasattr(coupling, 'network_vjp')
     and coupling.parameter_variables() is not None
