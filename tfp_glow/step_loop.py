@@ -19,8 +19,9 @@ So a level has 13 variables whatever K is (not 13 K): the loop reads each once, 
 [K, ...] tensor, and the optimizer, the guard and the saved file handle 13 variables per level. (Steps
 whose layers own separate variables are stacked on the fly, and each step's gradient unstacked.) The
 stacks are read through TensorArrays, as `tf.scan` does, so each iteration's parameter gradient lands
-in its own slot; TensorFlow keeps each iteration's activations, as an unrolled graph would.
-`tfp_glow.reversible` builds its memory-saving loops from the same pieces.
+in its own slot; TensorFlow keeps each iteration's activations, as an unrolled graph would. Where a
+gradient tape records, a Glow level's default gradient is built by hand instead (`tfp_glow.stored_loop`),
+and `tfp_glow.reversible` builds its memory-saving loops from the same pieces.
 
 A level runs as a loop when every step has the same kinds of layers with equal `loop_signature()`s
 and parameter shapes (any of Glow's built-in layers and the default coupling network); a custom
