@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import keras
 import tensorflow as tf
 
 from tfp_glow import stored_loop
@@ -38,9 +37,11 @@ from tfp_glow.step_loop import (
   apply_steps_looped,
   can_loop,
   flat_parameters,
+  gradient_inputs,
   read_step,
   shared_stack,
   stacked_parameters,
+  tf_variable,
 )
 
 MODES = ('inverse', 'checkpoint')
@@ -113,7 +114,7 @@ def _reversible_block(steps: Sequence[StepBijectors], x: tf.Tensor) -> tuple[tf.
     y, log_det = apply_steps(steps, x)
 
     def grad(dy, dlog_det, variables=None):
-      variables, dlog_det = _gradient_inputs(variables, owner, dlog_det, y)
+      variables, dlog_det = gradient_inputs(variables, owner, dlog_det, y)
       grads = {}
       y_k = y
       for k in reversed(range(len(steps))):
@@ -150,11 +151,11 @@ def _reversible_loop(steps: Sequence[StepBijectors], x: tf.Tensor, unroll: bool 
   k_steps, template = len(steps), list(steps[0])
   stack = shared_stack(steps)
   if stack is not None:  # variable j holds parameter j of every step: its gradient is the whole stack
-    owner = {_tf_variable(v).ref(): (None, j) for j, v in enumerate(stack)}
+    owner = {tf_variable(v).ref(): (None, j) for j, v in enumerate(stack)}
     shapes = [v.shape[1:] for v in stack]
   else:
     owner = {
-      _tf_variable(v).ref(): (k, j)
+      tf_variable(v).ref(): (k, j)
       for k, step in enumerate(steps)
       for j, v in enumerate(flat_parameters(step))
     }
@@ -165,7 +166,7 @@ def _reversible_loop(steps: Sequence[StepBijectors], x: tf.Tensor, unroll: bool 
     y, log_det = apply_steps_looped(steps, x, unroll=unroll)
 
     def grad(dy, dlog_det, variables=None):
-      variables, dlog_det = _gradient_inputs(variables, owner, dlog_det, y)
+      variables, dlog_det = gradient_inputs(variables, owner, dlog_det, y)
       columns = stacked_parameters(steps, unroll)
       wanted = sorted({owner[v.ref()][1] for v in variables})  # positions of trainable parameters
 
@@ -200,23 +201,6 @@ def _reversible_loop(steps: Sequence[StepBijectors], x: tf.Tensor, unroll: bool 
     return (y, log_det), grad
 
   return block(x)
-
-
-def _gradient_inputs(variables, owner: dict, dlog_det, y: tf.Tensor):
-  """The custom gradient's `variables` as a list, each checked to belong to a step (`owner`: by ref), and
-  `dlog_det`, zeros where TensorFlow passes None."""
-  variables = list(variables or [])
-  for v in variables:
-    if v.ref() not in owner:
-      raise ValueError(
-        f'memory_saving: the variable {v.name} is read inside the flow steps but belongs to no '
-        "step's parameters, so its gradient cannot be recomputed step by step."
-      )
-  return variables, tf.zeros(tf.shape(y)[:1], y.dtype) if dlog_det is None else dlog_det
-
-
-def _tf_variable(v):
-  return v.value if isinstance(v, keras.Variable) else v
 
 
 def _step_vjp(template, parameters, y, dy, dlog_det):

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import keras
 import tensorflow as tf
 
 from tfp_glow.bijectors.actnorm import ActNorm, data_init
@@ -194,3 +195,22 @@ def initialize_steps_looped(steps: Sequence[StepBijectors], h: tf.Tensor) -> tup
   actnorm.layer.bias.assign(biases.stack())
   actnorm.layer.initialized.assign(tf.ones_like(flags))
   return h, log_det
+
+
+def gradient_inputs(variables, owner: dict, dlog_det, y: tf.Tensor):
+  """For a custom gradient over steps (`tfp_glow.reversible`, `tfp_glow.stored_loop`): its `variables` as a
+  list, each checked to be one of the steps' parameters (`owner`: keyed by `tf_variable(v).ref()`), and
+  `dlog_det`, zeros where TensorFlow passes None."""
+  variables = list(variables or [])
+  for v in variables:
+    if v.ref() not in owner:
+      raise ValueError(
+        f"The variable {v.name} is read inside the flow steps but belongs to no step's parameters, so "
+        'its gradient cannot be computed step by step.'
+      )
+  return variables, tf.zeros(tf.shape(y)[:1], y.dtype) if dlog_det is None else dlog_det
+
+
+def tf_variable(v):
+  """The tf.Variable behind a Keras variable (what a custom gradient's `variables` holds)."""
+  return v.value if isinstance(v, keras.Variable) else v

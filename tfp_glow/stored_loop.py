@@ -25,13 +25,19 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import keras
 import tensorflow as tf
 from tensorflow.python.eager import record  # could_possibly_record: is a gradient tape active
 
 from tfp_glow.bijectors.base import GlowBijector
 from tfp_glow.bijectors.coupling import AffineCoupling
-from tfp_glow.step_loop import apply_step, read_step, shared_stack, stacked_parameters
+from tfp_glow.step_loop import (
+  apply_step,
+  gradient_inputs,
+  read_step,
+  shared_stack,
+  stacked_parameters,
+  tf_variable,
+)
 
 StepBijectors = Sequence[GlowBijector]
 
@@ -46,7 +52,6 @@ def applies(steps: Sequence[StepBijectors]) -> bool:
     record.could_possibly_record()
     and len(steps) >= 2
     and isinstance(coupling, AffineCoupling)
-    and hasattr(coupling, 'network_vjp')
     and coupling.parameter_variables() is not None
     and shared_stack(steps) is not None
   )
@@ -59,7 +64,7 @@ def apply_steps_stored(steps: Sequence[StepBijectors], x: tf.Tensor) -> tuple[tf
   *head, coupling = template
   n_head = sum(len(b.parameter_variables()) for b in head)
   stack = shared_stack(steps)
-  position = {_tf_variable(v).ref(): j for j, v in enumerate(stack)}
+  position = {tf_variable(v).ref(): j for j, v in enumerate(stack)}
 
   @tf.custom_gradient
   def block(x):
@@ -82,11 +87,7 @@ def apply_steps_stored(steps: Sequence[StepBijectors], x: tf.Tensor) -> tuple[tf
     )
 
     def grad(dy, dlog_det, variables=None):
-      variables = list(variables or [])
-      for v in variables:
-        if v.ref() not in position:
-          raise ValueError(f'stored_loop: {v.name} is read inside the steps but is not one of their stacks.')
-      dlog_det = tf.zeros(tf.shape(y)[:1], y.dtype) if dlog_det is None else dlog_det
+      variables, dlog_det = gradient_inputs(variables, position, dlog_det, y)
       wanted = sorted({position[v.ref()] for v in variables})
       columns = stacked_parameters(steps)  # read afresh (a TensorArray's element is read once)
       slots = [
@@ -133,7 +134,3 @@ def _step_vjp(head, coupling, n_head, parameters, x, activations, dy, dlog_det):
   dx = next(g)
   head_grads = [next(g) if p.dtype.is_floating else None for p in parameters[:n_head]]
   return dx, [*head_grads, *network_grads]
-
-
-def _tf_variable(v):
-  return v.value if isinstance(v, keras.Variable) else v
