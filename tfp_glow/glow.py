@@ -11,40 +11,16 @@ import tensorflow as tf
 
 from tfp_glow.bijectors.actnorm import ActNorm
 from tfp_glow.bijectors.base import GlowBijector, LayerGroup, ValueAndLogDet, check_images
-from tfp_glow.bijectors.coupling import AffineCoupling
-from tfp_glow.bijectors.invertible_conv import Invertible1x1Conv
-from tfp_glow.bijectors.permutation import ChannelPermutation
 from tfp_glow.bijectors.split import SplitPrior
 from tfp_glow.bijectors.squeeze import Squeeze
 from tfp_glow.bijectors.top_prior import TopPrior
+from tfp_glow.levels import Level, stacked_steps, step_with_own_layers
 from tfp_glow.reversible import check_mode, run_steps
 from tfp_glow.step_loop import can_loop, initialize_steps_looped, invert_steps_looped, shared_stack
 
 COUPLINGS = ('affine', 'additive')
 PERMUTATIONS = ('conv_lu', 'conv', 'shuffle', 'reverse')
 NetworkFn = Callable[[int, int], keras.layers.Layer]  # (in_channels, out_channels) -> Keras layer
-
-
-@dataclasses.dataclass(frozen=True)
-class Step:
-  """One step of flow, image -> latent order: actnorm -> permutation -> coupling."""
-
-  actnorm: ActNorm
-  permutation: GlowBijector
-  coupling: AffineCoupling
-
-  def bijectors(self) -> tuple[GlowBijector, GlowBijector, GlowBijector]:
-    return (self.actnorm, self.permutation, self.coupling)
-
-
-@dataclasses.dataclass(frozen=True)
-class Level:
-  """squeeze -> K steps -> exit: a SplitPrior (all levels but the last) or the TopPrior (or None)."""
-
-  steps: tuple[Step, ...]
-  exit: SplitPrior | TopPrior | None
-  shape: tuple[int, int, int]  # [h, w, c] after the squeeze
-  latent_shape: tuple[int, int, int]  # the part of the latent this level emits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,10 +100,11 @@ class Glow(GlowBijector):
     for l in range(levels):
       h, w, c = h // 2, w // 2, c * 4
       if coupling_network is None:  # one stack of variables per kind of layer: a level is one loop
-        steps_l = _stacked_steps(l, c, steps, width, coupling, permutation, int(rng.integers(2**31)), dtype)
+        steps_l = stacked_steps(l, c, steps, width, coupling, permutation, int(rng.integers(2**31)), dtype)
       else:
         steps_l = [
-          _step(l, k, c, width, coupling, permutation, coupling_network, rng, dtype) for k in range(steps)
+          step_with_own_layers(l, k, c, width, coupling, permutation, coupling_network, rng, dtype)
+          for k in range(steps)
         ]
       if l < levels - 1:
         exit_ = SplitPrior(c, dtype=dtype, name=f'level{l}_split_prior')
@@ -248,9 +225,9 @@ class Glow(GlowBijector):
     self._check_labels(labels)
     for level in self._levels:
       h = self._squeeze.inverse_and_log_det(h)[0]
-      stack = shared_stack([s.bijectors() for s in level.steps])
-      if initialize and stack is not None:  # one loop (see `initialize`)
-        h, ld = initialize_steps_looped([s.bijectors() for s in level.steps], h)
+      steps = [s.bijectors() for s in level.steps]
+      if initialize and shared_stack(steps) is not None:  # one loop (see `initialize`)
+        h, ld = initialize_steps_looped(steps, h)
         log_det += ld
       elif initialize:  # each actnorm sees the activations of the (initialized) steps before it
         for step in level.steps:
@@ -258,7 +235,7 @@ class Glow(GlowBijector):
           h, ld = run_steps([step.bijectors()], h, None)
           log_det += ld
       else:
-        h, ld = run_steps([s.bijectors() for s in level.steps], h, self._memory_saving)
+        h, ld = run_steps(steps, h, self._memory_saving)
         log_det += ld
       top = h
       if isinstance(level.exit, SplitPrior):
@@ -345,48 +322,6 @@ class Glow(GlowBijector):
 
 def _flat(labels):
   return None if labels is None else tf.reshape(labels, [-1])
-
-
-def _step(level, k, c, width, coupling, permutation, coupling_network, rng, dtype) -> Step:
-  """Step k of a level whose layers each own their parameters (a custom coupling network)."""
-  prefix = f'level{level}_step{k}_'
-  perm = _make_permutation(permutation, c, int(rng.integers(2**31)), dtype, prefix)
-  net = coupling_network(c // 2, (c - c // 2) * (1 if coupling == 'additive' else 2))
-  additive = coupling == 'additive'
-  return Step(
-    ActNorm(c, dtype=dtype, name=prefix + 'actnorm'),
-    perm,
-    AffineCoupling(c, width, additive=additive, network=net, dtype=dtype, name=prefix + 'coupling'),
-  )
-
-
-def _stacked_steps(level, c, steps, width, coupling, permutation, seed, dtype) -> list[Step]:
-  """A level's K steps whose parameters are stacked, one variable [K, ...] per parameter of a step
-  (see `GlowBijector.index`): the loop over the steps reads each once, and the optimizer updates a
-  handful of variables per level instead of 13 per step."""
-  prefix = f'level{level}_'
-  actnorms = ActNorm.stacked(c, steps, dtype=dtype, name=prefix + 'actnorm')
-  if permutation in ('conv_lu', 'conv'):
-    lu = permutation == 'conv_lu'
-    perms = Invertible1x1Conv.stacked(c, steps, lu, seed, dtype, name=prefix + 'invertible_1x1_conv')
-  else:
-    rng = np.random.default_rng(seed)
-    rows = [rng.permutation(c) if permutation == 'shuffle' else np.arange(c)[::-1] for _ in range(steps)]
-    perms = ChannelPermutation.stacked(rows, dtype, name=prefix + permutation)
-  couplings = AffineCoupling.stacked(
-    c, steps, width, additive=(coupling == 'additive'), dtype=dtype, name=prefix + 'coupling'
-  )
-  return [Step(*layers) for layers in zip(actnorms, perms, couplings)]
-
-
-def _make_permutation(kind: str, channels: int, seed: int, dtype, prefix: str) -> GlowBijector:
-  if kind in ('conv_lu', 'conv'):
-    return Invertible1x1Conv(
-      channels, lu_decomposed=(kind == 'conv_lu'), seed=seed, dtype=dtype, name=prefix + 'invertible_1x1_conv'
-    )
-  if kind == 'shuffle':
-    return ChannelPermutation.shuffle(channels, seed=seed, dtype=dtype, name=prefix + 'shuffle')
-  return ChannelPermutation.reverse(channels, dtype=dtype, name=prefix + 'reverse')
 
 
 def _check_config(image_shape, levels, steps, width, coupling, permutation, num_classes, dtype):
