@@ -29,7 +29,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfp_glow import GlowModel, data, optim  # noqa: E402
+from tfp_glow import GlowModel, data
+from tfp_glow.training import optim  # noqa: E402
 
 VARIANTS = {  # name -> (permutation, coupling)
   'reverse + affine': ('reverse', 'affine'),

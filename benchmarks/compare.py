@@ -78,8 +78,8 @@ def bench_tfp_glow(cfg, variant: str, train_steps: int, sample_batches: int) -> 
 
   if variant == 'bf16':
     keras.mixed_precision.set_global_policy('mixed_bfloat16')
-  from tfp_glow.model import GlowModel
-  from tfp_glow.optim import default_optimizer
+  from tfp_glow.training.model import GlowModel
+  from tfp_glow.training.optim import default_optimizer
 
   shape, levels, steps, width, batch, coupling = cfg
   memory_saving = variant if variant in ('inverse', 'checkpoint') else False
@@ -154,7 +154,7 @@ def bench_tfp(cfg, train_steps: int, sample_batches: int) -> dict:
 def bench_convs(cfg, train_steps: int, sample_batches: int) -> dict:
   import tensorflow as tf
 
-  from tfp_glow.nets import coupling_network
+  from tfp_glow.bijectors.nets import coupling_network
 
   (h, w, c), levels, steps, width, batch, coupling = cfg
   t0 = time.perf_counter()

@@ -31,8 +31,8 @@ def child(mode: str, batch: int, steps: int) -> dict:
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   import tensorflow as tf
 
-  from tfp_glow.model import GlowModel
-  from tfp_glow.optim import default_optimizer
+  from tfp_glow.training.model import GlowModel
+  from tfp_glow.training.optim import default_optimizer
 
   model = GlowModel((32, 32, 3), 3, steps, 128, seed=0, memory_saving=(False if mode == 'plain' else mode))
   model.compile(optimizer=default_optimizer(1e-3, 10))

@@ -23,13 +23,13 @@ def child(variant: str, steps: int, train_steps: int, batch: int) -> dict:
   import keras
   import tensorflow as tf
 
-  import tfp_glow.glow
+  import tfp_glow.flow.glow
   import tfp_glow.reversible
 
   if variant == 'unrolled':
-    tfp_glow.reversible.can_loop = tfp_glow.glow.can_loop = lambda steps: False
-  from tfp_glow.model import GlowModel
-  from tfp_glow.optim import default_optimizer
+    tfp_glow.reversible.can_loop = tfp_glow.flow.glow.can_loop = lambda steps: False
+  from tfp_glow.training.model import GlowModel
+  from tfp_glow.training.optim import default_optimizer
 
   model = GlowModel((32, 32, 3), 3, steps, 128, seed=0, validate_inputs=True)
   model.compile(optimizer=default_optimizer(1e-3, warmup_steps=10))

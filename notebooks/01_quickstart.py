@@ -23,7 +23,7 @@
 #
 # Training maximizes this directly (no ELBO, no discriminator), and sampling is one pass through `f`.
 #
-# This notebook trains `tfp_glow.model.GlowModel` with plain Keras `fit` on scikit-learn's 8x8
+# This notebook trains `tfp_glow.training.model.GlowModel` with plain Keras `fit` on scikit-learn's 8x8
 # handwritten digits (bundled offline), plots the learning curves, and samples at several temperatures.
 
 # %%
@@ -50,17 +50,17 @@ import numpy as np
 import tensorflow as tf
 
 import tfp_glow
-from tfp_glow.callbacks import image_grid
+from tfp_glow.images import image_grid
 from tfp_glow.data import load_dataset, to_uint8
-from tfp_glow.model import GlowModel
-from tfp_glow.optim import default_optimizer
+from tfp_glow.training.model import GlowModel
+from tfp_glow.training.optim import default_optimizer
 
 keras.utils.set_random_seed(0)
 print('tfp_glow', tfp_glow.__version__, '| TensorFlow', tf.__version__, '| Keras', keras.__version__)
 
 
 def show(images, columns, title=None, ax=None, zoom=1):
-  """Shows uint8 images [N, H, W, 1] as one grid (tfp_glow.callbacks.image_grid)."""
+  """Shows uint8 images [N, H, W, 1] as one grid (tfp_glow.images.image_grid)."""
   grid = image_grid(np.asarray(images), columns=columns, pad=1, pad_value=128, zoom=zoom)
   ax = ax or plt.gca()
   ax.imshow(grid[..., 0], cmap='gray', vmin=0, vmax=255, interpolation='nearest')

@@ -48,9 +48,9 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 import tfp_glow
-from tfp_glow.callbacks import image_grid
+from tfp_glow.images import image_grid
 from tfp_glow.data import DIGITS_BINS, dequantize, load_dataset, load_digits, to_uint8
-from tfp_glow.optim import default_optimizer
+from tfp_glow.training.optim import default_optimizer
 
 tfb, tfd = tfp.bijectors, tfp.distributions
 # batch_jacobian below builds a new tf.function per bijector, on purpose; hide TF's "retracing" warnings.
@@ -62,7 +62,7 @@ print('TensorFlow', tf.__version__, '| TFP', tfp.__version__)
 
 
 def show(images, columns, title=None, ax=None, zoom=1):
-  """Shows uint8 images [N, H, W, 1] as one grid (tfp_glow.callbacks.image_grid)."""
+  """Shows uint8 images [N, H, W, 1] as one grid (tfp_glow.images.image_grid)."""
   grid = image_grid(np.asarray(images), columns=columns, pad=1, pad_value=128, zoom=zoom)
   ax = ax or plt.gca()
   ax.imshow(grid[..., 0], cmap='gray', vmin=0, vmax=255, interpolation='nearest')

@@ -45,16 +45,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 import tensorflow as tf
 
-from tfp_glow.callbacks import image_grid
+from tfp_glow.images import image_grid
 from tfp_glow.data import dequantize, load_dataset, load_digits
-from tfp_glow.model import GlowModel
-from tfp_glow.optim import default_optimizer
+from tfp_glow.training.model import GlowModel
+from tfp_glow.training.optim import default_optimizer
 
 keras.utils.set_random_seed(0)
 
 
 def show(images, columns, title=None, ax=None, zoom=1):
-  """Shows uint8 images [N, H, W, 1] as one grid (tfp_glow.callbacks.image_grid)."""
+  """Shows uint8 images [N, H, W, 1] as one grid (tfp_glow.images.image_grid)."""
   grid = image_grid(np.asarray(images), columns=columns, pad=1, pad_value=128, zoom=zoom)
   ax = ax or plt.gca()
   ax.imshow(grid[..., 0], cmap='gray', vmin=0, vmax=255, interpolation='nearest')

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from tfp_glow import atomic
-from tfp_glow.model import GlowModel
+from tfp_glow.training.model import GlowModel
 
 # Writes a model, its weights, a PNG and a JSON file over and over, so that a kill at almost any
 # moment lands inside a write.
@@ -24,7 +24,7 @@ WRITER = textwrap.dedent("""
     os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'
     import numpy as np
     from tfp_glow import GlowModel, atomic, data
-    from tfp_glow.callbacks import save_png
+    from tfp_glow.images import save_png
     out = sys.argv[1]
     model = GlowModel((8, 8, 1), levels=2, steps=1, width=8, n_bins=17, seed=0)
     model.compile()

@@ -12,8 +12,9 @@ import tensorflow as tf
 
 from tfp_glow import cli
 from tfp_glow import data as glow_data
-from tfp_glow.callbacks import SampleGrid, image_grid, save_png
-from tfp_glow.model import GlowModel
+from tfp_glow.images import image_grid, save_png
+from tfp_glow.training.callbacks import SampleGrid
+from tfp_glow.training.model import GlowModel
 
 # Tiny and fast, yet better than the uniform model after one epoch (train refuses to save one that is not).
 TINY = [

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from tfp_glow import cli, cli_train, configs
-from tfp_glow.glow import Glow
+from tfp_glow import cli, configs
+from tfp_glow.cli import train as cli_train
+from tfp_glow.flow.glow import Glow
 
 PAPER = ('cifar10', 'cifar10_conditional', 'imagenet32', 'imagenet64', 'celeba_hq256', 'mnist')
 

@@ -24,7 +24,8 @@ SCRIPT = textwrap.dedent("""
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from tfp_glow import GlowModel, data, optim
+    from tfp_glow import GlowModel, data
+    from tfp_glow.training import optim
 
     train, info = data.load_dataset("digits", "train", batch_size=64, seed=0)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -183,7 +184,8 @@ TRAJECTORY = textwrap.dedent("""
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from tfp_glow import GlowModel, data, optim
+    from tfp_glow import GlowModel, data
+    from tfp_glow.training import optim
 
     class Losses(keras.callbacks.Callback):
       def on_train_begin(self, logs=None):

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfp_glow import data, optim
-from tfp_glow.guard import TrainingDivergedError
-from tfp_glow.model import GlowModel
+from tfp_glow import data
+from tfp_glow.training import optim
+from tfp_glow.training.guard import TrainingDivergedError
+from tfp_glow.training.model import GlowModel
 
 
 def trained_model(jit_compile=False, **kwargs):

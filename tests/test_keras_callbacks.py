@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfp_glow import data, optim
-from tfp_glow.callbacks import SampleGrid
-from tfp_glow.model import GlowModel
+from tfp_glow import data
+from tfp_glow.training import optim
+from tfp_glow.training.callbacks import SampleGrid
+from tfp_glow.training.model import GlowModel
 
 
 def tiny_model(optimizer=None):

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tfp_glow import cli, data, manipulation
-from tfp_glow.model import GlowModel
+from tfp_glow.training.model import GlowModel
 
 
 @pytest.fixture(scope='module')

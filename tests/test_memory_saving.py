@@ -7,7 +7,7 @@ import tensorflow as tf
 from bijector_checks import perturb
 
 import tfp_glow as tg
-from tfp_glow.model import GlowModel
+from tfp_glow.training.model import GlowModel
 
 
 def glow_pair(mode, **kwargs):

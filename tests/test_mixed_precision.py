@@ -6,8 +6,9 @@ import pytest
 import tensorflow as tf
 from bijector_checks import perturb
 
-from tfp_glow import data, optim
-from tfp_glow.model import GlowModel
+from tfp_glow import data
+from tfp_glow.training import optim
+from tfp_glow.training.model import GlowModel
 
 TINY = dict(image_shape=(8, 8, 1), levels=2, steps=2, width=16, n_bins=17, seed=0)
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfp_glow import data, optim
-from tfp_glow.model import GlowModel
+from tfp_glow import data
+from tfp_glow.training import optim
+from tfp_glow.training.model import GlowModel
 
 
 def tiny_model(**kwargs):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfp_glow import optim
+from tfp_glow.training import optim
 
 CASES = [(optim.WarmupAdamax, keras.optimizers.Adamax), (optim.WarmupAdam, keras.optimizers.Adam)]
 

@@ -7,7 +7,7 @@ import tensorflow as tf
 from bijector_checks import assert_bijective, perturb
 
 import tfp_glow as tg
-from tfp_glow import nets
+from tfp_glow.bijectors import nets
 from tfp_glow.bijectors.actnorm import ActNorm
 from tfp_glow.bijectors.coupling import AffineCoupling
 from tfp_glow.bijectors.invertible_conv import Invertible1x1Conv

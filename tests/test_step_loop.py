@@ -10,7 +10,8 @@ import tensorflow as tf
 from bijector_checks import perturb
 
 import tfp_glow as tg
-from tfp_glow import nets, reversible, step_loop
+from tfp_glow import reversible, step_loop
+from tfp_glow.bijectors import nets
 
 
 def perturbed_glow(**kwargs):

@@ -3,7 +3,10 @@
 Direction, as in TFP: forward = latent -> image (sampling), inverse = image -> latent (density).
 """
 
-from tfp_glow import atomic, bijectors, callbacks, data, guard, optim
+from tfp_glow import atomic, bijectors, data
+from tfp_glow.training import callbacks
+from tfp_glow.training import guard
+from tfp_glow.training import optim
 from tfp_glow.bijectors import (
   ActNorm,
   AffineCoupling,
@@ -14,8 +17,8 @@ from tfp_glow.bijectors import (
   TopPrior,
 )
 from tfp_glow.distribution import GlowDistribution
-from tfp_glow.glow import Glow
-from tfp_glow.model import GlowModel
+from tfp_glow.flow.glow import Glow
+from tfp_glow.training.model import GlowModel
 
 __version__ = '0.1.0'
 __all__ = [

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from tfp_glow.glow import COUPLINGS
+from tfp_glow.flow.glow import COUPLINGS
 
 _CIFAR10_TRAIN = 50_000
 _IMAGENET_TRAIN = 1_281_167  # downsampled ImageNet's train split
@@ -89,7 +89,7 @@ class GlowConfig:
     return {k: getattr(self, k) for k in keys}
 
   def model_args(self) -> dict:
-    """Arguments of `tfp_glow.glow.Glow` (and GlowModel) for this configuration."""
+    """Arguments of `tfp_glow.flow.glow.Glow` (and GlowModel) for this configuration."""
     return dict(
       image_shape=self.image_shape,
       levels=self.levels,

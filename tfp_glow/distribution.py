@@ -25,7 +25,7 @@ except ImportError as e:  # pragma: no cover (only after a TFP upgrade)
     'setup.cfg, or port GlowDistribution.'
   ) from e
 
-from tfp_glow.glow import Glow
+from tfp_glow.flow.glow import Glow
 
 tfd = tfp.distributions
 

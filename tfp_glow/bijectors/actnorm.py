@@ -93,9 +93,6 @@ class ActNorm(GlowBijector):
   def parameter_variables(self) -> list:
     return [self.layer.log_scale, self.layer.bias]
 
-  def loop_signature(self) -> tuple:
-    return ('actnorm', self.channels, self.dtype)
-
   def inverse_and_log_det_with(self, parameters, x):
     log_scale, bias = parameters
     return x * tf.exp(log_scale) + bias, num_pixels(x, self.dtype) * tf.reduce_sum(log_scale)

@@ -97,7 +97,7 @@ class GlowBijector(tfb.Bijector):
   @property
   def index(self) -> int | None:
     """None: `layer`'s variables are this bijector's parameters. k: `layer` holds the parameters of a
-    stack of K such bijectors (a Glow level's steps, each variable [K, ...], see `tfp_glow.step_loop`)
+    stack of K such bijectors (a Glow level's steps, each variable [K, ...], see `tfp_glow.flow.stack`)
     and this bijector is step k of it: its parameters are the variables' slices [k]."""
     return self._index
 
@@ -154,7 +154,7 @@ class GlowBijector(tfb.Bijector):
       cached.update(self._augmented_inverse(y, **kwargs)[1])
     return cached['ildj']
 
-  # ---- parameters as arguments: how `tfp_glow.step_loop` runs K steps as one loop ------------
+  # ---- parameters as arguments: how `tfp_glow.flow.stack.StepStack` runs K steps as one loop ----
 
   def parameter_variables(self) -> list[keras.Variable] | None:
     """The variables this layer's math reads, in the order that `*_and_log_det_with` takes their
@@ -184,12 +184,6 @@ class GlowBijector(tfb.Bijector):
       value = tf.tensor_scatter_nd_update(full, [[self._index]], tf.cast(value, full.dtype)[tf.newaxis])
     variable.assign(value)
 
-  def loop_signature(self) -> tuple | None:
-    """What besides the parameters determines this layer's function (kind, sizes, precision): two
-    layers with equal signatures and parameter shapes compute the same function of (parameters,
-    input), so one loop body serves both. None: not loopable."""
-    return None
-
   def inverse_and_log_det_with(self, parameters: list[Tensor], y: Tensor) -> ValueAndLogDet:
     """`inverse_and_log_det` with `parameters` (as from `current_parameters`) in place of this layer's own."""
     raise NotImplementedError(f'{type(self).__name__} does not take its parameters as arguments.')
@@ -199,12 +193,18 @@ class GlowBijector(tfb.Bijector):
     raise NotImplementedError(f'{type(self).__name__} does not take its parameters as arguments.')
 
   def forward_and_log_det(self, x: Tensor, **kwargs) -> ValueAndLogDet:
-    """Latent -> image on `[N, H, W, C]`: (y, log|det dy/dx|, shape [N] or []). Subclasses implement it."""
-    raise NotImplementedError(f'{type(self).__name__} does not implement forward_and_log_det.')
+    """Latent -> image on `[N, H, W, C]`: (y, log|det dy/dx|, shape [N] or []). Subclasses implement it,
+    or implement `parameter_variables` and `forward_and_log_det_with` (then this calls the latter)."""
+    if kwargs or self.parameter_variables() is None:
+      raise NotImplementedError(f'{type(self).__name__} does not implement forward_and_log_det.')
+    return self.forward_and_log_det_with(self.current_parameters(), x)
 
   def inverse_and_log_det(self, y: Tensor, **kwargs) -> ValueAndLogDet:
-    """Image -> latent on `[N, H, W, C]`: (x, log|det dx/dy|, shape [N] or []). Subclasses implement it."""
-    raise NotImplementedError(f'{type(self).__name__} does not implement inverse_and_log_det.')
+    """Image -> latent on `[N, H, W, C]`: (x, log|det dx/dy|, shape [N] or []). Subclasses implement it,
+    or implement `parameter_variables` and `inverse_and_log_det_with` (then this calls the latter)."""
+    if kwargs or self.parameter_variables() is None:
+      raise NotImplementedError(f'{type(self).__name__} does not implement inverse_and_log_det.')
+    return self.inverse_and_log_det_with(self.current_parameters(), y)
 
 
 def check_images(x: Tensor, dtype: tf.DType | None = None, who: str = 'tfp_glow') -> None:

@@ -6,12 +6,10 @@ import keras
 import tensorflow as tf
 
 from tfp_glow.bijectors.base import GlowBijector, check_channels
-from tfp_glow.nets import (
+from tfp_glow.bijectors.nets import (
   StackedCouplingNetworks,
   apply_coupling_network,
   coupling_network,
-  coupling_network_activations,
-  coupling_network_vjp,
   coupling_network_weights,
   network_policy,
 )
@@ -30,13 +28,13 @@ class AffineCoupling(GlowBijector):
   Additive (`additive=True`, NICE): z_b = x_b + NN(x_a), log-det 0.
 
   The network NN maps [N, H, W, C//2] -> [N, H, W, 2 * (C - C//2)] (affine) or [.., C - C//2]
-  (additive). Default: `tfp_glow.nets.coupling_network(width)`, whose last layer is zero-initialized,
+  (additive). Default: `tfp_glow.bijectors.nets.coupling_network(width)`, whose last layer is zero-initialized,
   so the coupling starts near the identity. Pass your own Keras layer as `network`; if it is not built,
   it is built for inputs (None, None, None, C//2).
 
   The network runs once per transform-plus-log-det (see `GlowBijector`). Under a Keras mixed policy the
   default network computes in bfloat16/float16 and its output is cast back to the flow's float32
-  (see `tfp_glow.nets.network_policy`).
+  (see `tfp_glow.bijectors.nets.network_policy`).
   Cost: one NN evaluation, O(N H W (9 C/2 width + width^2 + 9 width C)) for the default network.
   """
 
@@ -87,7 +85,7 @@ class AffineCoupling(GlowBijector):
     name: str = 'affine_coupling',
   ) -> list:
     """K = `steps` couplings with default networks whose weights are one stack of variables
-    (`tfp_glow.nets.StackedCouplingNetworks`, see `GlowBijector.index`): what a Glow level uses."""
+    (`tfp_glow.bijectors.nets.StackedCouplingNetworks`, see `GlowBijector.index`): what a Glow level uses."""
     split = channels // 2
     out = (channels - split) * (1 if additive else 2)
     layer = StackedCouplingNetworks(split, out, width, steps, network_policy(dtype), name=name + '_nn')
@@ -101,37 +99,31 @@ class AffineCoupling(GlowBijector):
     return self.layer
 
   def parameter_variables(self) -> list | None:
-    """The default network's weights (see `tfp_glow.nets.apply_coupling_network`); None for a custom one."""
+    """The default network's weights (see `tfp_glow.bijectors.nets.apply_coupling_network`); None for a custom one."""
     if isinstance(self.network, StackedCouplingNetworks):
       return self.network.weights_in_order()
     return coupling_network_weights(self.network) if self._default_network else None
 
-  def _compute_dtype_and_logscale_factor(self) -> tuple[str, float]:
+  def _network_compute_dtype(self) -> str:
     if isinstance(self.network, StackedCouplingNetworks):
-      return self.network.compute_dtype, self.network.logscale_factor
-    conv_out = self.network.get_layer('conv_out')
-    return conv_out.compute_dtype, conv_out.logscale_factor
-
-  def loop_signature(self) -> tuple | None:
-    if not self._default_network:
-      return None
-    compute = self._compute_dtype_and_logscale_factor()
-    return ('affine_coupling', self.channels, self._additive, self.dtype, *compute)
+      return self.network.compute_dtype
+    return self.network.get_layer('conv_out').compute_dtype
 
   def _network_output(self, parameters, x_a: tf.Tensor) -> tf.Tensor:
     if parameters is None:
       h = self.network(x_a)
     else:
-      h = apply_coupling_network(parameters, x_a, *self._compute_dtype_and_logscale_factor())
+      h = apply_coupling_network(parameters, x_a, self._network_compute_dtype())
     return tf.cast(h, self.dtype)  # a mixed-precision network computes in bf16/fp16
 
   def _shift_and_scale(self, parameters, x_a: tf.Tensor):
     """(shift, scale, log scale) of the image -> latent map z_b = (x_b + shift) * scale; scale and
     log scale are None for an additive coupling."""
-    return self._shift_and_scale_of(self._network_output(parameters, x_a))
+    return self.shift_and_scale(self._network_output(parameters, x_a))
 
-  def _shift_and_scale_of(self, h: tf.Tensor):
-    """`_shift_and_scale` from the network's output h (in the flow's dtype)."""
+  def shift_and_scale(self, h: tf.Tensor):
+    """(shift, scale, log scale) from the network's output h (in the flow's dtype); scale and log scale
+    are None for an additive coupling."""
     if self._additive:
       return h, None, None
     shift, raw = tf.split(h, 2, axis=-1)
@@ -141,7 +133,7 @@ class AffineCoupling(GlowBijector):
   def couple(self, x_b: tf.Tensor, h: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """The coupling's arithmetic, image -> latent, given the network's output h = NN(x_a) (flow dtype):
     (z_b, log-det [N] or [])."""
-    shift, scale, log_scale = self._shift_and_scale_of(h)
+    shift, scale, log_scale = self.shift_and_scale(h)
     if scale is None:
       return x_b + shift, tf.zeros([], self.dtype)
     return (x_b + shift) * scale, tf.reduce_sum(log_scale, axis=[1, 2, 3])
@@ -157,28 +149,6 @@ class AffineCoupling(GlowBijector):
     z_b, log_det = self.couple(x_b, self._network_output(parameters, x_a))
     return tf.concat([x_a, z_b], axis=-1), log_det
 
-  def inverse_with_activations(self, parameters, x):
-    """`inverse_and_log_det_with` for the default network, also returning the network's activations
-    (`tfp_glow.nets.coupling_network_activations`): (z, log-det, activations)."""
-    x_a, x_b = self.split(x)
-    out, activations = coupling_network_activations(
-      parameters, x_a, *self._compute_dtype_and_logscale_factor()
-    )
-    z_b, log_det = self.couple(x_b, tf.cast(out, self.dtype))
-    return tf.concat([x_a, z_b], axis=-1), log_det, activations
-
-  def network_output_from(self, parameters, activations) -> tf.Tensor:
-    """The default network's output (flow dtype) from its stored activations, as it was computed."""
-    compute, factor = self._compute_dtype_and_logscale_factor()
-    logs = tf.cast(parameters[-1], compute)
-    return tf.cast(activations[2] * tf.exp(logs * factor), self.dtype)
-
-  def network_vjp(self, parameters, x_a, activations, d_out):
-    """The default network's VJP from its stored activations (`tfp_glow.nets.coupling_network_vjp`)."""
-    return coupling_network_vjp(
-      parameters, x_a, activations, d_out, *self._compute_dtype_and_logscale_factor()
-    )
-
   def forward_and_log_det_with(self, parameters, z):
     z_a, z_b = tf.split(z, [self._split, self.channels - self._split], axis=-1)
     shift, scale, log_scale = self._shift_and_scale(parameters, z_a)
@@ -186,28 +156,6 @@ class AffineCoupling(GlowBijector):
       return tf.concat([z_a, z_b - shift], axis=-1), tf.zeros([], self.dtype)
     x_b = z_b / scale - shift
     return tf.concat([z_a, x_b], axis=-1), -tf.reduce_sum(log_scale, axis=[1, 2, 3])
-
-  def input_and_vjp_with(self, parameters, z, dz, dlog_det):
-    """For memory-saving gradients (`tfp_glow.reversible`): from this layer's image -> latent output z
-    [N, H, W, C], its input x and the vector-Jacobian products of (z, log-det) at x with the cotangents
-    (dz [N, H, W, C], dlog_det [N]): (x, dx, [d parameter, ...]), with ONE network evaluation. The network's
-    input x_a equals z_a, so the same evaluation inverts the layer (x_b = z_b / scale - shift, held fixed
-    as a leaf) and is differentiated."""
-    z_a, z_b = tf.split(z, [self._split, self.channels - self._split], axis=-1)
-    dz_a, dz_b = tf.split(dz, [self._split, self.channels - self._split], axis=-1)
-    floats = [p for p in parameters if p.dtype.is_floating]
-    with tf.GradientTape() as tape:
-      tape.watch([z_a, *floats])
-      shift, scale, log_scale = self._shift_and_scale(parameters, z_a)
-      x_b = tf.stop_gradient(z_b - shift if scale is None else z_b / scale - shift)  # the exact inverse
-      tape.watch(x_b)
-      z_b_again = x_b + shift if scale is None else (x_b + shift) * scale
-      log_det = tf.zeros_like(dlog_det) if scale is None else tf.reduce_sum(log_scale, axis=[1, 2, 3])
-    g = tape.gradient([z_b_again, log_det], [z_a, x_b, *floats], output_gradients=[dz_b, dlog_det])
-    dx_a = dz_a if g[0] is None else dz_a + g[0]  # z_a = x_a passes through, and feeds the network
-    grads = iter(g[2:])
-    parameter_grads = [next(grads) if p.dtype.is_floating else None for p in parameters]
-    return tf.concat([z_a, x_b], axis=-1), tf.concat([dx_a, g[1]], axis=-1), parameter_grads
 
   def inverse_and_log_det(self, x):
     return self.inverse_and_log_det_with(self.current_parameters(), x)

@@ -131,9 +131,6 @@ class Invertible1x1Conv(GlowBijector):
     """[kernel], or the LU form's [permutation, lower, upper, log_abs_s, sign_s]."""
     return [getattr(self.layer, n) for n in InvertibleConvParameters.NAMES[self.layer.lu_decomposed]]
 
-  def loop_signature(self) -> tuple:
-    return ('invertible_1x1_conv', self.channels, self.layer.lu_decomposed, self.dtype)
-
   def _lu_factors(self, lower, upper, log_abs_s, sign_s) -> tuple[tf.Tensor, tf.Tensor]:
     eye = tf.eye(self.channels, dtype=self.dtype)
     lower = tf.linalg.band_part(lower, -1, 0) - tf.linalg.band_part(lower, 0, 0) + eye

@@ -84,9 +84,6 @@ class ChannelPermutation(GlowBijector):
   def parameter_variables(self) -> list:
     return [self.layer.permutation]
 
-  def loop_signature(self) -> tuple:
-    return ('channel_permutation', self.channels, self.dtype)
-
   def inverse_and_log_det_with(self, parameters, x):
     (permutation,) = parameters
     return tf.gather(x, permutation, axis=-1), tf.zeros([], self.dtype)

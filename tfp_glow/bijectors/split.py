@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from tfp_glow.bijectors.base import check_channels
 from tfp_glow.bijectors.coupling import AffineCoupling
-from tfp_glow.nets import ZeroConv2D, network_policy
+from tfp_glow.bijectors.nets import ZeroConv2D, network_policy
 
 
 class SplitPrior(AffineCoupling):
@@ -32,6 +32,6 @@ class SplitPrior(AffineCoupling):
     network = ZeroConv2D(2 * (channels - channels // 2), dtype=network_policy(dtype), name=name + '_nn')
     super().__init__(channels, network=network, dtype=dtype, validate_args=validate_args, name=name)
 
-  def _shift_and_scale_of(self, h):  # h = ZeroConv2D(z_a), in the flow's dtype
+  def shift_and_scale(self, h):  # h = ZeroConv2D(z_a), in the flow's dtype
     mean, log_std = tf.split(h, 2, axis=-1)
     return -mean, tf.exp(-log_std), -log_std

@@ -19,7 +19,7 @@ optimization slow (the first step) and adds per-op overhead to every step. `Warm
           theta -= lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)
 
 The weight EMA (use_ema=True) is fused the same way (`ResourceApplyGradientDescent`). Under a
-distribution strategy (mirrored variables), under XLA (`tfp_glow.xla`), for sparse gradients or amsgrad,
+distribution strategy (mirrored variables), under XLA (`tfp_glow.flow.xla`), for sparse gradients or amsgrad,
 Keras' own update runs instead.
 """
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfp_glow.xla import tracing_for_xla
+from tfp_glow.flow.xla import tracing_for_xla
 
 
 class _LinearWarmup:
@@ -86,7 +86,7 @@ class _LinearWarmup:
       not self.built or self.weight_decay or self.gradient_accumulation_steps or self.ema_overwrite_frequency
     ):
       return False
-    if tracing_for_xla():  # the fused kernels are slow to compile there (see tfp_glow.xla)
+    if tracing_for_xla():  # the fused kernels are slow to compile there (see tfp_glow.flow.xla)
       return False
     if getattr(self, 'amsgrad', False):
       return False
@@ -152,7 +152,7 @@ def _resource_variable(variable) -> tf.Variable | None:
 
 def _fused_variables(optimizer, gradient, variable, slots) -> list[tf.Variable] | None:
   """[variable, *its slot variables] as plain tf.Variables; None where the fused kernel can't run."""
-  if tracing_for_xla():  # XLA compiles Keras' own update much faster (see tfp_glow.xla)
+  if tracing_for_xla():  # XLA compiles Keras' own update much faster (see tfp_glow.flow.xla)
     return None
   index = optimizer._get_variable_index(variable)
   plain = [_resource_variable(v) for v in (variable, *(slot[index] for slot in slots))]

@@ -10,11 +10,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfp_glow import atomic, guard, model_inputs
+from tfp_glow import atomic
+from tfp_glow.training import guard
+from tfp_glow.training import inputs as model_inputs
 from tfp_glow import data as glow_data
 from tfp_glow.distribution import GlowDistribution, bits_per_dim
-from tfp_glow.glow import Glow
-from tfp_glow.optim import default_optimizer
+from tfp_glow.flow.glow import Glow
+from tfp_glow.flow.gradients import check_gradient, first_order_training
+from tfp_glow.training.optim import default_optimizer
 
 
 @keras.saving.register_keras_serializable(package='tfp_glow')
@@ -33,9 +36,12 @@ class GlowModel(keras.Model):
   Actnorm's data-dependent init runs once, before the first training step: call
   `initialize(images)`, or let `fit` do it from the first `init_batch_size` training images.
 
-  `memory_saving=True` recomputes each step's activations in the backward pass through the exact
-  inverse instead of storing them (training memory independent of the depth K; see
-  `tfp_glow.reversible`, also for 'checkpoint'). Mixed precision: set a Keras policy
+  Gradients (`tfp_glow.flow.gradients`): the training step differentiates each level with `gradient`
+  (default 'stored', the fast hand-built first-order gradient; 'inverse' stores nothing, so training
+  memory does not grow with the depth K; 'checkpoint'; 'autodiff'), and says that it takes first-order
+  parameter gradients only. Everything else (`log_prob`, `distribution`, your own tapes) uses
+  TensorFlow's own gradient, so Jacobians, second order and forward mode work as for any TF function.
+  `memory_saving=True` / 'inverse' / 'checkpoint' is the older spelling. Mixed precision: set a Keras policy
   (`keras.mixed_precision.set_global_policy('mixed_bfloat16')`) before building the model; the
   coupling and prior networks then compute in that precision, everything else in float32.
 
@@ -62,6 +68,7 @@ class GlowModel(keras.Model):
     seed: int | None = None,
     flow_dtype: str = 'float32',
     memory_saving: bool | str = False,
+    gradient: str | None = None,
     **kwargs,
   ):
     config = {k: v for k, v in locals().items() if k not in ('self', 'kwargs', '__class__')}
@@ -73,6 +80,8 @@ class GlowModel(keras.Model):
         f'GlowModel: max_consecutive_skips must be an integer >= 1, got {max_consecutive_skips!r}.'
       )
     self._glow_config = dict(config, image_shape=tuple(int(d) for d in image_shape))  # for get_config
+    # The training step's gradient; the bijector itself keeps TensorFlow's own ('autodiff').
+    self._training_gradient = check_gradient(gradient or (None if memory_saving else 'stored'), memory_saving)
     glow = Glow(**{k: config[k] for k in _GLOW_ARGS}, dtype=tf.as_dtype(flow_dtype))
     self.flow = glow.layer  # every flow parameter, in one Keras layer
     # The TFP objects hold no variables of their own; keep them out of Keras/TF tracking.
@@ -104,6 +113,11 @@ class GlowModel(keras.Model):
   def distribution(self) -> GlowDistribution:
     """The TFP distribution over images (log_prob, sample(n, temperature=...), ...)."""
     return self._tfp.distribution
+
+  @property
+  def training_gradient(self) -> str:
+    """How the training step differentiates each level (`tfp_glow.flow.gradients.GRADIENTS`)."""
+    return self._training_gradient
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -223,7 +237,8 @@ class GlowModel(keras.Model):
     images = tf.where(valid, images, tf.zeros_like(images))
     labels = None if labels is None else tf.where(valid, labels, tf.zeros_like(labels))
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    with tf.GradientTape() as tape:
+    # Only first-order parameter gradients are taken here: the fast level gradient needs no questions.
+    with tf.GradientTape() as tape, first_order_training(self._training_gradient):
       loss, bpd, labels, logits = self._loss_terms_of(images, labels)
       # The optimizer sums the replicas' gradients: each replica's mean loss is divided by their
       # number, so the sum is the gradient of the global batch's mean (as Keras' own train_step does).
@@ -345,13 +360,13 @@ class GlowModel(keras.Model):
       log_prob(images [None, H, W, C] float32[, labels [None] int32]) -> [None]
       sample(n [] int32, temperature [] float32[, labels [None] int32]) -> images float32
     """
-    from tfp_glow.export import export_saved_model  # pylint: disable=import-outside-toplevel
+    from tfp_glow.training.export import export_saved_model  # pylint: disable=import-outside-toplevel
 
     if format != 'tf_saved_model':
       raise ValueError(f'GlowModel.export supports format="tf_saved_model" only, got {format!r}.')
     export_saved_model(self, filepath, verbose=verbose)
 
-  # ---- input checks (tfp_glow.model_inputs) ----------------------------------------------------
+  # ---- input checks (tfp_glow.training.inputs) ----------------------------------------------------
 
   def _check_images(self, images, check_values: bool = True) -> tf.Tensor:
     validate = check_values and self._glow_config['validate_inputs']
@@ -373,7 +388,6 @@ _GLOW_ARGS = (
   'learn_top',
   'num_classes',
   'seed',
-  'memory_saving',
 )
 
 

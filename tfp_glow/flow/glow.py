@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Sequence
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -14,13 +13,11 @@ from tfp_glow.bijectors.base import GlowBijector, LayerGroup, ValueAndLogDet, ch
 from tfp_glow.bijectors.split import SplitPrior
 from tfp_glow.bijectors.squeeze import Squeeze
 from tfp_glow.bijectors.top_prior import TopPrior
-from tfp_glow.levels import Level, stacked_steps, step_with_own_layers
-from tfp_glow.reversible import check_mode, run_steps
-from tfp_glow.step_loop import can_loop, initialize_steps_looped, invert_steps_looped, shared_stack
+from tfp_glow.flow.gradients import check_gradient, encode_level
+from tfp_glow.flow.level import Level, NetworkFn, build_steps
 
 COUPLINGS = ('affine', 'additive')
 PERMUTATIONS = ('conv_lu', 'conv', 'shuffle', 'reverse')
-NetworkFn = Callable[[int, int], keras.layers.Layer]  # (in_channels, out_channels) -> Keras layer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,18 +50,21 @@ class Glow(GlowBijector):
   Args (names and defaults after the reference code):
     image_shape: (H, W, C); H and W divisible by 2**levels.
     levels: L. steps: K per level. width: the coupling networks' hidden channels.
-    coupling: 'affine' (scale = sigmoid(raw + 2)) or 'additive'.
-    permutation: 'conv_lu' (LU 1x1 conv), 'conv' (full 1x1 conv), 'shuffle' or 'reverse'.
+    coupling: 'affine' (scale = sigmoid(raw + 2)) or 'additive', or a GlowBijector subclass (see
+      docs/design.md, "Adding a layer").
+    permutation: 'conv_lu' (LU 1x1 conv), 'conv' (full 1x1 conv), 'shuffle' or 'reverse', or a subclass.
     learn_top: learn the top prior's per-channel mean and log-std (else N(0, 1)).
     num_classes: if set, the top prior is class-conditional: pass `labels=` (int [...]) to
       forward/inverse/log_prob/sample.
     coupling_network: optional (in_channels, out_channels) -> Keras layer, replacing the default.
     seed: seeds the random rotations / shuffles.
     dtype: tf.float32 or tf.float64.
-    memory_saving: gradients of image -> latent without storing each step's activations (see
-      `tfp_glow.reversible`): True or 'inverse' recomputes them in the backward pass from each level's
-      output through the exact inverse (memory independent of K); 'checkpoint' keeps each step's
-      input and recomputes the step (`tf.recompute_grad`); False (default) stores everything.
+    gradient: how each level is differentiated image -> latent (`tfp_glow.flow.gradients`): 'autodiff'
+      (default: TensorFlow's own gradient, every autodiff mode), 'stored' (a hand-built first-order
+      gradient, faster), 'checkpoint' (stores each step's input only) or 'inverse' (stores nothing:
+      memory independent of K). The last three step aside to 'autodiff' wherever a higher order or
+      forward mode is asked for.
+    memory_saving: the older spelling: True or 'inverse' -> gradient='inverse', 'checkpoint'.
 
   Parameters: `glow.layer` is one Keras layer holding every parameter (give it to a Keras model);
   `glow.trainable_variables` lists the same variables for TFP-style training.
@@ -83,13 +83,14 @@ class Glow(GlowBijector):
     coupling_network: NetworkFn | None = None,
     seed: int | None = None,
     dtype: tf.DType = tf.float32,
+    gradient: str | None = None,
     memory_saving: bool | str = False,
     validate_args: bool = False,
     name: str = 'glow',
   ):
     parameters = dict(locals())
     dtype = tf.as_dtype(dtype)
-    self._memory_saving = check_mode(memory_saving)
+    self._gradient = check_gradient(gradient, memory_saving)
     self._image_shape = _check_config(
       image_shape, levels, steps, width, coupling, permutation, num_classes, dtype
     )
@@ -99,13 +100,7 @@ class Glow(GlowBijector):
     h, w, c = self._image_shape
     for l in range(levels):
       h, w, c = h // 2, w // 2, c * 4
-      if coupling_network is None:  # one stack of variables per kind of layer: a level is one loop
-        steps_l = stacked_steps(l, c, steps, width, coupling, permutation, int(rng.integers(2**31)), dtype)
-      else:
-        steps_l = [
-          step_with_own_layers(l, k, c, width, coupling, permutation, coupling_network, rng, dtype)
-          for k in range(steps)
-        ]
+      steps_l = build_steps(l, c, steps, width, coupling, permutation, coupling_network, rng, dtype)
       if l < levels - 1:
         exit_ = SplitPrior(c, dtype=dtype, name=f'level{l}_split_prior')
         latent_shape = (h, w, c - c // 2)
@@ -116,12 +111,12 @@ class Glow(GlowBijector):
           else None
         )
         latent_shape = (h, w, c)
-      self._levels.append(Level(tuple(steps_l), exit_, (h, w, c), latent_shape))
+      self._levels.append(Level(steps_l, exit_, (h, w, c), latent_shape))
       if l < levels - 1:
         c = c // 2
     self._squeeze = Squeeze(2, dtype=dtype)
     # tf.Module finds sub-bijectors (and their tf.Variables) in this flat list.
-    self._bijectors = [b for lv in self._levels for s in lv.steps for b in s.bijectors()]
+    self._bijectors = [b for lv in self._levels for s in lv.steps.steps for b in s.bijectors()]
     self._bijectors += [lv.exit for lv in self._levels if lv.exit is not None]
     layers = list({id(b.layer): b.layer for b in self._bijectors}.values())  # a stack's layer once
     layer = LayerGroup(layers, dtype, name)
@@ -145,9 +140,14 @@ class Glow(GlowBijector):
     return self._num_classes
 
   @property
+  def gradient(self) -> str:
+    """How each level is differentiated: one of `tfp_glow.flow.gradients.GRADIENTS`."""
+    return self._gradient
+
+  @property
   def memory_saving(self) -> str | None:
-    """None (store activations), 'inverse' or 'checkpoint' (see `tfp_glow.reversible`)."""
-    return self._memory_saving
+    """The older spelling of `gradient`: 'inverse' or 'checkpoint', else None."""
+    return self._gradient if self._gradient in ('inverse', 'checkpoint') else None
 
   @property
   def levels(self) -> tuple[Level, ...]:
@@ -160,7 +160,7 @@ class Glow(GlowBijector):
 
   @property
   def actnorms(self) -> list[ActNorm]:
-    return [s.actnorm for lv in self._levels for s in lv.steps]
+    return [s.actnorm for lv in self._levels for s in lv.steps.steps]
 
   @property
   def is_initialized(self) -> tf.Tensor:
@@ -225,18 +225,9 @@ class Glow(GlowBijector):
     self._check_labels(labels)
     for level in self._levels:
       h = self._squeeze.inverse_and_log_det(h)[0]
-      steps = [s.bijectors() for s in level.steps]
-      if initialize and shared_stack(steps) is not None:  # one loop (see `initialize`)
-        h, ld = initialize_steps_looped(steps, h)
-        log_det += ld
-      elif initialize:  # each actnorm sees the activations of the (initialized) steps before it
-        for step in level.steps:
-          step.actnorm.initialize(h)
-          h, ld = run_steps([step.bijectors()], h, None)
-          log_det += ld
-      else:
-        h, ld = run_steps(steps, h, self._memory_saving)
-        log_det += ld
+      # Each actnorm is initialized from the activations of the (initialized) steps before it.
+      h, ld = level.steps.initialize(h) if initialize else encode_level(level.steps, h, self._gradient)
+      log_det += ld
       top = h
       if isinstance(level.exit, SplitPrior):
         h, ld = level.exit.inverse_and_log_det(h)
@@ -265,16 +256,8 @@ class Glow(GlowBijector):
         log_det += ld
       else:
         h = eps
-      steps = [s.bijectors() for s in level.steps]
-      looped = can_loop(steps)
-      if looped or shared_stack(steps) is not None:  # one loop over the steps (see tfp_glow.step_loop)
-        h, ld = invert_steps_looped(steps, h, unroll=not looped)  # unrolled under XLA
-        log_det += ld
-      else:
-        for step in reversed(steps):
-          for b in reversed(step):
-            h, ld = b.forward_and_log_det(h)
-            log_det += ld
+      h, ld = level.steps.decode(h)
+      log_det += ld
       h = self._squeeze.forward_and_log_det(h)[0]
     return h, log_det
 
@@ -320,6 +303,10 @@ class Glow(GlowBijector):
       tf.debugging.assert_all_finite(x, f'{self.name}: the input contains NaN or Inf.')
 
 
+def _is_layer_class(kind) -> bool:
+  return isinstance(kind, type) and issubclass(kind, GlowBijector)
+
+
 def _flat(labels):
   return None if labels is None else tf.reshape(labels, [-1])
 
@@ -339,10 +326,12 @@ def _check_config(image_shape, levels, steps, width, coupling, permutation, num_
       f'Glow: image height and width must be divisible by 2**levels = {f} '
       f'(one 2x2 squeeze per level), got {shape[0]}x{shape[1]} with levels={levels}.'
     )
-  if coupling not in COUPLINGS:
-    raise ValueError(f'Glow: coupling must be one of {COUPLINGS}, got {coupling!r}.')
-  if permutation not in PERMUTATIONS:
-    raise ValueError(f'Glow: permutation must be one of {PERMUTATIONS}, got {permutation!r}.')
+  if not (coupling in COUPLINGS or _is_layer_class(coupling)):
+    raise ValueError(f'Glow: coupling must be one of {COUPLINGS} or a GlowBijector subclass, got {coupling!r}.')
+  if not (permutation in PERMUTATIONS or _is_layer_class(permutation)):
+    raise ValueError(
+      f'Glow: permutation must be one of {PERMUTATIONS} or a GlowBijector subclass, got {permutation!r}.'
+    )
   if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 2):
     raise ValueError(f'Glow: num_classes must be None or an integer >= 2, got {num_classes!r}.')
   if dtype not in (tf.float32, tf.float64):

@@ -2,7 +2,7 @@
 
 Some graph shapes that are fast for TensorFlow's executor are slow to compile or to run under XLA, as
 measured on this project's CPU (BENCHMARKS.md): the per-level step loops (`tfp_glow.step_loop`) ran their
-gradients 30x slower, and the fused optimizer kernels (`tfp_glow.optim`) took the first step from 21 to 87 s.
+gradients 30x slower, and the fused optimizer kernels (`tfp_glow.training.optim`) took the first step from 21 to 87 s.
 Those code paths ask this module and take the plain route under XLA.
 """
 

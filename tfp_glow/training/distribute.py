@@ -32,7 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfp_glow.callbacks import AtomicBackupAndRestore
+from tfp_glow.training.callbacks import AtomicBackupAndRestore
 
 STRATEGIES = ('default', 'mirrored', 'multi-worker', 'tpu')
 

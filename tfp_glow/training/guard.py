@@ -66,7 +66,7 @@ def apply_if(optimizer: keras.optimizers.Optimizer, ok: tf.Tensor, grads, variab
   variables = list(variables)
   grads = list(grads)
   if hasattr(optimizer, 'apply_masked') and optimizer.can_apply_masked(variables):
-    optimizer.apply_masked(ok, grads, variables)  # the same, without a branch (tfp_glow.optim)
+    optimizer.apply_masked(ok, grads, variables)  # the same, without a branch (tfp_glow.training.optim)
     return
   context = tf.distribute.get_replica_context()
   if context is None or tf.__internal__.distribute.strategy_supports_no_merge_call():

@@ -25,9 +25,10 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_glow import data as glow_data
-from tfp_glow import guard, manipulation
-from tfp_glow.callbacks import read_image
-from tfp_glow.cli_common import (
+from tfp_glow import manipulation
+from tfp_glow.training import guard
+from tfp_glow.images import read_image
+from tfp_glow.cli.common import (
   Diverged,
   UsageError,
   bits_per_dim,
@@ -36,9 +37,9 @@ from tfp_glow.cli_common import (
   read_json_dict,
   save_grid,
 )
-from tfp_glow.cli_flags import DEFAULTS, LARGE_DEFAULTS, SAMPLE_TEMPERATURE, build_parser
-from tfp_glow.cli_train import train
-from tfp_glow.model import GlowModel
+from tfp_glow.cli.flags import DEFAULTS, LARGE_DEFAULTS, SAMPLE_TEMPERATURE, build_parser
+from tfp_glow.cli.train import train
+from tfp_glow.training.model import GlowModel
 
 # Re-exported: `tfp_glow.cli.DEFAULTS` is where README points for the per-data-set defaults.
 __all__ = ['DEFAULTS', 'LARGE_DEFAULTS', 'SAMPLE_TEMPERATURE', 'Diverged', 'UsageError', 'main']

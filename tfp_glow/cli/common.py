@@ -10,8 +10,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tfp_glow.callbacks import image_grid, save_png
-from tfp_glow.model import GlowModel
+from tfp_glow.images import image_grid, save_png
+from tfp_glow.training.model import GlowModel
 
 
 class UsageError(Exception):

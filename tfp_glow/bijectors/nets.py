@@ -9,29 +9,12 @@ convolutions, the coupling arithmetic, log-determinants and priors stay float32.
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
-
 import keras
 import tensorflow as tf
 
 MIXED_POLICIES = ('mixed_bfloat16', 'mixed_float16')
-PRECISIONS = ('float32', *MIXED_POLICIES)
-
-
-@contextlib.contextmanager
-def global_policy(name: str) -> Iterator[None]:
-  """Keras' global dtype policy set to `name` ('float32' or one of MIXED_POLICIES) inside the block,
-  the previous one restored after it. A GlowModel built and compiled inside computes its networks in
-  that precision (and, for 'mixed_float16', trains with loss scaling)."""
-  if name not in PRECISIONS:
-    raise ValueError(f'precision must be one of {PRECISIONS}, got {name!r}.')
-  previous = keras.mixed_precision.global_policy()
-  keras.mixed_precision.set_global_policy(name)
-  try:
-    yield
-  finally:
-    keras.mixed_precision.set_global_policy(previous)
+# exp(LOGSCALE_FACTOR * logs) scales the zero-initialized last layers' outputs (the reference's value)
+LOGSCALE_FACTOR = 3.0
 
 
 def network_policy(flow_dtype: tf.DType | str) -> str:
@@ -54,7 +37,7 @@ class ZeroConv2D(keras.layers.Layer):
   Shapes: [N, H, W, C_in] -> [N, H, W, filters].
   """
 
-  def __init__(self, filters: int, kernel_size: int = 3, logscale_factor: float = 3.0, **kwargs):
+  def __init__(self, filters: int, kernel_size: int = 3, logscale_factor: float = LOGSCALE_FACTOR, **kwargs):
     super().__init__(**kwargs)
     self.filters = filters
     self.kernel_size = kernel_size
@@ -134,7 +117,7 @@ def coupling_network_weights(network: keras.Sequential) -> list[keras.Variable]:
 
 
 def apply_coupling_network(
-  weights: list[tf.Tensor], x: tf.Tensor, compute_dtype: tf.DType | str, logscale_factor: float = 3.0
+  weights: list[tf.Tensor], x: tf.Tensor, compute_dtype: tf.DType | str, logscale_factor: float = LOGSCALE_FACTOR
 ) -> tf.Tensor:
   """`coupling_network`'s function with its weights as arguments (what `tfp_glow.step_loop` needs):
   the same ops as the Keras layers, computed in `compute_dtype` (bfloat16/float16 under a mixed policy,
@@ -143,7 +126,7 @@ def apply_coupling_network(
 
 
 def coupling_network_activations(
-  weights: list[tf.Tensor], x: tf.Tensor, compute_dtype: tf.DType | str, logscale_factor: float = 3.0
+  weights: list[tf.Tensor], x: tf.Tensor, compute_dtype: tf.DType | str, logscale_factor: float = LOGSCALE_FACTOR
 ) -> tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
   """`apply_coupling_network`, also returning what `coupling_network_vjp` needs, all in `compute_dtype`:
   (out, (a1, a2, pre)), with a1, a2 the two hidden ReLU outputs [N, H, W, width] and pre the last
@@ -153,50 +136,6 @@ def coupling_network_activations(
   a2 = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(a1, k_hidden, 1, 'SAME'), b_hidden))
   pre = tf.nn.bias_add(tf.nn.conv2d(a2, k_out, 1, 'SAME'), b_out)
   return pre * tf.exp(logs * logscale_factor), (a1, a2, pre)
-
-
-def coupling_network_vjp(
-  weights: list[tf.Tensor],
-  x: tf.Tensor,
-  activations: tuple[tf.Tensor, tf.Tensor, tf.Tensor],
-  d_out: tf.Tensor,
-  compute_dtype: tf.DType | str,
-  logscale_factor: float = 3.0,
-) -> tuple[tf.Tensor, list[tf.Tensor]]:
-  """The vector-Jacobian product of `apply_coupling_network` at x with cotangent d_out, from the stored
-  `activations` of `coupling_network_activations` (no convolution is recomputed): (dx, [d weight, ...]),
-  dx in x's dtype, each weight's gradient in its dtype. The same kernels TensorFlow's own gradients use
-  (convolution input and filter gradients, bias and ReLU gradients), in the same precision:
-
-    out = pre * e, e = exp(f * logs):    d_pre = d_out * e;   d_logs = f * sum_NHW(d_out * out)
-    pre = conv(a2, k_out) + b_out:       d_k_out, d_b_out, d_a2 = conv/bias gradients of d_pre
-    a2 = relu(conv(a1, k_hidden) + b):   d_z2 = d_a2 * (a2 > 0);  and so on down to dx
-  """
-  a1, a2, pre = activations
-  k_in, _, k_hidden, _, k_out, _, logs = (tf.cast(w, compute_dtype) for w in weights)
-  d_out = tf.cast(d_out, compute_dtype)
-  e = tf.exp(logs * logscale_factor)
-  d_pre = d_out * e
-  d_logs = logscale_factor * tf.reduce_sum(d_out * pre * e, axis=[0, 1, 2])
-  x_c = tf.cast(x, compute_dtype)
-  grads = []
-  d = d_pre
-  for inputs, kernel in ((a2, k_out), (a1, k_hidden), (x_c, k_in)):
-    grads.append(_conv_filter_gradient(inputs, kernel, d))
-    grads.append(tf.raw_ops.BiasAddGrad(out_backprop=d))
-    d_inputs = tf.raw_ops.Conv2DBackpropInput(
-      input_sizes=tf.shape(inputs), filter=kernel, out_backprop=d, strides=[1, 1, 1, 1], padding='SAME'
-    )
-    d = tf.raw_ops.ReluGrad(gradients=d_inputs, features=inputs) if inputs is not x_c else d_inputs
-  d_k_out, d_b_out, d_k_hidden, d_b_hidden, d_k_in, d_b_in = grads
-  ordered = [d_k_in, d_b_in, d_k_hidden, d_b_hidden, d_k_out, d_b_out, d_logs]
-  return tf.cast(d, x.dtype), [tf.cast(g, w.dtype) for g, w in zip(ordered, weights)]
-
-
-def _conv_filter_gradient(inputs: tf.Tensor, kernel: tf.Tensor, d: tf.Tensor) -> tf.Tensor:
-  return tf.raw_ops.Conv2DBackpropFilter(
-    input=inputs, filter_sizes=tf.shape(kernel), out_backprop=d, strides=[1, 1, 1, 1], padding='SAME'
-  )
 
 
 class StackedCouplingNetworks(keras.layers.Layer):
@@ -209,8 +148,6 @@ class StackedCouplingNetworks(keras.layers.Layer):
   that step's fan-in and fan-out), zero biases, and a zero last layer (the coupling starts as the identity).
   `dtype`: a dtype or a Keras mixed policy name (float32 variables, low-precision compute).
   """
-
-  logscale_factor = 3.0  # as ZeroConv2D's
 
   def __init__(
     self,

@@ -8,9 +8,10 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-from tfp_glow import configs, distribute
+from tfp_glow import configs
+from tfp_glow.training import distribute
 from tfp_glow import data as glow_data
-from tfp_glow.nets import PRECISIONS
+from tfp_glow.training.precision import PRECISIONS
 
 LARGE_DEFAULTS = dict(
   levels=3,
@@ -111,7 +112,7 @@ def build_parser(
     choices=PRECISIONS,
     default='float32',
     help='mixed_bfloat16 / mixed_float16 (loss scaling): the coupling networks compute in 16 bits; weights, '
-    'actnorm, 1x1 convs, log-dets and priors stay float32 (tfp_glow.nets); for GPUs and TPUs',
+    'actnorm, 1x1 convs, log-dets and priors stay float32 (tfp_glow.bijectors.nets); for GPUs and TPUs',
   )
   p.add_argument('--sample-every', type=int, help='write samples/ every N epochs (default: epochs // 10)')
   p.add_argument(

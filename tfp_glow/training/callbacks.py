@@ -1,7 +1,6 @@
-"""Keras callbacks and image helpers for watching a GlowModel train: sample grids as PNG files.
+"""Keras callbacks for watching a GlowModel train (sample grids as PNG files) and backing it up.
 
-No Pillow or matplotlib: PNGs are encoded with `tf.io.encode_png` and written with `tf.io.gfile`
-(so `gs://` and other remote paths work too). Every file is written atomically (`tfp_glow.atomic`).
+Every file is written atomically (`tfp_glow.atomic`).
 GlowModel's own `save` / `save_weights` are atomic and refuse NaN weights, so
 `keras.callbacks.ModelCheckpoint` needs nothing from here; `AtomicBackupAndRestore` also makes
 the backup's bookkeeping file atomic and turns an unreadable backup into one clear error.
@@ -18,73 +17,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfp_glow import atomic, guard
-
-
-def image_grid(
-  images, columns: int | None = None, pad: int = 1, pad_value: int = 128, zoom: int = 1
-) -> np.ndarray:
-  """Tiles uint8 images [N, H, W, C] into one uint8 image, row by row.
-
-  Returns [rows * h + (rows - 1) * pad, columns * w + (columns - 1) * pad, C] with h = H * zoom,
-  w = W * zoom (each image enlarged `zoom` times by pixel repetition, handy for 8x8 digits), rows =
-  ceil(N / columns), columns default ceil(sqrt(N)). Separators and unused cells are `pad_value`.
-  C is kept as is (1: grayscale, 3: RGB, 2 / 4: with alpha).
-  """
-  images = np.asarray(images)
-  if (
-    images.dtype != np.uint8
-    or images.ndim != 4
-    or images.shape[0] == 0
-    or images.shape[-1] not in (1, 2, 3, 4)
-  ):
-    raise ValueError(
-      f'image_grid: expected uint8 images [N >= 1, H, W, C in 1..4], got {images.dtype} {images.shape}.'
-    )
-  if zoom < 1 or pad < 0:
-    raise ValueError(f'image_grid: need zoom >= 1 and pad >= 0, got zoom={zoom}, pad={pad}.')
-  n = images.shape[0]
-  columns = columns or math.ceil(math.sqrt(n))
-  if columns < 1:
-    raise ValueError(f'image_grid: columns must be >= 1, got {columns}.')
-  columns = min(columns, n)
-  rows = math.ceil(n / columns)
-  if zoom > 1:
-    images = images.repeat(zoom, axis=1).repeat(zoom, axis=2)
-  _, h, w, c = images.shape
-  grid = np.full((rows * h + (rows - 1) * pad, columns * w + (columns - 1) * pad, c), pad_value, np.uint8)
-  for i, image in enumerate(images):
-    top, left = (i // columns) * (h + pad), (i % columns) * (w + pad)
-    grid[top : top + h, left : left + w] = image
-  return grid
-
-
-def save_png(path: str, image) -> None:
-  """Writes uint8 [H, W, C] (C in 1..4) as a PNG; via a temporary name, so `path` is never half-written."""
-  image = tf.convert_to_tensor(image)
-  if image.dtype != tf.uint8 or image.shape.rank != 3:
-    raise ValueError(f'save_png: expected a uint8 image [H, W, C], got {image.dtype.name} {image.shape}.')
-  atomic.write_bytes(path, tf.io.encode_png(image).numpy())
-
-
-def read_image(path: str, shape: Sequence[int] | None = None) -> tf.Tensor:
-  """A PNG / JPEG / BMP / GIF file as uint8 [H, W, C]; with `shape` (H, W, C in {1, 3}) resized
-  (bilinear, antialiased) and converted to C channels (RGB -> luma, gray -> RGB; alpha dropped).
-  Raises ValueError if the file cannot be decoded."""
-  try:
-    image = tf.io.decode_image(tf.io.read_file(path), dtype=tf.uint8, expand_animations=False)
-  except tf.errors.OpError as e:
-    raise ValueError(f'cannot read image {path!r}: {e.message.strip().splitlines()[0]}') from None
-  if shape is None:
-    return image
-  height, width, channels = shape
-  image = tf.cast(image, tf.float32)
-  if channels == 1 and image.shape[-1] >= 3:
-    image = tf.image.rgb_to_grayscale(image[..., :3])
-  elif channels == 3 and image.shape[-1] < 3:
-    image = tf.tile(image[..., :1], [1, 1, 3])
-  image = tf.image.resize(image[..., :channels], (height, width), antialias=True)
-  return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+from tfp_glow import atomic
+from tfp_glow.images import image_grid, save_png
+from tfp_glow.training import guard
 
 
 class SampleGrid(keras.callbacks.Callback):

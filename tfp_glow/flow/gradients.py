@@ -1,0 +1,288 @@
+"""How a level's K steps are differentiated, image -> latent: the one gradient switch of the flow.
+
+  gradient      what the backward pass has                            memory of a level's steps
+  'autodiff'    TensorFlow's own gradient of the loop (or the          every step's activations (the
+                unrolled steps): every autodiff mode, any order        coupling networks' dominate)
+  'stored'      a hand-built backward loop over stored step inputs     the same; no convolution runs
+                and coupling-network activations (`kernels`)           twice; a smaller, faster graph
+  'checkpoint'  the same loop over stored step inputs; each step       O(K C) per pixel: inputs only
+                recomputed under a tape
+  'inverse'     the same loop; each step's input rebuilt from its      O(one step): nothing stored
+                output through the exact inverse (Gomez et al. 2017)
+
+The three hand-built gradients are first order. A custom gradient is plain autodiff's answer only for a
+first-order gradient, so each steps aside to TensorFlow's own wherever more may be asked (`tape_state`):
+  - at the forward pass, if a nested tape or a forward accumulator watches the input or the parameters
+    (second order, `tf.autodiff.ForwardAccumulator`): the level runs with 'autodiff';
+  - in the backward pass, if a tape records the gradient computation itself: the level's gradient is
+    recomputed with TensorFlow's own, so that the outer tape differentiates plain autodiff;
+  - without a tape at all (evaluation, sampling, export) nothing is stored.
+GlowModel's training step takes only first-order parameter gradients: it says so (`first_order_training`),
+and its level gradient applies without asking TensorFlow anything.
+
+Where the hand-built loop cannot be faster, 'stored' is 'autodiff': under XLA (TensorFlow's own gradient of
+unrolled steps compiles well) and for a StepList (unrolled steps, whose plain gradient stores the same).
+Gradients equal TensorFlow's own to rounding in every mode (tests/test_autodiff_modes.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Iterator
+
+import keras
+import tensorflow as tf
+
+from tfp_glow.flow import kernels, tape_state
+from tfp_glow.flow.stack import Steps, StepStack
+
+GRADIENTS = ('autodiff', 'stored', 'checkpoint', 'inverse')
+_training = threading.local()  # the gradient GlowModel's training step asks for (per thread: replicas)
+
+
+def check_gradient(gradient: str | None = None, memory_saving: bool | str | None = None) -> str:
+  """The gradient of a level from `gradient` (one of GRADIENTS) or the older `memory_saving` (False: the
+  default, True: 'inverse', 'inverse' or 'checkpoint'); `default` where neither is given."""
+  if memory_saving not in (None, False):
+    alias = 'inverse' if memory_saving is True else memory_saving
+    if alias not in ('inverse', 'checkpoint'):
+      raise ValueError(f"memory_saving must be False, True, 'inverse' or 'checkpoint', got {memory_saving!r}.")
+    if gradient not in (None, alias):
+      raise ValueError(f'gradient={gradient!r} and memory_saving={memory_saving!r} disagree; give one.')
+    return alias
+  gradient = 'autodiff' if gradient is None else gradient
+  if gradient not in GRADIENTS:
+    raise ValueError(f'gradient must be one of {GRADIENTS}, got {gradient!r}.')
+  return gradient
+
+
+@contextlib.contextmanager
+def first_order_training(gradient: str) -> Iterator[None]:
+  """Inside: every level is differentiated with `gradient`, without asking TensorFlow whether a higher
+  order may be taken. For a training step whose only gradient is first order, of the loss with respect to
+  the parameters (GlowModel.train_step)."""
+  previous = getattr(_training, 'gradient', None)
+  _training.gradient = check_gradient(gradient)
+  try:
+    yield
+  finally:
+    _training.gradient = previous
+
+
+def encode_level(steps: Steps, x: tf.Tensor, gradient: str) -> tuple[tf.Tensor, tf.Tensor]:
+  """Image -> latent through a level's steps, (y [N, h, w, c], log-det [N]), differentiated with `gradient`
+  (or the one `first_order_training` set), as the module docstring says."""
+  training = getattr(_training, 'gradient', None)
+  gradient = training or gradient
+  if gradient == 'stored' and (not isinstance(steps, StepStack) or steps.unrolled()):
+    gradient = 'autodiff'  # TensorFlow's own gradient of unrolled steps stores the same
+  if gradient == 'autodiff':
+    return steps.encode(x)
+  if isinstance(steps, StepStack):
+    values = [tf.convert_to_tensor(v) for v in steps.variables]  # read once, outside the custom gradient
+    if not training and (not tape_state.recording() or tape_state.higher_order_possible([x, *values])):
+      return steps.encode(x, values)  # no gradient, or more than a first-order one: plain autodiff
+    return _stack_gradient(steps, x, values, gradient, ask=not training)
+  handles = [_tf_variable(v).handle for v in steps.variables]
+  if not training and (not tape_state.recording() or tape_state.higher_order_possible([x, *handles])):
+    return steps.encode(x)
+  return _list_gradient(steps, x, gradient, ask=not training)
+
+
+def _stack_gradient(stack: StepStack, x, values, gradient, ask):
+  """The hand-built backward loop of a StepStack: (y, log-det), with its gradient for x and the stacks."""
+  k_steps, unroll = len(stack), stack.unrolled()
+  *head, coupling = stack.template
+  n_head = len(values) - len(coupling.parameter_variables())
+  fast = kernels.has_kernels(coupling)  # the network's VJP from its activations, no recomputation
+  store_inputs = gradient in ('stored', 'checkpoint')
+  store_activations = gradient == 'stored' and fast
+
+  @tf.custom_gradient
+  def level(x, *values):
+    columns = stack.parameter_columns(unroll, values)
+
+    def forward(k, h, log_det, stored):
+      parameters = stack.step_parameters(columns, k)
+      if store_activations:
+        mid, ld_head = stack.apply_step(parameters[:n_head], h, inverse=True, layers=head)
+        y, ld, activations = kernels.forward_with_activations(coupling, parameters[n_head:], mid)
+        ld, kept = ld_head + ld, (h, *activations)
+      else:
+        y, ld = stack.apply_step(parameters, h, inverse=True)
+        kept = (h,) if store_inputs else ()
+      return k + 1, y, log_det + ld, [_write(s, k, t, unroll) for s, t in zip(stored, kept)]
+
+    dtypes = ([x.dtype] if store_inputs else []) + [coupling.network.compute_dtype] * (3 * store_activations)
+    log_det = tf.zeros(tf.shape(x)[:1], x.dtype)
+    stored = [_new_array(k_steps, unroll, dtype) for dtype in dtypes]
+    y, log_det, stored = _run(forward, k_steps, unroll, x, log_det, stored)
+    if not unroll and tf.executing_eagerly():  # an eager TensorArray cannot be read inside a graph (pfor)
+      stored = [s.stack() for s in stored]
+
+    def grad(dy, dlog_det, variables=None):
+      if variables:
+        raise ValueError(f'{stack.template[0].name}: the level reads variables that are not its stacks.')
+      if dlog_det is None:
+        dlog_det = tf.zeros(tf.shape(y)[:1], y.dtype)
+      if ask and tape_state.recording():  # a gradient of this gradient will be taken: plain autodiff
+        return _autodiff_vjp(lambda x, *v: stack.encode(x, v), [x, *values], dy, dlog_det)
+      columns = stack.parameter_columns(unroll, values)
+      kept = [_reader(s, k_steps) for s in stored]
+      floats = [j for j, v in enumerate(values) if v.dtype.is_floating]
+
+      def backward(i, y_k, dy, slots):
+        k = k_steps - 1 - i
+        parameters = stack.step_parameters(columns, k)
+        if store_inputs:
+          x_k, activations = _read(kept[0], k), [_read(s, k) for s in kept[1:]] or None
+        else:
+          x_k, activations = _invert_step(stack, parameters, _after(y_k, dy), n_head, fast)
+        if activations is not None:
+          dx, grads = kernels.step_vjp(stack, parameters, x_k, activations, dy, dlog_det)
+        else:
+          dx, grads = _recomputed_vjp(stack, parameters, x_k, dy, dlog_det)
+        step_grads = [tf.zeros_like(parameters[j]) if grads[j] is None else grads[j] for j in floats]
+        return i + 1, x_k, dx, [_write(s, k, g, unroll) for s, g in zip(slots, step_grads)]
+
+      slots = [_new_array(k_steps, unroll, values[j].dtype, values[j].shape[1:]) for j in floats]
+      _, dx, slots = _run(backward, k_steps, unroll, y, dy, slots)
+      stacked = dict(zip(floats, (_stacked(s) for s in slots)))  # [K, ...]: each value is a whole stack
+      return [dx, *[stacked.get(j) for j in range(len(values))]]
+
+    return (y, log_det), grad
+
+  return level(x, *values)
+
+
+def _list_gradient(steps, x, gradient, ask):
+  """'checkpoint' or 'inverse' for a StepList (steps owning their variables), unrolled."""
+  owner = {_tf_variable(v).ref(): k for k, s in enumerate(steps.steps) for b in s.bijectors() for v in b.trainable_variables}
+
+  @tf.custom_gradient
+  def level(x):
+    inputs, h, log_det = [], x, tf.zeros(tf.shape(x)[:1], x.dtype)
+    for k in range(len(steps)):
+      inputs.append(h if gradient == 'checkpoint' else None)
+      h, ld = steps.apply_step(k, h, inverse=True)
+      log_det += ld
+    y = h
+
+    def grad(dy, dlog_det, variables=None):
+      variables = list(variables or [])
+      if dlog_det is None:
+        dlog_det = tf.zeros(tf.shape(y)[:1], y.dtype)
+      if ask and tape_state.recording():
+        with tf.GradientTape() as tape:
+          tape.watch(x)
+          y_again, ld = steps.encode(x)
+        g = tape.gradient([y_again, ld], [x, *variables], output_gradients=[dy, dlog_det])
+        return g[0], g[1:]
+      for v in variables:
+        if v.ref() not in owner:
+          raise ValueError(f"The variable {v.name} is read inside the flow's steps but is no step's parameter.")
+      grads, y_k = {}, y
+      for k in reversed(range(len(steps))):
+        if gradient == 'inverse':
+          x_k = tf.stop_gradient(steps.apply_step(k, _after(y_k, dy), inverse=False)[0])
+        else:
+          x_k = inputs[k]
+        mine = [v for v in variables if owner[v.ref()] == k]
+        with tf.GradientTape() as tape:
+          tape.watch(x_k)
+          y_again, ld = steps.apply_step(k, x_k, inverse=True)
+        g = tape.gradient([y_again, ld], [x_k, *mine], output_gradients=[dy, dlog_det])
+        dy, y_k = g[0], x_k
+        grads.update({v.ref(): gv for v, gv in zip(mine, g[1:])})
+      return dy, [grads.get(v.ref()) for v in variables]
+
+    return (y, log_det), grad
+
+  return level(x)
+
+
+# ---- the pieces of the backward loop -------------------------------------------------------------
+
+
+def _invert_step(stack, parameters, y, n_head, fast):
+  """Step k's input from its output y, and its network's activations (None unless `fast`): one network
+  evaluation both inverts the coupling and gives the activations its VJP needs."""
+  if not fast:
+    return tf.stop_gradient(stack.apply_step(parameters, y, inverse=False)[0]), None
+  *head, coupling = stack.template
+  mid, activations = kernels.invert_with_activations(coupling, parameters[n_head:], y)
+  x = stack.apply_step(parameters[:n_head], mid, inverse=False, layers=head)[0]
+  return tf.stop_gradient(x), [tf.stop_gradient(a) for a in activations]
+
+
+def _recomputed_vjp(stack, parameters, x, dy, dlog_det):
+  """(dx, [d parameter; None if unused or not a float]) of one step recomputed at x under a tape."""
+  floats = [p for p in parameters if p.dtype.is_floating]
+  with tf.GradientTape() as tape:
+    tape.watch([x, *floats])
+    y, log_det = stack.apply_step(parameters, x, inverse=True)
+  g = iter(tape.gradient([y, log_det], [x, *floats], output_gradients=[dy, dlog_det]))
+  dx = next(g)
+  return dx, [next(g) if p.dtype.is_floating else None for p in parameters]
+
+
+def _autodiff_vjp(fn, inputs, dy, dlog_det):
+  """TensorFlow's own VJP of fn(*inputs) -> (y, log-det), recorded by any tape that is active."""
+  floats = [t for t in inputs if t.dtype.is_floating]
+  with tf.GradientTape() as tape:
+    tape.watch(floats)
+    y, log_det = fn(*inputs)
+  g = iter(tape.gradient([y, log_det], floats, output_gradients=[dy, dlog_det]))
+  return [next(g) if t.dtype.is_floating else None for t in inputs]
+
+
+def _after(x: tf.Tensor, dependency: tf.Tensor) -> tf.Tensor:
+  """x, computable only once `dependency` is: without it the executor would rebuild every step's input as
+  soon as the level's output exists, long before the gradients arrive, and hold them all at once. A data
+  dependency, since XLA ignores control dependencies."""
+  probe = tf.cast(tf.reduce_max(tf.reshape(dependency, [-1])[:1]), tf.bool)
+  zero = tf.where(tf.equal(probe, probe), 0.0, 1.0)  # always 0 (a NaN casts to True), never folded
+  return x + tf.cast(zero, x.dtype)
+
+
+def _run(body, k_steps, unroll, h, carry, arrays):
+  """body(i, h, carry, arrays) for i = 0 .. K-1, as one tf.while_loop or (`unroll`) from Python."""
+  if unroll:
+    for i in range(k_steps):
+      _, h, carry, arrays = body(i, h, carry, arrays)
+    return h, carry, arrays
+  _, h, carry, arrays = tf.while_loop(
+    lambda i, *_: i < k_steps, body, (tf.constant(0), h, carry, arrays), maximum_iterations=k_steps
+  )
+  return h, carry, arrays
+
+
+def _new_array(size, unroll, dtype, element_shape=None):
+  return [None] * size if unroll else tf.TensorArray(dtype, size=size, element_shape=element_shape)
+
+
+def _write(array, k, value, unroll):
+  if unroll:
+    return [*array[:k], value, *array[k + 1 :]]
+  return array.write(k, value)
+
+
+def _reader(stored, k_steps):
+  """A stored array as something `_read` can index: a list, a TensorArray, or (eager) a stacked tensor."""
+  if isinstance(stored, tf.Tensor):
+    return tf.TensorArray(stored.dtype, size=k_steps, element_shape=stored.shape[1:]).unstack(stored)
+  return stored
+
+
+def _read(array, k):
+  return array[k] if isinstance(array, list) else array.read(k)
+
+
+def _stacked(array):
+  return tf.stack(array) if isinstance(array, list) else array.stack()
+
+
+def _tf_variable(v):
+  """The tf.Variable behind a Keras variable (what a custom gradient's `variables` holds)."""
+  return v.value if isinstance(v, keras.Variable) else v

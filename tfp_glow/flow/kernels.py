@@ -1,0 +1,113 @@
+"""Gradient kernels of one step whose coupling has the default network: what the hand-built backward loop of
+`tfp_glow.flow.gradients` ('stored' and 'inverse') computes per step, so that no convolution runs twice.
+
+A step is  head (actnorm -> permutation: no network)  ->  coupling (image -> latent):
+
+  x_a, x_b = split(mid);   a1, a2, pre = activations of NN(x_a);   h = pre * exp(f * logs)
+  z_b, ld  = couple(x_b, h)                                       (AffineCoupling.couple)
+
+Given the step's input x and the network's activations (stored in the forward loop, or recomputed from the
+step's output by `invert_step`, since NN's input x_a passes through the coupling unchanged), `step_vjp` gives
+the vector-Jacobian products of (y, log-det) with respect to x and every parameter: the cheap layers are
+recomputed under a tape, the network's VJP is taken from its activations (`network_vjp`, the same
+convolution-gradient kernels TensorFlow's own gradient uses). First order only: `tfp_glow.flow.gradients`
+steps aside to plain autodiff wherever a higher order is asked for.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfp_glow.bijectors.coupling import AffineCoupling
+from tfp_glow.bijectors.nets import LOGSCALE_FACTOR, StackedCouplingNetworks, coupling_network_activations
+
+Activations = tuple[tf.Tensor, tf.Tensor, tf.Tensor]  # a1, a2 [N, h, w, width]; pre [N, h, w, out]
+
+
+def has_kernels(coupling) -> bool:
+  """True for a step of a stack whose last layer is an AffineCoupling with the default (stacked) network."""
+  return isinstance(coupling, AffineCoupling) and isinstance(coupling.network, StackedCouplingNetworks)
+
+
+def forward_with_activations(coupling: AffineCoupling, parameters, mid: tf.Tensor):
+  """The coupling image -> latent with `parameters`, also returning the network's activations:
+  (z, log-det [N] or [], activations)."""
+  x_a, x_b = coupling.split(mid)
+  out, activations = coupling_network_activations(parameters, x_a, coupling.network.compute_dtype)
+  z_b, log_det = coupling.couple(x_b, tf.cast(out, coupling.dtype))
+  return tf.concat([x_a, z_b], axis=-1), log_det, activations
+
+
+def invert_with_activations(coupling: AffineCoupling, parameters, z: tf.Tensor):
+  """The coupling's input from its output z (x_a = z_a, x_b = z_b / scale - shift), and the network's
+  activations at x_a, from ONE network evaluation: (mid, activations)."""
+  z_a, z_b = coupling.split(z)
+  out, activations = coupling_network_activations(parameters, z_a, coupling.network.compute_dtype)
+  shift, scale, _ = coupling.shift_and_scale(tf.cast(out, coupling.dtype))
+  x_b = z_b - shift if scale is None else z_b / scale - shift
+  return tf.concat([z_a, x_b], axis=-1), activations
+
+
+def network_output_from(coupling: AffineCoupling, parameters, activations: Activations) -> tf.Tensor:
+  """The network's output h (the flow's dtype) from its activations, as it was computed."""
+  compute = coupling.network.compute_dtype
+  logs = tf.cast(parameters[-1], compute)
+  return tf.cast(activations[2] * tf.exp(logs * LOGSCALE_FACTOR), coupling.dtype)
+
+
+def network_vjp(weights, x, activations: Activations, d_out, compute_dtype):
+  """The VJP of the default network at x with cotangent d_out, from its `activations` (no convolution is
+  recomputed): (dx in x's dtype, [d weight, ...] each in its weight's dtype), in the weights' order
+  [conv_in kernel, bias, conv_hidden kernel, bias, conv_out kernel, bias, logs]:
+
+    out = pre * e, e = exp(f * logs):    d_pre = d_out * e;   d_logs = f * sum_NHW(d_out * pre * e)
+    pre = conv(a2, k_out) + b_out:       d_k_out, d_b_out, d_a2 = conv/bias gradients of d_pre
+    a2 = relu(conv(a1, k_hidden) + b):   d_z2 = d_a2 * (a2 > 0);  and so on down to dx
+  """
+  a1, a2, pre = activations
+  k_in, _, k_hidden, _, k_out, _, logs = (tf.cast(w, compute_dtype) for w in weights)
+  d_out = tf.cast(d_out, compute_dtype)
+  e = tf.exp(logs * LOGSCALE_FACTOR)
+  d_logs = LOGSCALE_FACTOR * tf.reduce_sum(d_out * pre * e, axis=[0, 1, 2])
+  x_c = tf.cast(x, compute_dtype)
+  grads, d = [], d_out * e
+  for inputs, kernel in ((a2, k_out), (a1, k_hidden), (x_c, k_in)):
+    grads.append(
+      tf.raw_ops.Conv2DBackpropFilter(
+        input=inputs, filter_sizes=tf.shape(kernel), out_backprop=d, strides=[1, 1, 1, 1], padding='SAME'
+      )
+    )
+    grads.append(tf.raw_ops.BiasAddGrad(out_backprop=d))
+    d_inputs = tf.raw_ops.Conv2DBackpropInput(
+      input_sizes=tf.shape(inputs), filter=kernel, out_backprop=d, strides=[1, 1, 1, 1], padding='SAME'
+    )
+    d = tf.raw_ops.ReluGrad(gradients=d_inputs, features=inputs) if inputs is not x_c else d_inputs
+  d_k_out, d_b_out, d_k_hidden, d_b_hidden, d_k_in, d_b_in = grads
+  ordered = [d_k_in, d_b_in, d_k_hidden, d_b_hidden, d_k_out, d_b_out, d_logs]
+  return tf.cast(d, x.dtype), [tf.cast(g, w.dtype) for g, w in zip(ordered, weights)]
+
+
+def step_vjp(stack, parameters, x, activations: Activations, dy, dlog_det):
+  """(dx, [d parameter in `parameters`' order; None where unused]) of one step of `stack` (a StepStack whose
+  coupling `has_kernels`) at its input x, with the network's `activations` at that input."""
+  *head, coupling = stack.template
+  n_head = len(parameters) - len(coupling.parameter_variables())
+  head_floats = [p for p in parameters[:n_head] if p.dtype.is_floating]
+  h = tf.stop_gradient(network_output_from(coupling, parameters[n_head:], activations))
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch([x, *head_floats, h])
+    mid, ld_head = stack.apply_step(parameters[:n_head], x, inverse=True, layers=head)
+    x_a, x_b = coupling.split(mid)
+    z_b, ld = coupling.couple(x_b, h)
+  dy_a, dy_b = coupling.split(dy)
+  if ld.shape.rank == 0:  # additive: a constant log-det
+    dh, dx_b = tape.gradient(z_b, [h, x_b], output_gradients=dy_b)
+  else:
+    dh, dx_b = tape.gradient([z_b, ld], [h, x_b], output_gradients=[dy_b, dlog_det])
+  dx_a, network_grads = network_vjp(parameters[n_head:], x_a, activations, dh, coupling.network.compute_dtype)
+  d_mid = tf.concat([dy_a + dx_a, dx_b], axis=-1)
+  g = iter(tape.gradient([mid, ld_head], [x, *head_floats], output_gradients=[d_mid, dlog_det]))
+  del tape
+  dx = next(g)
+  head_grads = [next(g) if p.dtype.is_floating else None for p in parameters[:n_head]]
+  return dx, [*head_grads, *network_grads]

@@ -1,0 +1,127 @@
+"""The parts of a Glow level: its steps (actnorm -> permutation -> coupling), and how `Glow` builds them.
+
+`build_steps` decides once whether a level's K steps are a `StepStack` (stacked variables [K, ...] per
+parameter, one loop; the default layers, and any layer that follows the protocol in docs/design.md) or a
+`StepList` (each step owns its layers, unrolled: a custom coupling network, or a layer that cannot take
+its parameters as arguments, with a warning that names what is missing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Callable
+
+import keras
+import numpy as np
+
+from tfp_glow.bijectors.actnorm import ActNorm
+from tfp_glow.bijectors.base import GlowBijector
+from tfp_glow.bijectors.coupling import AffineCoupling
+from tfp_glow.bijectors.invertible_conv import Invertible1x1Conv
+from tfp_glow.bijectors.permutation import ChannelPermutation
+from tfp_glow.bijectors.split import SplitPrior
+from tfp_glow.bijectors.top_prior import TopPrior
+from tfp_glow.flow.stack import Steps, StepList, StepStack, takes_parameters
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+  """One step of flow, image -> latent order: actnorm -> permutation -> coupling."""
+
+  actnorm: ActNorm
+  permutation: GlowBijector
+  coupling: AffineCoupling
+
+  def bijectors(self) -> tuple[GlowBijector, GlowBijector, GlowBijector]:
+    return (self.actnorm, self.permutation, self.coupling)
+
+
+@dataclasses.dataclass(frozen=True)
+class Level:
+  """squeeze -> K steps -> exit: a SplitPrior (all levels but the last) or the TopPrior (or None)."""
+
+  steps: Steps  # a StepStack or a StepList (`tfp_glow.flow.stack`); iterate over `steps.steps`
+  exit: SplitPrior | TopPrior | None
+  shape: tuple[int, int, int]  # [h, w, c] after the squeeze
+  latent_shape: tuple[int, int, int]  # the part of the latent this level emits
+
+
+NetworkFn = Callable[[int, int], keras.layers.Layer]  # (in_channels, out_channels) -> Keras layer
+
+
+def build_steps(level, c, steps, width, coupling, permutation, coupling_network, rng, dtype) -> Steps:
+  """Level `level`'s K = `steps` steps on c channels: a StepStack where every layer can be stacked, else a
+  StepList. `coupling`, `permutation`: a name (see Glow) or a GlowBijector subclass (docs/design.md).
+  `rng`: the flow's numpy Generator (random rotations and shuffles)."""
+  if coupling_network is not None:
+    return StepList(
+      [step_with_own_layers(level, k, c, width, coupling, permutation, coupling_network, rng, dtype) for k in range(steps)]
+    )
+  prefix = f'level{level}_'
+  missing = [name for name, kind in (('coupling', coupling), ('permutation', permutation)) if not _stackable(kind)]
+  layers = [ActNorm.stacked(c, steps, dtype=dtype, name=prefix + 'actnorm')]
+  layers.append(_permutations(permutation, c, steps, int(rng.integers(2**31)), dtype, prefix))
+  layers.append(_couplings(coupling, c, steps, width, dtype, prefix))
+  built = [Step(*step) for step in zip(*layers)]
+  missing += [
+    f'{type(b).__name__} (parameter_variables, inverse_and_log_det_with, forward_and_log_det_with)'
+    for b in built[0].bijectors()
+    if not takes_parameters(b)
+  ]
+  if not missing:
+    return StepStack(built)
+  warnings.warn(
+    f'Glow level {level}: its {steps} steps run unrolled (a graph that grows with K), not as one loop: '
+    f'{", ".join(missing)} cannot be stacked. See docs/design.md, "Adding a layer".',
+    stacklevel=3,
+  )
+  return StepList(built)
+
+
+def _stackable(kind) -> bool:
+  return isinstance(kind, str) or hasattr(kind, 'stacked')
+
+
+def _couplings(kind, c, steps, width, dtype, prefix) -> list[GlowBijector]:
+  if isinstance(kind, str):
+    return AffineCoupling.stacked(c, steps, width, additive=(kind == 'additive'), dtype=dtype, name=prefix + 'coupling')
+  if hasattr(kind, 'stacked'):
+    return kind.stacked(c, steps, width=width, dtype=dtype, name=prefix + 'coupling')
+  return [kind(c, width=width, dtype=dtype, name=f'{prefix}step{k}_coupling') for k in range(steps)]
+
+
+def _permutations(kind, c, steps, seed, dtype, prefix) -> list[GlowBijector]:
+  if kind in ('conv_lu', 'conv'):
+    name = prefix + 'invertible_1x1_conv'
+    return Invertible1x1Conv.stacked(c, steps, kind == 'conv_lu', seed, dtype, name=name)
+  if isinstance(kind, str):
+    rng = np.random.default_rng(seed)
+    rows = [rng.permutation(c) if kind == 'shuffle' else np.arange(c)[::-1] for _ in range(steps)]
+    return ChannelPermutation.stacked(rows, dtype, name=prefix + kind)
+  if hasattr(kind, 'stacked'):
+    return kind.stacked(c, steps, seed=seed, dtype=dtype, name=prefix + 'permutation')
+  return [kind(c, seed=seed + k, dtype=dtype, name=f'{prefix}step{k}_permutation') for k in range(steps)]
+
+
+def step_with_own_layers(level, k, c, width, coupling, permutation, coupling_network, rng, dtype) -> Step:
+  """Step k of a level whose layers each own their parameters (a custom coupling network)."""
+  prefix = f'level{level}_step{k}_'
+  perm = _make_permutation(permutation, c, int(rng.integers(2**31)), dtype, prefix)
+  net = coupling_network(c // 2, (c - c // 2) * (1 if coupling == 'additive' else 2))
+  additive = coupling == 'additive'
+  return Step(
+    ActNorm(c, dtype=dtype, name=prefix + 'actnorm'),
+    perm,
+    AffineCoupling(c, width, additive=additive, network=net, dtype=dtype, name=prefix + 'coupling'),
+  )
+
+
+def _make_permutation(kind: str, channels: int, seed: int, dtype, prefix: str) -> GlowBijector:
+  if kind in ('conv_lu', 'conv'):
+    return Invertible1x1Conv(
+      channels, lu_decomposed=(kind == 'conv_lu'), seed=seed, dtype=dtype, name=prefix + 'invertible_1x1_conv'
+    )
+  if kind == 'shuffle':
+    return ChannelPermutation.shuffle(channels, seed=seed, dtype=dtype, name=prefix + 'shuffle')
+  return ChannelPermutation.reverse(channels, dtype=dtype, name=prefix + 'reverse')

@@ -1,0 +1,215 @@
+"""A level's K steps of flow, as one of two types that `Glow.__init__` chooses once:
+
+  StepStack  every parameter of a step is one variable [K, ...] (the default layers): the K steps run as
+             ONE `tf.while_loop` whose body applies step k with slice k of every stack, so neither the
+             graph nor its tracing grows with K, and a level has a handful of variables whatever K is.
+  StepList   each step's layers own their variables (a custom coupling network, or a layer that cannot
+             take its parameters as arguments): the steps run one after the other, unrolled.
+
+Both run image -> latent (`encode`) and latent -> image (`decode`) with plain TensorFlow autodiff, and
+initialize actnorm from data (`initialize`). How a level is differentiated is chosen elsewhere
+(`tfp_glow.flow.gradients`); it uses the per-step pieces here (`parameter_columns`, `step_parameters`,
+`apply_step`):
+
+  image -> latent:  h_0 = x;      h_{k+1}, ld_k = step(params[k], h_k)            k = 0 .. K-1
+  latent -> image:  h_K = z;      h_k, ld_k = step^-1(params[k], h_{k+1})        k = K-1 .. 0
+  log-det = sum_k ld_k,  step = actnorm -> permutation -> coupling (image -> latent order)
+
+Under XLA (`jit_compile=True`, `tfp_glow.flow.xla`) a stack's steps are unrolled with the same body (the
+stacks split with one `tf.unstack` each): XLA compiles unrolled steps well and while-loop gradients badly.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import tensorflow as tf
+
+from tfp_glow.bijectors.actnorm import ActNorm, data_init
+from tfp_glow.bijectors.base import GlowBijector
+from tfp_glow.flow.xla import tracing_for_xla
+
+if TYPE_CHECKING:
+  from tfp_glow.flow.level import Step
+
+
+class StepStack:
+  """K >= 1 steps whose layers are views of stacked variables (`GlowBijector.index` k of a layer holding
+  [K, ...] per parameter), each layer taking its parameters as arguments (`*_and_log_det_with`).
+
+  steps: the K steps, each a `Step` of TFP bijectors viewing slice k (step k's actnorm is an `ActNorm`).
+  variables: the stacks, flat in `apply_step`'s parameter order (actnorm's, the permutation's, the
+    coupling's), each [K, ...].
+  """
+
+  def __init__(self, steps: Sequence[Step]):
+    self.steps = tuple(steps)
+    self.template = self.steps[0].bijectors()  # step 0's layers compute every step, with step k's slices
+    self.variables = [v for b in self.template for v in b.parameter_variables()]
+    self._sizes = [len(b.parameter_variables()) for b in self.template]
+
+  def __len__(self) -> int:
+    return len(self.steps)
+
+  def unrolled(self) -> bool:
+    """True where the steps run as K copies of the body instead of one loop: under XLA, or K = 1."""
+    return len(self.steps) == 1 or tracing_for_xla()
+
+  # ---- the pieces of a step ----------------------------------------------------------------------
+
+  def parameter_columns(self, unroll: bool, values: Sequence[tf.Tensor] | None = None) -> list:
+    """Per stack, its K slices: a TensorArray (read k for step k), or with `unroll` a list. Each stack is
+    read once (or given as `values`), and its gradient is one [K, ...] tensor."""
+    values = [tf.convert_to_tensor(v) for v in self.variables] if values is None else list(values)
+    if unroll:
+      return [tf.unstack(v, num=len(self.steps)) for v in values]  # gradient: one Pack per variable
+    return [tf.TensorArray(v.dtype, size=len(self.steps), element_shape=v.shape[1:]).unstack(v) for v in values]
+
+  @staticmethod
+  def step_parameters(columns: list, k) -> list[tf.Tensor]:
+    """Step k's parameters from `parameter_columns`."""
+    return [c[k] if isinstance(c, list) else c.read(k) for c in columns]
+
+  def apply_step(self, parameters: Sequence[tf.Tensor], h: tf.Tensor, inverse: bool, layers=None):
+    """One step with `parameters` (flat, as `step_parameters`): image -> latent if `inverse`, else latent
+    -> image. `layers`: a prefix of the template (its parameters first in `parameters`). (h, log-det [N])."""
+    layers = self.template if layers is None else layers
+    parts, start = [], 0
+    for b, n in zip(layers, self._sizes):
+      parts.append((b, list(parameters[start : start + n])))
+      start += n
+    log_det = tf.zeros(tf.shape(h)[:1], h.dtype)
+    for b, p in parts if inverse else reversed(parts):
+      h, ld = (b.inverse_and_log_det_with if inverse else b.forward_and_log_det_with)(p, h)
+      log_det += ld
+    return h, log_det
+
+  # ---- the two directions, with plain autodiff ---------------------------------------------------
+
+  def encode(self, x: tf.Tensor, values: Sequence[tf.Tensor] | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+    """Image -> latent through the K steps: (y [N, h, w, c], sum of log-dets [N]). `values`: the stacks'
+    values, if already read."""
+    return self._loop(x, inverse=True, values=values)
+
+  def decode(self, z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Latent -> image, last step first: (x [N, h, w, c], sum of log-dets [N])."""
+    return self._loop(z, inverse=False)
+
+  def _loop(self, h, inverse, values=None):
+    k_steps, unroll = len(self.steps), self.unrolled()
+    columns = self.parameter_columns(unroll, values)
+
+    def body(k, h, log_det):
+      parameters = self.step_parameters(columns, k if inverse else k_steps - 1 - k)
+      h, ld = self.apply_step(parameters, h, inverse)
+      return k + 1, h, log_det + ld
+
+    log_det = tf.zeros(tf.shape(h)[:1], h.dtype)
+    if unroll:
+      for k in range(k_steps):
+        _, h, log_det = body(k, h, log_det)
+      return h, log_det
+    _, h, log_det = tf.while_loop(
+      lambda k, *_: k < k_steps, body, (tf.constant(0), h, log_det), maximum_iterations=k_steps
+    )
+    return h, log_det
+
+  def initialize(self, h: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Actnorm's data-dependent init of the K steps as one loop: step k's actnorm from the activations
+    it receives, then step k applied with them (each stack assigned once, after the loop):
+
+      (log_scale_k, bias_k) = data_init(h_k) unless initialized[k];   h_{k+1} = step_k(h_k)
+
+    Returns the image -> latent output and log-det, as `encode`."""
+    actnorm, k_steps = self.template[0], len(self.steps)
+    if not isinstance(actnorm, ActNorm):
+      raise ValueError('StepStack.initialize: expected steps that start with an actnorm.')
+    columns = self.parameter_columns(unroll=False)
+    flags = tf.convert_to_tensor(actnorm.layer.initialized)
+    new = [tf.TensorArray(actnorm.dtype, size=k_steps) for _ in range(2)]
+
+    def body(k, h, log_det, log_scales, biases):
+      parameters = self.step_parameters(columns, k)
+      done = tf.gather(flags, k)
+      log_scale, bias = (tf.where(done, old, init) for old, init in zip(parameters[:2], data_init(h)))
+      h, ld = self.apply_step([log_scale, bias, *parameters[2:]], h, inverse=True)
+      return k + 1, h, log_det + ld, log_scales.write(k, log_scale), biases.write(k, bias)
+
+    log_det = tf.zeros(tf.shape(h)[:1], h.dtype)
+    _, h, log_det, log_scales, biases = tf.while_loop(
+      lambda k, *_: k < k_steps, body, (tf.constant(0), h, log_det, *new), maximum_iterations=k_steps
+    )
+    actnorm.layer.log_scale.assign(log_scales.stack())
+    actnorm.layer.bias.assign(biases.stack())
+    actnorm.layer.initialized.assign(tf.ones_like(flags))
+    return h, log_det
+
+
+class StepList:
+  """K steps whose layers own their variables, run one after the other (unrolled: the graph grows with K).
+
+  steps: the K steps, each a `Step` of TFP bijectors. variables: every step's trainable variables.
+  """
+
+  def __init__(self, steps: Sequence[Step]):
+    self.steps = tuple(steps)
+    self.variables = [v for s in self.steps for b in s.bijectors() for v in b.trainable_variables]
+
+  def __len__(self) -> int:
+    return len(self.steps)
+
+  def unrolled(self) -> bool:
+    return True
+
+  def parameter_columns(self, unroll: bool) -> None:
+    return None  # each step reads its own variables
+
+  @staticmethod
+  def step_parameters(columns, k: int) -> int:
+    return k  # "step k's parameters" are its layers' own variables
+
+  def apply_step(self, k: int, h: tf.Tensor, inverse: bool):
+    """Step k, image -> latent if `inverse`, else latent -> image: (h, log-det [N])."""
+    layers = self.steps[k].bijectors()
+    log_det = tf.zeros(tf.shape(h)[:1], h.dtype)
+    for b in layers if inverse else reversed(layers):
+      h, ld = (b.inverse_and_log_det if inverse else b.forward_and_log_det)(h)
+      log_det += ld
+    return h, log_det
+
+  def encode(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    log_det = tf.zeros(tf.shape(x)[:1], x.dtype)
+    for k in range(len(self.steps)):
+      x, ld = self.apply_step(k, x, inverse=True)
+      log_det += ld
+    return x, log_det
+
+  def decode(self, z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    log_det = tf.zeros(tf.shape(z)[:1], z.dtype)
+    for k in reversed(range(len(self.steps))):
+      z, ld = self.apply_step(k, z, inverse=False)
+      log_det += ld
+    return z, log_det
+
+  def initialize(self, h: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Each actnorm from the activations of the (initialized) steps before it; returns as `encode`."""
+    log_det = tf.zeros(tf.shape(h)[:1], h.dtype)
+    for k, step in enumerate(self.steps):
+      step.actnorm.initialize(h)
+      h, ld = self.apply_step(k, h, inverse=True)
+      log_det += ld
+    return h, log_det
+
+
+Steps = StepStack | StepList
+
+
+def takes_parameters(bijector: GlowBijector) -> bool:
+  """True if `bijector` can be one of a StepStack's layers: it lists its (stacked) parameters and
+  implements both `*_and_log_det_with` (see docs/design.md, 'Adding a layer')."""
+  cls = type(bijector)
+  return (
+    bijector.parameter_variables() is not None
+    and cls.inverse_and_log_det_with is not GlowBijector.inverse_and_log_det_with
+    and cls.forward_and_log_det_with is not GlowBijector.forward_and_log_det_with
+  )
