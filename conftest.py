@@ -7,3 +7,21 @@ import os
 
 os.environ['TFP_GLOW_NOTEBOOK_QUICK'] = '1'
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+
+def pytest_addoption(parser):
+  parser.addoption('--slow', action='store_true', help='also run the tests marked slow (CI and README do)')
+
+
+def pytest_configure(config):
+  config.addinivalue_line('markers', 'slow: full-size builds, long trainings, traced autodiff matrices')
+
+
+def pytest_collection_modifyitems(config, items):
+  """Without --slow, the tests marked slow are deselected (and listed as such)."""
+  if config.getoption('--slow'):
+    return
+  slow = [item for item in items if item.get_closest_marker('slow')]
+  if slow:
+    config.hook.pytest_deselected(items=slow)
+    items[:] = [item for item in items if not item.get_closest_marker('slow')]

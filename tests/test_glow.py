@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
-from bijector_checks import perturb
 
 import tfp_glow as tg
+from tfp_glow.testing import perturb
 
 tfd = tfp.distributions
 

@@ -4,7 +4,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from bijector_checks import perturb
 
 from tfp_glow import data
 from tfp_glow.training import optim

@@ -4,9 +4,9 @@ the same flow as K steps that each own their variables, with a variable count th
 import numpy as np
 import pytest
 import tensorflow as tf
-from bijector_checks import assert_bijective, perturb
 
 import tfp_glow as tg
+from tfp_glow.testing import assert_bijective, perturb
 from tfp_glow.bijectors import nets
 from tfp_glow.bijectors.actnorm import ActNorm
 from tfp_glow.bijectors.coupling import AffineCoupling

@@ -114,7 +114,8 @@ def _stack_gradient(stack: StepStack, x, values, gradient, ask):
         kept = (h,) if store_inputs else ()
       return k + 1, y, log_det + ld, [_write(s, k, t, unroll) for s, t in zip(stored, kept)]
 
-    dtypes = ([x.dtype] if store_inputs else []) + [coupling.network.compute_dtype] * (3 * store_activations)
+    dtypes = [x.dtype] if store_inputs else []
+    dtypes += [coupling.network.compute_dtype] * 3 if store_activations else []
     log_det = tf.zeros(tf.shape(x)[:1], x.dtype)
     stored = [_new_array(k_steps, unroll, dtype) for dtype in dtypes]
     y, log_det, stored = _run(forward, k_steps, unroll, x, log_det, stored)

@@ -80,13 +80,13 @@ def build_steps(level, c, steps, width, coupling, permutation, coupling_network,
 
 
 def _stackable(kind) -> bool:
-  return isinstance(kind, str) or hasattr(kind, 'stacked')
+  return isinstance(kind, str) or callable(getattr(kind, 'stacked', None))
 
 
 def _couplings(kind, c, steps, width, dtype, prefix) -> list[GlowBijector]:
   if isinstance(kind, str):
     return AffineCoupling.stacked(c, steps, width, additive=(kind == 'additive'), dtype=dtype, name=prefix + 'coupling')
-  if hasattr(kind, 'stacked'):
+  if _stackable(kind):
     return kind.stacked(c, steps, width=width, dtype=dtype, name=prefix + 'coupling')
   return [kind(c, width=width, dtype=dtype, name=f'{prefix}step{k}_coupling') for k in range(steps)]
 
@@ -99,7 +99,7 @@ def _permutations(kind, c, steps, seed, dtype, prefix) -> list[GlowBijector]:
     rng = np.random.default_rng(seed)
     rows = [rng.permutation(c) if kind == 'shuffle' else np.arange(c)[::-1] for _ in range(steps)]
     return ChannelPermutation.stacked(rows, dtype, name=prefix + kind)
-  if hasattr(kind, 'stacked'):
+  if _stackable(kind):
     return kind.stacked(c, steps, seed=seed, dtype=dtype, name=prefix + 'permutation')
   return [kind(c, seed=seed + k, dtype=dtype, name=f'{prefix}step{k}_permutation') for k in range(steps)]
 

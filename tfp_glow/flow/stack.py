@@ -33,7 +33,22 @@ if TYPE_CHECKING:
   from tfp_glow.flow.level import Step
 
 
-class StepStack:
+class _Steps:
+  """What both kinds share: a sequence of `Step`s (`len`, `steps[k]`, iteration)."""
+
+  steps: tuple[Step, ...]
+
+  def __len__(self) -> int:
+    return len(self.steps)
+
+  def __getitem__(self, k: int) -> Step:
+    return self.steps[k]
+
+  def __iter__(self):
+    return iter(self.steps)
+
+
+class StepStack(_Steps):
   """K >= 1 steps whose layers are views of stacked variables (`GlowBijector.index` k of a layer holding
   [K, ...] per parameter), each layer taking its parameters as arguments (`*_and_log_det_with`).
 
@@ -47,9 +62,6 @@ class StepStack:
     self.template = self.steps[0].bijectors()  # step 0's layers compute every step, with step k's slices
     self.variables = [v for b in self.template for v in b.parameter_variables()]
     self._sizes = [len(b.parameter_variables()) for b in self.template]
-
-  def __len__(self) -> int:
-    return len(self.steps)
 
   def unrolled(self) -> bool:
     """True where the steps run as K copies of the body instead of one loop: under XLA, or K = 1."""
@@ -145,7 +157,7 @@ class StepStack:
     return h, log_det
 
 
-class StepList:
+class StepList(_Steps):
   """K steps whose layers own their variables, run one after the other (unrolled: the graph grows with K).
 
   steps: the K steps, each a `Step` of TFP bijectors. variables: every step's trainable variables.
@@ -154,9 +166,6 @@ class StepList:
   def __init__(self, steps: Sequence[Step]):
     self.steps = tuple(steps)
     self.variables = [v for s in self.steps for b in s.bijectors() for v in b.trainable_variables]
-
-  def __len__(self) -> int:
-    return len(self.steps)
 
   def unrolled(self) -> bool:
     return True
