@@ -50,8 +50,8 @@ import numpy as np
 import tensorflow as tf
 
 import tfp_glow
-from tfp_glow.images import image_grid
 from tfp_glow.data import load_dataset, to_uint8
+from tfp_glow.images import image_grid
 from tfp_glow.training.model import GlowModel
 from tfp_glow.training.optim import default_optimizer
 

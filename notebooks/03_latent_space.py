@@ -39,8 +39,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import tensorflow as tf
 
-from tfp_glow.images import image_grid
 from tfp_glow.data import DIGITS_BINS, dequantize, load_dataset, load_digits, to_uint8
+from tfp_glow.images import image_grid
 from tfp_glow.training.model import GlowModel
 from tfp_glow.training.optim import default_optimizer
 

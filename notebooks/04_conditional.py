@@ -45,8 +45,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import tensorflow as tf
 
-from tfp_glow.images import image_grid
 from tfp_glow.data import dequantize, load_dataset, load_digits
+from tfp_glow.images import image_grid
 from tfp_glow.training.model import GlowModel
 from tfp_glow.training.optim import default_optimizer
 

@@ -148,7 +148,9 @@ CASES = [
     gradient,
     network,
     mode,
-    marks=[pytest.mark.slow] if mode in TRACED and (mode, network) != ('gradient tf.function', 'stack') else [],
+    marks=[pytest.mark.slow]
+    if mode in TRACED and (mode, network) != ('gradient tf.function', 'stack')
+    else [],
   )
   for gradient in GRADIENTS
   for network in ('stack', 'list')
@@ -215,7 +217,9 @@ def test_the_hand_built_gradients_run_where_only_a_first_order_gradient_is_taken
 def test_the_training_step_uses_its_gradient_without_asking(monkeypatch):
   calls = []
   original = gradients._stack_gradient
-  monkeypatch.setattr(gradients, '_stack_gradient', lambda *a, **k: calls.append((a[3], a[4])) or original(*a, **k))
+  monkeypatch.setattr(
+    gradients, '_stack_gradient', lambda *a, **k: calls.append((a[3], a[4])) or original(*a, **k)
+  )
   model = tg.GlowModel((8, 8, 1), levels=2, steps=2, width=4, n_bins=17, seed=0)
   assert model.training_gradient == 'stored' and model.glow.gradient == 'autodiff'
   model.compile()
@@ -229,7 +233,7 @@ def test_the_training_step_uses_its_gradient_without_asking(monkeypatch):
 
 
 def test_bad_gradient_names_are_refused():
-  with pytest.raises(ValueError, match="gradient must be one of"):
+  with pytest.raises(ValueError, match='gradient must be one of'):
     tg.Glow(SHAPE, levels=1, steps=1, width=4, gradient='fast')
   with pytest.raises(ValueError, match='disagree'):
     tg.Glow(SHAPE, levels=1, steps=1, width=4, gradient='stored', memory_saving='inverse')

@@ -1,6 +1,6 @@
 """Every bad input a user can give, and the one clear error (or the TFP-style result) it gets.
 
-README's "Troubleshooting" section lists these rows; add a row here when you add one there.
+docs/troubleshooting.md lists these rows; add a row here when you add one there.
 """
 
 import functools

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+
 import tfp_glow as tg
 from tfp_glow.testing import (
   assert_bijective,
@@ -77,7 +78,9 @@ CASES = {
   # Every level gradient (tfp_glow.flow.gradients) under the contract's Jacobians of both directions.
   **{
     f'glow_{gradient}': (
-      lambda gradient=gradient: tg.Glow((4, 4, 2), levels=2, steps=2, width=8, gradient=gradient, seed=5, dtype=F64),
+      lambda gradient=gradient: tg.Glow(
+        (4, 4, 2), levels=2, steps=2, width=8, gradient=gradient, seed=5, dtype=F64
+      ),
       (4, 4, 2),
       None,
     )

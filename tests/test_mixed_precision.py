@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tfp_glow import data
+from tfp_glow.testing import perturb
 from tfp_glow.training import optim
 from tfp_glow.training.model import GlowModel
 

@@ -18,7 +18,9 @@ from tfp_glow.testing import check_bijector, perturb
 
 
 def perturbed_glow(**kwargs):
-  glow = tg.Glow(**{**dict(image_shape=(8, 8, 2), levels=2, steps=3, width=8, seed=0, dtype=tf.float64), **kwargs})
+  glow = tg.Glow(
+    **{**dict(image_shape=(8, 8, 2), levels=2, steps=3, width=8, seed=0, dtype=tf.float64), **kwargs}
+  )
   perturb(glow, 0.1)
   return glow
 
@@ -34,7 +36,8 @@ def one_by_one(steps, x):
 
 
 @pytest.mark.parametrize(
-  'coupling, permutation', [('affine', 'conv_lu'), ('affine', 'conv'), ('additive', 'shuffle'), ('affine', 'reverse')]
+  'coupling, permutation',
+  [('affine', 'conv_lu'), ('affine', 'conv'), ('additive', 'shuffle'), ('affine', 'reverse')],
 )
 @pytest.mark.parametrize('graph', [False, True], ids=['eager', 'graph'])
 def test_the_loop_equals_the_steps_one_by_one(coupling, permutation, graph):
@@ -86,7 +89,9 @@ def test_under_xla_the_steps_are_unrolled_and_give_the_same_values():
 
 def test_a_custom_network_makes_a_step_list():
   def custom(in_channels, out_channels):
-    return keras.Sequential([keras.Input((None, None, in_channels)), keras.layers.Conv2D(out_channels, 3, padding='same')])
+    return keras.Sequential(
+      [keras.Input((None, None, in_channels)), keras.layers.Conv2D(out_channels, 3, padding='same')]
+    )
 
   glow = tg.Glow((8, 8, 2), levels=1, steps=2, width=8, coupling_network=custom)
   assert isinstance(glow.levels[0].steps, StepList)
@@ -179,7 +184,9 @@ class ToyCoupling(GlowBijector):
 def test_a_new_coupling_that_follows_the_protocol_runs_as_one_loop(gradient):
   with warnings.catch_warnings():
     warnings.simplefilter('error')  # no "runs unrolled" warning
-    glow = tg.Glow((4, 4, 2), levels=2, steps=3, width=8, coupling=ToyCoupling, gradient=gradient, seed=0, dtype=tf.float64)
+    glow = tg.Glow(
+      (4, 4, 2), levels=2, steps=3, width=8, coupling=ToyCoupling, gradient=gradient, seed=0, dtype=tf.float64
+    )
   assert all(isinstance(level.steps, StepStack) for level in glow.levels)
   assert isinstance(glow.levels[0].steps[2].coupling, ToyCoupling)
   perturb(glow)

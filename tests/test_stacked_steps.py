@@ -6,13 +6,13 @@ import pytest
 import tensorflow as tf
 
 import tfp_glow as tg
-from tfp_glow.testing import assert_bijective, perturb
 from tfp_glow.bijectors import nets
 from tfp_glow.bijectors.actnorm import ActNorm
 from tfp_glow.bijectors.coupling import AffineCoupling
 from tfp_glow.bijectors.invertible_conv import Invertible1x1Conv
 from tfp_glow.bijectors.permutation import ChannelPermutation
 from tfp_glow.bijectors.squeeze import Squeeze
+from tfp_glow.testing import assert_bijective, perturb
 
 ARGS = dict(image_shape=(8, 8, 2), levels=2, steps=3, width=8, seed=0, dtype=tf.float64)
 

@@ -4,9 +4,6 @@ Direction, as in TFP: forward = latent -> image (sampling), inverse = image -> l
 """
 
 from tfp_glow import atomic, bijectors, data
-from tfp_glow.training import callbacks
-from tfp_glow.training import guard
-from tfp_glow.training import optim
 from tfp_glow.bijectors import (
   ActNorm,
   AffineCoupling,
@@ -18,6 +15,7 @@ from tfp_glow.bijectors import (
 )
 from tfp_glow.distribution import GlowDistribution
 from tfp_glow.flow.glow import Glow
+from tfp_glow.training import callbacks, guard, optim
 from tfp_glow.training.model import GlowModel
 
 __version__ = '0.1.0'

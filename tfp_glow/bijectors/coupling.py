@@ -55,7 +55,7 @@ class AffineCoupling(GlowBijector):
     self._split = channels // 2  # size of x_a
     out = (channels - self._split) * (1 if additive else 2)
     # The default network also runs with its weights as arguments (`parameter_variables`), which lets
-    # `tfp_glow.step_loop` run K steps as one loop; a custom network is called as a Keras layer.
+    # a StepStack (`tfp_glow.flow.stack`) run K steps as one loop; a custom network is called as a Keras layer.
     self._default_network = network is None
     index = None
     if stack is not None:

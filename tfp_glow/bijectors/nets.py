@@ -117,16 +117,22 @@ def coupling_network_weights(network: keras.Sequential) -> list[keras.Variable]:
 
 
 def apply_coupling_network(
-  weights: list[tf.Tensor], x: tf.Tensor, compute_dtype: tf.DType | str, logscale_factor: float = LOGSCALE_FACTOR
+  weights: list[tf.Tensor],
+  x: tf.Tensor,
+  compute_dtype: tf.DType | str,
+  logscale_factor: float = LOGSCALE_FACTOR,
 ) -> tf.Tensor:
-  """`coupling_network`'s function with its weights as arguments (what `tfp_glow.step_loop` needs):
+  """`coupling_network`'s function with its weights as arguments (what `tfp_glow.flow.stack.StepStack` needs):
   the same ops as the Keras layers, computed in `compute_dtype` (bfloat16/float16 under a mixed policy,
   the weights cast as Keras casts them). [N, H, W, in_channels] -> [N, H, W, out_channels]."""
   return coupling_network_activations(weights, x, compute_dtype, logscale_factor)[0]
 
 
 def coupling_network_activations(
-  weights: list[tf.Tensor], x: tf.Tensor, compute_dtype: tf.DType | str, logscale_factor: float = LOGSCALE_FACTOR
+  weights: list[tf.Tensor],
+  x: tf.Tensor,
+  compute_dtype: tf.DType | str,
+  logscale_factor: float = LOGSCALE_FACTOR,
 ) -> tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
   """`apply_coupling_network`, also returning what `coupling_network_vjp` needs, all in `compute_dtype`:
   (out, (a1, a2, pre)), with a1, a2 the two hidden ReLU outputs [N, H, W, width] and pre the last
@@ -141,7 +147,7 @@ def coupling_network_activations(
 class StackedCouplingNetworks(keras.layers.Layer):
   """The weights of K `coupling_network`s, each stacked over the K steps of a Glow level ([K, ...]), in
   `coupling_network_weights`' order (`weights_in_order()`): what lets a level run its K couplings as one
-  loop with a handful of variables (`tfp_glow.step_loop`). Step k's network is
+  loop with a handful of variables (`tfp_glow.flow.stack.StepStack`). Step k's network is
   `apply_coupling_network([w[k] for w in weights_in_order()], x, compute_dtype)`.
 
   Each step's weights start as a `coupling_network`'s do: Glorot-uniform kernels (drawn per step, with

@@ -26,8 +26,6 @@ import tensorflow as tf
 
 from tfp_glow import data as glow_data
 from tfp_glow import manipulation
-from tfp_glow.training import guard
-from tfp_glow.images import read_image
 from tfp_glow.cli.common import (
   Diverged,
   UsageError,
@@ -39,6 +37,8 @@ from tfp_glow.cli.common import (
 )
 from tfp_glow.cli.flags import DEFAULTS, LARGE_DEFAULTS, SAMPLE_TEMPERATURE, build_parser
 from tfp_glow.cli.train import train
+from tfp_glow.images import read_image
+from tfp_glow.training import guard
 from tfp_glow.training.model import GlowModel
 
 # Re-exported: `tfp_glow.cli.DEFAULTS` is where README points for the per-data-set defaults.

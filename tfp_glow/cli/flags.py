@@ -9,8 +9,8 @@ import argparse
 from typing import Callable
 
 from tfp_glow import configs
-from tfp_glow.training import distribute
 from tfp_glow import data as glow_data
+from tfp_glow.training import distribute
 from tfp_glow.training.precision import PRECISIONS
 
 LARGE_DEFAULTS = dict(
@@ -105,7 +105,7 @@ def build_parser(
     choices=('off', 'inverse', 'checkpoint'),
     default='off',
     help="memory-saving gradients: recompute each step's activations in the backward pass through the exact "
-    "inverse, or per-step checkpoints (tfp_glow.reversible); for the paper's sizes on GPUs",
+    "inverse, or per-step checkpoints (tfp_glow.flow.gradients); for the paper's sizes on GPUs",
   )
   p.add_argument(
     '--precision',

@@ -14,10 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_glow import atomic, configs
-from tfp_glow.training import distribute
-from tfp_glow.training import guard
 from tfp_glow import data as glow_data
-from tfp_glow.training.callbacks import BackupUnreadableError, SampleGrid
 from tfp_glow.cli.common import (
   Diverged,
   UsageError,
@@ -29,9 +26,11 @@ from tfp_glow.cli.common import (
   save_grid,
 )
 from tfp_glow.cli.flags import DEFAULTS, LARGE_DEFAULTS, SAMPLE_TEMPERATURE
+from tfp_glow.training import distribute, guard
+from tfp_glow.training.callbacks import BackupUnreadableError, SampleGrid
 from tfp_glow.training.model import GlowModel
-from tfp_glow.training.precision import global_policy
 from tfp_glow.training.optim import default_optimizer
+from tfp_glow.training.precision import global_policy
 
 # Other config changes would invalidate a backup.
 _MAY_CHANGE_ON_RESUME = ('epochs', 'sample_every', 'max_consecutive_skips')

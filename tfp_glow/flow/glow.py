@@ -327,7 +327,9 @@ def _check_config(image_shape, levels, steps, width, coupling, permutation, num_
       f'(one 2x2 squeeze per level), got {shape[0]}x{shape[1]} with levels={levels}.'
     )
   if not (coupling in COUPLINGS or _is_layer_class(coupling)):
-    raise ValueError(f'Glow: coupling must be one of {COUPLINGS} or a GlowBijector subclass, got {coupling!r}.')
+    raise ValueError(
+      f'Glow: coupling must be one of {COUPLINGS} or a GlowBijector subclass, got {coupling!r}.'
+    )
   if not (permutation in PERMUTATIONS or _is_layer_class(permutation)):
     raise ValueError(
       f'Glow: permutation must be one of {PERMUTATIONS} or a GlowBijector subclass, got {permutation!r}.'

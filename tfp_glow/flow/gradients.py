@@ -47,7 +47,9 @@ def check_gradient(gradient: str | None = None, memory_saving: bool | str | None
   if memory_saving not in (None, False):
     alias = 'inverse' if memory_saving is True else memory_saving
     if alias not in ('inverse', 'checkpoint'):
-      raise ValueError(f"memory_saving must be False, True, 'inverse' or 'checkpoint', got {memory_saving!r}.")
+      raise ValueError(
+        f"memory_saving must be False, True, 'inverse' or 'checkpoint', got {memory_saving!r}."
+      )
     if gradient not in (None, alias):
       raise ValueError(f'gradient={gradient!r} and memory_saving={memory_saving!r} disagree; give one.')
     return alias
@@ -159,7 +161,12 @@ def _stack_gradient(stack: StepStack, x, values, gradient, ask):
 
 def _list_gradient(steps, x, gradient, ask):
   """'checkpoint' or 'inverse' for a StepList (steps owning their variables), unrolled."""
-  owner = {_tf_variable(v).ref(): k for k, s in enumerate(steps.steps) for b in s.bijectors() for v in b.trainable_variables}
+  owner = {
+    _tf_variable(v).ref(): k
+    for k, s in enumerate(steps.steps)
+    for b in s.bijectors()
+    for v in b.trainable_variables
+  }
 
   @tf.custom_gradient
   def level(x):
@@ -182,7 +189,9 @@ def _list_gradient(steps, x, gradient, ask):
         return g[0], g[1:]
       for v in variables:
         if v.ref() not in owner:
-          raise ValueError(f"The variable {v.name} is read inside the flow's steps but is no step's parameter.")
+          raise ValueError(
+            f"The variable {v.name} is read inside the flow's steps but is no step's parameter."
+          )
       grads, y_k = {}, y
       for k in reversed(range(len(steps))):
         if gradient == 'inverse':

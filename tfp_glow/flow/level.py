@@ -22,7 +22,7 @@ from tfp_glow.bijectors.invertible_conv import Invertible1x1Conv
 from tfp_glow.bijectors.permutation import ChannelPermutation
 from tfp_glow.bijectors.split import SplitPrior
 from tfp_glow.bijectors.top_prior import TopPrior
-from tfp_glow.flow.stack import Steps, StepList, StepStack, takes_parameters
+from tfp_glow.flow.stack import StepList, Steps, StepStack, takes_parameters
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,10 +56,15 @@ def build_steps(level, c, steps, width, coupling, permutation, coupling_network,
   `rng`: the flow's numpy Generator (random rotations and shuffles)."""
   if coupling_network is not None:
     return StepList(
-      [step_with_own_layers(level, k, c, width, coupling, permutation, coupling_network, rng, dtype) for k in range(steps)]
+      [
+        step_with_own_layers(level, k, c, width, coupling, permutation, coupling_network, rng, dtype)
+        for k in range(steps)
+      ]
     )
   prefix = f'level{level}_'
-  missing = [name for name, kind in (('coupling', coupling), ('permutation', permutation)) if not _stackable(kind)]
+  missing = [
+    name for name, kind in (('coupling', coupling), ('permutation', permutation)) if not _stackable(kind)
+  ]
   layers = [ActNorm.stacked(c, steps, dtype=dtype, name=prefix + 'actnorm')]
   layers.append(_permutations(permutation, c, steps, int(rng.integers(2**31)), dtype, prefix))
   layers.append(_couplings(coupling, c, steps, width, dtype, prefix))
@@ -85,7 +90,9 @@ def _stackable(kind) -> bool:
 
 def _couplings(kind, c, steps, width, dtype, prefix) -> list[GlowBijector]:
   if isinstance(kind, str):
-    return AffineCoupling.stacked(c, steps, width, additive=(kind == 'additive'), dtype=dtype, name=prefix + 'coupling')
+    return AffineCoupling.stacked(
+      c, steps, width, additive=(kind == 'additive'), dtype=dtype, name=prefix + 'coupling'
+    )
   if _stackable(kind):
     return kind.stacked(c, steps, width=width, dtype=dtype, name=prefix + 'coupling')
   return [kind(c, width=width, dtype=dtype, name=f'{prefix}step{k}_coupling') for k in range(steps)]

@@ -75,7 +75,9 @@ class StepStack(_Steps):
     values = [tf.convert_to_tensor(v) for v in self.variables] if values is None else list(values)
     if unroll:
       return [tf.unstack(v, num=len(self.steps)) for v in values]  # gradient: one Pack per variable
-    return [tf.TensorArray(v.dtype, size=len(self.steps), element_shape=v.shape[1:]).unstack(v) for v in values]
+    return [
+      tf.TensorArray(v.dtype, size=len(self.steps), element_shape=v.shape[1:]).unstack(v) for v in values
+    ]
 
   @staticmethod
   def step_parameters(columns: list, k) -> list[tf.Tensor]:

@@ -44,7 +44,7 @@ def _missing() -> bool:
   if not _warned:
     _warned = True
     warnings.warn(
-      "tfp_glow: this TensorFlow lacks the private helpers that tell a first-order gradient from a higher "
+      'tfp_glow: this TensorFlow lacks the private helpers that tell a first-order gradient from a higher '
       "order one (see tfp_glow.flow.tape_state); the memory-saving gradients ('stored', 'inverse', "
       "'checkpoint') step aside to TensorFlow's own gradient outside GlowModel's training step.",
       RuntimeWarning,

@@ -9,7 +9,6 @@ the backup's bookkeeping file atomic and turns an unreadable backup into one cle
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Sequence
 

@@ -11,12 +11,12 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_glow import atomic
-from tfp_glow.training import guard
-from tfp_glow.training import inputs as model_inputs
 from tfp_glow import data as glow_data
 from tfp_glow.distribution import GlowDistribution, bits_per_dim
 from tfp_glow.flow.glow import Glow
 from tfp_glow.flow.gradients import check_gradient, first_order_training
+from tfp_glow.training import guard
+from tfp_glow.training import inputs as model_inputs
 from tfp_glow.training.optim import default_optimizer
 
 
