@@ -10,7 +10,9 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 
 def pytest_addoption(parser):
-  parser.addoption('--slow', action='store_true', help='also run the tests marked slow (CI and README do)')
+  parser.addoption(
+    '--slow', action='store_true', help='also run the tests marked slow and the notebooks (CI and README do)'
+  )
 
 
 def pytest_configure(config):
@@ -21,7 +23,8 @@ def pytest_collection_modifyitems(config, items):
   """Without --slow, the tests marked slow are deselected (and listed as such)."""
   if config.getoption('--slow'):
     return
-  slow = [item for item in items if item.get_closest_marker('slow')]
+  # The notebooks (nbmake) train models: they count as slow.
+  slow = [item for item in items if item.get_closest_marker('slow') or item.path.suffix == '.ipynb']
   if slow:
     config.hook.pytest_deselected(items=slow)
     items[:] = [item for item in items if not item.get_closest_marker('slow')]

@@ -51,6 +51,7 @@ def check_complete(out):
     assert len(json.load(f)['pad']) == 100000
 
 
+@pytest.mark.slow
 def test_a_kill_at_any_moment_leaves_every_file_complete(tmp_path):
   """One writer process, frozen (SIGSTOP) at several moments while its files are copied: each copy
   is what a kill at that moment would leave on disk. Then a real SIGKILL, and its files checked."""

@@ -218,7 +218,7 @@ def test_the_training_step_uses_its_gradient_without_asking(monkeypatch):
   calls = []
   original = gradients._stack_gradient
   monkeypatch.setattr(
-    gradients, '_stack_gradient', lambda *a, **k: calls.append((a[3], a[4])) or original(*a, **k)
+    gradients, '_stack_gradient', lambda *a, **k: calls.append((a[3], k['ask'])) or original(*a, **k)
   )
   model = tg.GlowModel((8, 8, 1), levels=2, steps=2, width=4, n_bins=17, seed=0)
   assert model.training_gradient == 'stored' and model.glow.gradient == 'autodiff'

@@ -136,6 +136,7 @@ def test_final_model_loads_and_matches_the_metrics(run):
   assert abs(bpd - metrics['test_bits_per_dim']) < 0.02
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('precision', ['mixed_bfloat16', 'mixed_float16'])
 def test_train_in_mixed_precision(run, tmp_path, precision):
   out = tmp_path / precision
@@ -151,6 +152,7 @@ def test_train_in_mixed_precision(run, tmp_path, precision):
   assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (precision == 'mixed_float16')
 
 
+@pytest.mark.slow
 def test_rerun_after_a_finished_run_trains_afresh(tmp_path, capsys):
   out = tmp_path / 'again'
   assert cli.main(['train', *TINY, '--epochs', '1', '--out', str(out)]) == 0
@@ -168,6 +170,7 @@ def test_rerun_after_a_finished_run_trains_afresh(tmp_path, capsys):
   assert not (out / 'backup').exists()
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_where_it_stopped(tmp_path, monkeypatch, capsys):
   out = tmp_path / 'killed'
 
@@ -195,6 +198,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, monkeypatch, capsys):
   assert not (out / 'backup').exists()
 
 
+@pytest.mark.slow
 def test_conditional_training_samples_and_evaluation(tmp_path, capsys):
   out = tmp_path / 'cond'
   assert cli.main(['train', *TINY, '--levels', '1', '--epochs', '2', '--conditional', '--out', str(out)]) == 0
@@ -449,6 +453,7 @@ def test_evaluate_and_sample_refuse_a_nan_model_with_strict_json(tmp_path, capsy
   assert 'NaN or Inf' in capsys.readouterr().err and not (tmp_path / 's.png').exists()
 
 
+@pytest.mark.slow
 def test_unreadable_backup_gets_one_line_naming_it(tmp_path, monkeypatch, capsys):
   out = tmp_path / 'killed'
 

@@ -9,7 +9,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from tfp_glow import cli, configs
-from tfp_glow.cli import train as cli_train
+from tfp_glow.cli import train_command as cli_train
 from tfp_glow.flow.glow import Glow
 
 PAPER = ('cifar10', 'cifar10_conditional', 'imagenet32', 'imagenet64', 'celeba_hq256', 'mnist')
@@ -56,6 +56,7 @@ def _build_and_count(c: configs.GlowConfig) -> tuple[int, list]:
   return count, shapes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', PAPER)
 def test_config_builds_at_its_published_size(name):
   c = configs.get_config(name)
@@ -86,6 +87,7 @@ def test_published_settings():
   assert mnist.pad_to_32 and mnist.image_shape == (32, 32, 1)
 
 
+@pytest.mark.slow
 def test_ablation_configs_cover_the_papers_grid():
   """Every permutation with every coupling, otherwise CIFAR-10's settings; their sizes (at K=2, the
   per-step formula is what differs) match the count."""

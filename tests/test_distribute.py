@@ -62,6 +62,7 @@ def result():
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_two_replicas_trains_every_variable(result):
   assert result['replicas'] == 2
   assert result['initialized'] and result['replicas_equal']
@@ -138,6 +139,7 @@ def _finish(procs, timeout=240) -> list[str]:
   return outputs
 
 
+@pytest.mark.slow
 def test_multi_worker_run_resumes_after_a_worker_is_killed_and_ends_bit_identical(tmp_path):
   """Two workers train; worker 1 is killed after the chief's first backup; both are restarted with the
   same command, resume from that backup, finish, and hold bit-identical weights."""
@@ -230,6 +232,7 @@ TRAJECTORY = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_follows_the_single_device_loss_trajectory():
   """Same global batch (250 = 2 x 125), same initial weights and data: the per-step training loss
   (Keras' running mean over the epoch, bits/dim) of 2 replicas stays within 1e-4 bits/dim of one

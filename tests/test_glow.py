@@ -181,6 +181,7 @@ def test_other_base_distribution_and_tfp_minimize_trains_every_parameter():
     assert not np.allclose(v.numpy(), old), v.name
 
 
+@pytest.mark.slow
 def test_distribution_in_tf_function_and_xla_with_unknown_batch():
   glow = small_glow(num_classes=2)
   perturb(glow)

@@ -46,6 +46,7 @@ def bad_batches(x):
   }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('jit_compile', [False, True])
 def test_a_bad_batch_leaves_every_weight_and_optimizer_variable_bit_identical(jit_compile):
   model = trained_model(jit_compile)

@@ -58,6 +58,7 @@ def test_learning_rate_scheduler_and_warmup_multiply(tmp_path):
   np.testing.assert_allclose(float(loaded.optimizer.learning_rate), 5e-3, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_warmup_scales_the_first_steps():
   """Adamax's first step moves each weight by about lr * factor (|m / u| = 1 - beta1 ... at step 1)."""
   sizes = []

@@ -56,6 +56,7 @@ def test_log_prob_under_a_mixed_policy_is_close_to_float32_and_only_networks_are
     assert not np.allclose(v.numpy(), w0), f'{v.path} was not trained'
 
 
+@pytest.mark.slow
 def test_short_bfloat16_digits_run_matches_float32_within_0_02_bits_per_dim(policy):
   """The same short training run (same seed, data and initial weights) in float32 and in mixed_bfloat16."""
   train, _ = data.load_dataset('digits', 'train', batch_size=128, seed=0)

@@ -57,6 +57,7 @@ def test_fit_with_a_partial_last_batch_and_numpy_arrays():
   assert np.isfinite(history.history['bits_per_dim'][-1])
 
 
+@pytest.mark.slow
 def test_short_training_on_digits_beats_the_uniform_model_by_far():
   """A uniform model over 17 levels scores log2(17) = 4.09 bits/dim; measured here after 15 epochs:
   ~2.97 (L=2, K=4, width 32). The threshold leaves margin for other seeds and TF versions."""
@@ -85,6 +86,7 @@ def test_save_load_keras_file_and_weights_keep_log_prob_and_actnorm_init(tmp_pat
   np.testing.assert_allclose(fresh.log_prob(x), expected, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_saved_model_export_loads_without_the_python_classes(tmp_path):
   model = tiny_model()
   model.fit(digits().take(2), epochs=1, verbose=0)
@@ -156,6 +158,7 @@ def test_bad_input_gets_a_clear_error(tmp_path):
     keras.models.load_model(corrupt)
 
 
+@pytest.mark.slow
 def test_fit_under_xla_trains_and_matches_eager_log_prob():
   model = GlowModel((8, 8, 1), levels=2, steps=1, width=8, n_bins=17, seed=0)
   model.compile(optimizer=optim.default_optimizer(1e-2, warmup_steps=1), jit_compile=True)

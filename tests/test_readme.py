@@ -4,6 +4,7 @@ import pathlib
 import re
 
 import numpy as np
+import pytest
 
 README = pathlib.Path(__file__).resolve().parent.parent / 'README.md'
 
@@ -12,6 +13,7 @@ def python_blocks():
   return re.findall(r'```python\n(.*?)```', README.read_text(), flags=re.S)
 
 
+@pytest.mark.slow
 def test_readme_examples_run(tmp_path, monkeypatch):
   blocks = python_blocks()
   assert len(blocks) >= 2

@@ -180,7 +180,14 @@ class ToyCoupling(GlowBijector):
     return tf.concat([z_a, x_b], -1), -tf.cast(z.shape[1] * z.shape[2], z.dtype) * tf.reduce_sum(a)
 
 
-@pytest.mark.parametrize('gradient', ['autodiff', 'stored', 'inverse'])
+@pytest.mark.parametrize(
+  'gradient',
+  [
+    'stored',
+    pytest.param('autodiff', marks=pytest.mark.slow),
+    pytest.param('inverse', marks=pytest.mark.slow),
+  ],
+)
 def test_a_new_coupling_that_follows_the_protocol_runs_as_one_loop(gradient):
   with warnings.catch_warnings():
     warnings.simplefilter('error')  # no "runs unrolled" warning

@@ -36,7 +36,7 @@ from tfp_glow.cli.common import (
   save_grid,
 )
 from tfp_glow.cli.flags import DEFAULTS, LARGE_DEFAULTS, SAMPLE_TEMPERATURE, build_parser
-from tfp_glow.cli.train import train
+from tfp_glow.cli.train_command import train
 from tfp_glow.images import read_image
 from tfp_glow.training import guard
 from tfp_glow.training.model import GlowModel
@@ -228,7 +228,3 @@ def main(argv: list[str] | None = None) -> int:
     resume = '; rerun the same command to resume' if args.command == 'train' else ''
     print(f'tfp-glow {args.command}: interrupted{resume}', file=sys.stderr)
     return 130
-
-
-if __name__ == '__main__':
-  sys.exit(main())

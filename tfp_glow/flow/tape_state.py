@@ -10,8 +10,9 @@ products), no `tf.autodiff.ForwardAccumulator` (forward mode). `tfp_glow.flow.gr
                                    itself (a gradient of a gradient)? Then step aside.
 
 Neither is in TensorFlow's public API. They are the helpers TensorFlow's own `tf.function` uses to decide
-whether to build higher-order gradient functions (`TFE_Py_TapeSetPossibleGradientTypes`) and whether an op is
-recorded (`could_possibly_record`). If a TensorFlow release moves them, both answer "yes": every custom
+whether to build higher-order gradient functions (`TFE_Py_TapeSetPossibleGradientTypes`: 2 for two tapes or a
+tape and an accumulator, but 1 for a forward accumulator alone), which tangents forward accumulators carry
+(`TFE_Py_PackJVPs`), and whether an op is recorded (`could_possibly_record`). If a TensorFlow release moves them, both answer "yes": every custom
 gradient steps aside to TensorFlow's own, which is always right, only slower or larger (a warning says so).
 """
 
@@ -27,16 +28,17 @@ try:  # private: see the module docstring
   from tensorflow.python.eager import record as _record
 
   _POSSIBLE_GRADIENT_TYPES = _pywrap_tfe.TFE_Py_TapeSetPossibleGradientTypes
+  _PACK_JVPS = _pywrap_tfe.TFE_Py_PackJVPs
   _COULD_POSSIBLY_RECORD = _record.could_possibly_record
 except (ImportError, AttributeError):  # pragma: no cover - depends on the TensorFlow release
-  _POSSIBLE_GRADIENT_TYPES = _COULD_POSSIBLY_RECORD = None
+  _POSSIBLE_GRADIENT_TYPES = _PACK_JVPS = _COULD_POSSIBLY_RECORD = None
 
 _warned = False
 
 
 def available() -> bool:
   """True if this TensorFlow has the private helpers (else every question answers True)."""
-  return _POSSIBLE_GRADIENT_TYPES is not None and _COULD_POSSIBLY_RECORD is not None
+  return None not in (_POSSIBLE_GRADIENT_TYPES, _PACK_JVPS, _COULD_POSSIBLY_RECORD)
 
 
 def _missing() -> bool:
@@ -58,7 +60,8 @@ def higher_order_possible(tensors: Sequence[tf.Tensor]) -> bool:
   or a tape and a forward accumulator, or an accumulator watch them)."""
   if _POSSIBLE_GRADIENT_TYPES is None:
     return _missing()
-  return _POSSIBLE_GRADIENT_TYPES(list(tensors)) > 1
+  tensors = list(tensors)
+  return _POSSIBLE_GRADIENT_TYPES(tensors) > 1 or bool(_PACK_JVPS(tensors)[1])
 
 
 def recording() -> bool:
