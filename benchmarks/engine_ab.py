@@ -64,7 +64,7 @@ def git(*args: str) -> str:
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument('--ref', required=True, help='the commit to compare with')
+  p.add_argument('--ref', help='the commit to compare with (required)')
   p.add_argument('--rounds', type=int, default=3)
   p.add_argument('--steps', type=int, default=8, help='K, steps per level')
   p.add_argument('--train-steps', type=int, default=40)
@@ -74,6 +74,8 @@ def main() -> None:
   if args.child:
     print(json.dumps(child(args.steps, args.train_steps, args.batch)))
     return
+  if not args.ref:
+    p.error('--ref COMMIT is required')
   flags = ['--steps', str(args.steps), '--train-steps', str(args.train_steps), '--batch', str(args.batch)]
   head, ref = git('rev-parse', '--short', 'HEAD'), git('rev-parse', '--short', args.ref)
   rows = []

@@ -2,26 +2,22 @@
 
 import os
 
+import helpers
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfp_glow import data
 from tfp_glow.training import optim
 from tfp_glow.training.callbacks import SampleGrid
-from tfp_glow.training.model import GlowModel
 
 
 def tiny_model(optimizer=None):
-  model = GlowModel((8, 8, 1), levels=2, steps=1, width=8, n_bins=17, seed=0)
-  model.compile(optimizer=optimizer or optim.default_optimizer(1e-2, warmup_steps=4))
-  return model
+  return helpers.tiny_model(optimizer, warmup_steps=4)
 
 
 def digits(split='train', n=64):
-  ds, _ = data.load_dataset('digits', split, batch_size=n, shuffle=False, seed=0)
-  return ds.take(2)
+  return helpers.digits(split, n, shuffle=False, take=2)
 
 
 def test_callbacks_monitoring_bits_per_dim_need_no_mode_and_reduce_lr_works_with_warmup(tmp_path):

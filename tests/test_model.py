@@ -6,25 +6,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import digits, tiny_model  # noqa: E402
 
-from tfp_glow import data
 from tfp_glow.training import optim
 from tfp_glow.training.model import GlowModel
-
-
-def tiny_model(**kwargs):
-  args = dict(image_shape=(8, 8, 1), levels=2, steps=1, width=8, n_bins=17, seed=0)
-  args.update(kwargs)
-  model = GlowModel(**args)
-  model.compile(optimizer=optim.default_optimizer(1e-2, warmup_steps=1))
-  return model
-
-
-def digits(split='train', batch_size=64, with_labels=False, shuffle=True):
-  ds, _ = data.load_dataset(
-    'digits', split, batch_size=batch_size, with_labels=with_labels, shuffle=shuffle, seed=0
-  )
-  return ds
 
 
 def test_model_sees_every_bijector_variable():

@@ -100,6 +100,9 @@ def _stack_gradient(stack: StepStack, x, values, gradient, ask):
   fast = kernels.has_kernels(coupling)  # the network's VJP from its activations, no recomputation
   store_inputs = gradient in ('stored', 'checkpoint')
   store_activations = gradient == 'stored' and fast
+  trainable = [
+    v.dtype.is_floating and getattr(var, 'trainable', True) for v, var in zip(values, stack.variables)
+  ]
 
   @tf.custom_gradient
   def level(x, *values):
@@ -133,7 +136,7 @@ def _stack_gradient(stack: StepStack, x, values, gradient, ask):
         return _autodiff_vjp(lambda x, *v: stack.encode(x, v), [x, *values], dy, dlog_det)
       columns = stack.parameter_columns(unroll, values)
       kept = [_reader(s, k_steps) for s in stored]
-      floats = [j for j, v in enumerate(values) if v.dtype.is_floating]
+      floats = [j for j in range(len(values)) if trainable[j]]  # e.g. not the LU form's fixed signs
 
       def backward(i, y_k, dy, slots):
         k = k_steps - 1 - i
