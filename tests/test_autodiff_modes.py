@@ -143,6 +143,14 @@ MODES = {
 # except a traced gradient through each StepStack path.
 TRACED = {'gradient xla', 'batch_jacobian pfor', 'batch_jacobian tf.function', 'hvp input tf.function'}
 TRACED |= {'jvp input tf.function', 'jacobian parameters', 'gradient tf.function'}
+
+
+def slow(gradient, network, mode):
+  if mode == 'gradient tf.function':
+    return network == 'list' or gradient == 'autodiff'
+  return mode in TRACED or (mode == 'batch_jacobian while_loop' and network == 'list')
+
+
 CASES = [
   pytest.param(
     gradient,

@@ -110,7 +110,12 @@ def make(name):
   return bijector, x, kwargs
 
 
-@pytest.mark.parametrize('name', sorted(CASES))
+# The whole Glow through each hand-built gradient takes seconds per case: in the full run (--slow).
+SLOW = {'glow_checkpoint', 'glow_inverse', 'glow_user_network_inverse'}
+NAMES = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in sorted(CASES)]
+
+
+@pytest.mark.parametrize('name', NAMES)
 def test_bijective_and_log_det(name):
   bijector, x, kwargs = make(name)
   z = assert_bijective(bijector, x, kwargs)
@@ -120,7 +125,7 @@ def test_bijective_and_log_det(name):
   assert volume_preserving or np.all(np.abs(log_abs_det) > 1e-3), 'perturbation did not reach the log-det'
 
 
-@pytest.mark.parametrize('name', sorted(CASES))
+@pytest.mark.parametrize('name', NAMES)
 def test_graph_unknown_batch_and_xla(name):
   bijector, x, kwargs = make(name)
   assert_graph_and_xla(bijector, x, kwargs)

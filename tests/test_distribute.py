@@ -71,6 +71,7 @@ def test_mirrored_strategy_two_replicas_trains_every_variable(result):
   assert 0 < result['bits_per_dim'] < 10
 
 
+@pytest.mark.slow
 def test_a_bad_batch_on_one_replica_is_skipped_on_all(result):
   assert result['bad_skipped'] == [1.0]
   assert result['untouched']
