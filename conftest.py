@@ -27,4 +27,4 @@ def pytest_collection_modifyitems(config, items):
   slow = [item for item in items if item.get_closest_marker('slow') or item.path.suffix == '.ipynb']
   if slow:
     config.hook.pytest_deselected(items=slow)
-    items[:] = [item for item in items if not item.get_closest_marker('slow')]
+    items[:] = [item for item in items if item not in slow]
