@@ -77,6 +77,7 @@ def test_a_bad_batch_on_one_replica_is_skipped_on_all(result):
   assert result['untouched']
 
 
+@pytest.mark.slow  # the module's mirrored-strategy run costs about 20 s
 def test_a_batch_that_does_not_split_evenly_is_cut_to_one_that_does(result):
   assert 0 < result['uneven'] < 10
 
