@@ -108,7 +108,10 @@ class CompiledCalls:
       x = dist.sample(n, temperature=temperature, seed=seed, **kwargs)
       return glow_data.to_uint8(x, model.n_bins) if as_uint8 else x
 
-    signature = [tf.TensorSpec([], tf.int32, name='n'), tf.TensorSpec([], model.glow.dtype, name='temperature')]
+    signature = [
+      tf.TensorSpec([], tf.int32, name='n'),
+      tf.TensorSpec([], model.glow.dtype, name='temperature'),
+    ]
     return sample, signature + ([LABELS] if with_labels else []) + ([SEED] if with_seed else [])
 
   def _interpolate_body(self, with_labels):

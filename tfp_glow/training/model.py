@@ -468,7 +468,11 @@ def _sample_temperature(temperature) -> float | tf.Tensor:
     if not tf.executing_eagerly() and isinstance(temperature, tf.Tensor):
       return temperature  # symbolic: the distribution checks it (validate_args)
     temperature = float(np.asarray(temperature))
-  if not isinstance(temperature, (int, float, np.number)) or not temperature > 0 or not math.isfinite(temperature):
+  if (
+    not isinstance(temperature, (int, float, np.number))
+    or not temperature > 0
+    or not math.isfinite(temperature)
+  ):
     raise ValueError(f'sample: temperature must be > 0 and finite, got {temperature!r}.')
   return float(temperature)
 
