@@ -53,6 +53,7 @@ def public_api_section() -> str:
     f'{data["settings"]}, on {data["device"]}; medians of `{data["command"]}` at {data["commit"]}, {data["date"]} '
     f'(load average before: {load}). tfp_glow through `GlowModel.fit` / `sample` / `encode` / ...; the PyTorch '
     'Glows and the convolutions alone at the same settings, each in its own process, alternating rounds.',
+    *(['', f'**Read with care**: {"; ".join(data["notes"])}.'] if data.get('notes') else []),
     '',
     '| implementation | ' + ' | '.join(h for _, h in public_api.TABLE) + ' |',
     '|---' * (len(public_api.TABLE) + 1) + '|',
@@ -81,7 +82,6 @@ def public_api_section() -> str:
       'CLI end to end (s, a fresh process each): ' + ', '.join(f'{k} {v:.3g}' for k, v in cli.items()) + '.',
     ]
   lines += ['', 'Ratios: ' + '; '.join(f'{k} {v:.2f}x' for k, v in data['ratios'].items()) + '.']
-  lines += [f'Notes: {"; ".join(data["notes"])}.'] if data.get('notes') else []
   return '\n'.join(lines) + '\n'
 
 

@@ -81,6 +81,22 @@ def test_sample_in_batches_equals_per_batch_draws_with_folded_seeds(model):
     got, model.sample(7, temperature=0.7, seed=seed, as_uint8=False, batch_size=3)
   )
   assert model.sample(0, batch_size=3).shape == (0, *SHAPE)
+
+
+def test_large_n_is_drawn_in_bounded_batches(model, monkeypatch):
+  calls, sizes = model._tfp.calls, []
+  compiled_sample = calls.sample
+
+  def recording(n, *args):
+    sizes.append(int(n))
+    return compiled_sample(n, *args)
+
+  monkeypatch.setattr(calls, 'sample', recording)
+  images = model.sample(2500)  # the default batch: 2**22 pixels, capped at 1024 images
+  assert images.shape == (2500, *SHAPE) and images.dtype == tf.uint8
+  assert sizes == [1024, 1024, 452] and model.sample_batch_size == 1024
+  sizes.clear()
+  assert model.sample(7, batch_size=3).shape == (7, *SHAPE) and sizes == [3, 3, 1]
   with pytest.raises(ValueError, match='batch_size must be an integer >= 1'):
     model.sample(4, batch_size=0)
 
