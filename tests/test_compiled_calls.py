@@ -155,3 +155,16 @@ def test_calls_inside_a_users_tf_function_run_inline(model):
   samples, log_prob = users(tf.constant(3), _images(2))
   assert samples.shape == (3, *SHAPE)
   np.testing.assert_allclose(log_prob, model.distribution.log_prob(_images(2)), rtol=1e-5, atol=1e-4)
+
+
+def test_conditional_calls_inside_a_users_tf_function(conditional):
+  # what `tfp-glow evaluate` does: encode and decode with labels inside one traced function
+  roundtrip = tf.function(lambda x, y: conditional.decode(conditional.encode(x, y), y) - x)
+  x, y = _images(3), tf.constant([0, 2, 1])
+  assert np.abs(roundtrip(x, y)).max() < 1e-4
+  np.testing.assert_allclose(
+    tf.function(conditional.log_prob)(x, y),
+    conditional.distribution.log_prob(x, labels=y),
+    rtol=1e-5,
+    atol=1e-4,
+  )

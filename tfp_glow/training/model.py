@@ -276,8 +276,8 @@ class GlowModel(keras.Model):
     """log p(x) [N] of images [N, H, W, C] in [-0.5, 0.5) (continuous density)."""
     images = self._check_images(images)
     labels = self._check_labels(labels, required=True)
-    per_image = _per_image_labels(labels, tf.shape(images)[0])
-    if not tf.executing_eagerly() or per_image is False:
+    per_image = _per_image_labels(labels, int(images.shape[0])) if tf.executing_eagerly() else False
+    if per_image is False:  # inside a graph, or labels to broadcast as TFP does (or to refuse)
       return self.distribution.log_prob(images, labels=labels)
     return self._tfp.calls.log_prob(images, per_image)
 
@@ -327,8 +327,8 @@ class GlowModel(keras.Model):
     """Images [N, H, W, C] -> per-level latents [eps_1, ..., eps_L]."""
     images = self._check_images(images)
     labels = self._check_labels(labels, required=True)
-    per_image = _per_image_labels(labels, tf.shape(images)[0])
-    if not tf.executing_eagerly() or per_image is False:
+    per_image = _per_image_labels(labels, int(images.shape[0])) if tf.executing_eagerly() else False
+    if per_image is False:
       return self.distribution.encode(images, labels)
     return self._tfp.calls.encode(images, per_image)
 
@@ -477,16 +477,16 @@ def _sample_temperature(temperature) -> float | tf.Tensor:
   return float(temperature)
 
 
-def _per_image_labels(labels, n):
-  """Labels as int32 [n] for a compiled call (a scalar label broadcast), None without labels, or
+def _per_image_labels(labels, n: int | None):
+  """(Eagerly) labels as int32 [n] for a compiled call (a scalar label broadcast), None without labels, or
   False when they have another shape (then the uncompiled call raises or broadcasts as TFP does)."""
   if labels is None:
     return None
   if n is None:
     return False
   if labels.shape.rank == 0:
-    return tf.fill(tf.reshape(n, [1]), labels)
-  if labels.shape.rank == 1 and labels.shape[0] == int(n):
+    return tf.fill([n], labels)
+  if labels.shape.rank == 1 and labels.shape[0] == n:
     return labels
   return False
 
