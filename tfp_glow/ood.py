@@ -252,3 +252,16 @@ def shifted(images, shift: str, n_bins: int, seed: int = 0) -> tf.Tensor:
   else:
     raise ValueError(f'ood: unknown shift {shift!r}; accepted: {", ".join(SHIFTS)}.')
   return (b + 0.5) / n_bins - 0.5
+
+
+def perturbed_dataset(dataset: tf.data.Dataset, fraction: float, n_bins: int) -> tf.data.Dataset:
+  """A `tf.data.Dataset` of image batches (or (images, labels)) with its images `perturb`ed, fresh noise each
+  pass: the training data of a background model."""
+  if not 0.0 < fraction <= 1.0:
+    raise ValueError(f'the background noise fraction must be in (0, 1], got {fraction!r}.')
+
+  def apply(*batch):
+    images = perturb(batch[0], fraction, n_bins)
+    return images if len(batch) == 1 else (images, *batch[1:])
+
+  return dataset.map(apply, num_parallel_calls=tf.data.AUTOTUNE)

@@ -130,6 +130,11 @@ class GlowModel(keras.Model):
     return self._training_gradient
 
   @property
+  def dequantization(self) -> str:
+    """'uniform' (u ~ U[0, 1), the paper) or 'variational' (u ~ q(u|x), `self.dequantizer`)."""
+    return self._glow_config['dequantization']
+
+  @property
   def image_shape(self) -> tuple[int, int, int]:
     return self.glow.image_shape
 
