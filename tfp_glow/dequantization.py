@@ -156,7 +156,13 @@ class VariationalDequantizer(keras.layers.Layer):
   def sample_and_log_prob(self, bins: tf.Tensor, seed=None) -> tuple[tf.Tensor, tf.Tensor]:
     """u ~ q(u|b) [N, H, W, C] in [0, 1) and log q(u|b) [N]; `seed`: a stateless seed (int [2])."""
     bins = tf.convert_to_tensor(bins, tf.float32)
-    v = tf.clip_by_value(_uniform(tf.shape(bins), seed), 2.0**-24, _BELOW_ONE)
+    return self.from_uniform(tf.clip_by_value(_uniform(tf.shape(bins), seed), 2.0**-24, _BELOW_ONE), bins)
+
+  def from_uniform(self, v: tf.Tensor, bins: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The flow itself: base noise v [N, H, W, C] in (0, 1) (eps = logit(v)) -> (u, log q(u|b) [N]).
+    q(u|b) is the density of u = f(v) for v ~ U(0, 1)^D: log q(u|b) = -log |det df/dv|."""
+    bins = tf.convert_to_tensor(bins, tf.float32)
+    v = tf.convert_to_tensor(v, tf.float32)
     eps = tf.math.log(v) - tf.math.log1p(-v)  # Logistic(0, 1)
     log_q = tf.reduce_sum(_log_sigmoid_derivative(eps), axis=[1, 2, 3])  # the logistic density
     context = self._context(bins)
