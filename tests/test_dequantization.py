@@ -100,6 +100,7 @@ def test_hand_built_gradients_reach_q_as_autodiff_does(gradient):
     np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_variational_model_trains_under_mixed_bfloat16():
   keras.mixed_precision.set_global_policy('mixed_bfloat16')
   try:
