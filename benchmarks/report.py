@@ -37,11 +37,51 @@ def rows() -> list[dict]:
   return list(metrics.values())
 
 
+def likelihood_section(data: dict) -> str:
+  """benchmarks/likelihood.py: the seed table (dequantizations) and the OOD AUROC table."""
+  iw = [f'iw_{s}' for s in data['samples']]
+  out = [
+    f'\n## Dequantization and out-of-distribution scores (`{data["command"].strip()}`)\n',
+    f'Digits default run at {data["epochs"]} epochs, {data["test_images"]} test images, commit {data["commit"]}, '
+    f'{data["date"]}, load average {data["loadavg_before"][0]:.1f} before / {data["loadavg_after"][0]:.1f} after. '
+    'Test bits/dim: the single-sample bound and the importance-weighted estimate over S draws of q(u|x).\n',
+    '| dequantization | seed | bound | ' + ' | '.join(f'S={s}' for s in data['samples']) + ' | s/epoch |',
+    '|---|---|---|' + '---|' * len(iw) + '---|',
+  ]
+  for r in data['runs']:
+    values = ' | '.join(f'{r[k]:.4f}' for k in ['bound', *iw])
+    out.append(f'| {r["dequantization"]} | {r["seed"]} | {values} | {r["seconds_per_epoch"]:.2f} |')
+  for deq, summary in data['summary'].items():
+    values = ' | '.join(f'{summary[k][0]:.4f} ± {summary[k][1]:.4f}' for k in ['bound', *iw])
+    out.append(f'| **{deq}** | mean ± sd | {values} | {summary["seconds_per_epoch"][0]:.2f} |')
+  shifts = list(dict.fromkeys(r['out'] for r in data['ood']))
+  out += [
+    '\nOOD AUROC (seed-0 models; in = the test digits; `tfp_glow.ood`, typicality on batches of 8):\n',
+    '| dequantization | score | ' + ' | '.join(shifts) + ' |',
+    '|---|---|' + '---|' * len(shifts),
+  ]
+  table: dict = {}
+  for r in data['ood']:
+    table.setdefault((r['dequantization'], r['score']), {})[r['out']] = r['auroc']
+  for (deq, score), by_shift in table.items():
+    out.append(f'| {deq} | {score} | ' + ' | '.join(f'{by_shift[k]:.3f}' for k in shifts) + ' |')
+  return '\n'.join(out) + '\n'
+
+
+# Results files with a section of their own below the table.
+SECTIONS = {'likelihood.json': likelihood_section}
+
+
 def main() -> None:
   lines = [
     f'| {r["metric"]} | {r["value"]} | `{r["command"]}` | {r["commit"]} | {r["date"]} |' for r in rows()
   ]
-  (ROOT / 'BENCHMARKS.md').write_text(HEADER + '\n'.join(lines) + '\n')
+  sections = [
+    render(json.loads(path.read_text()))
+    for name, render in SECTIONS.items()
+    if (path := ROOT / 'benchmarks' / 'results' / name).exists()
+  ]
+  (ROOT / 'BENCHMARKS.md').write_text(HEADER + '\n'.join(lines) + '\n' + ''.join(sections))
   print(f'wrote BENCHMARKS.md: {len(lines)} metrics')
 
 
