@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from tfp_glow import data as glow_data
 from tfp_glow import manipulation
+from tfp_glow.cli import ood_command
 from tfp_glow.cli.common import (
   Diverged,
   UsageError,
@@ -37,7 +38,6 @@ from tfp_glow.cli.common import (
   save_grid,
 )
 from tfp_glow.cli.flags import DEFAULTS, LARGE_DEFAULTS, SAMPLE_TEMPERATURE, build_parser
-from tfp_glow.cli.ood_command import ood
 from tfp_glow.cli.train_command import train
 from tfp_glow.images import read_image
 from tfp_glow.training import guard
@@ -212,6 +212,11 @@ def manipulate(args) -> int:
     f'{args.split} images: class {args.to_class} minus {source}), alphas {args.alphas}'
   )
   return 0
+
+
+def ood(args) -> int:
+  """`tfp-glow ood` (tfp_glow.cli.ood_command), with this module's model and data loaders."""
+  return ood_command.ood(args, _load_model, _load_matching_split)
 
 
 def _build_parser() -> argparse.ArgumentParser:

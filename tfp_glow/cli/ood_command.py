@@ -22,12 +22,11 @@ def _images(load_split, model, args, dataset: str | None, split: str) -> tf.Tens
   return tf.concat(batches, 0)
 
 
-def ood(args) -> int:
-  """Prints the table, writes --json; exits 1 if a score is not finite (a diverged model)."""
-  from tfp_glow.cli import _load_matching_split, _load_model  # pylint: disable=import-outside-toplevel
-
-  model = _load_model(args.model)
-  background = _load_model(args.background) if args.background else None
+def ood(args, load_model, load_split) -> int:
+  """Prints the table, writes --json; exits 1 if a score is not finite (a diverged model).
+  `load_model(path)` and `load_split(model, args, split=, with_labels=)` are the other commands' loaders."""
+  model = load_model(args.model)
+  background = load_model(args.background) if args.background else None
   scores = args.score or [
     'bits_per_dim',
     'complexity_corrected',
@@ -49,16 +48,14 @@ def ood(args) -> int:
       f'--background {args.background!r} models images {background.image_shape} with {background.n_bins} '
       f'levels, the model {model.image_shape} with {model.n_bins}'
     )
-  in_images = _images(_load_matching_split, model, args, args.in_data, 'test')
+  in_images = _images(load_split, model, args, args.in_data, 'test')
   out_sets = {}
   for name in args.out_data:
     if name in glow_ood.SHIFTS:
       out_sets[name] = glow_ood.shifted(in_images, name, model.n_bins)
     else:
-      out_sets[name] = _images(_load_matching_split, model, args, name, 'test')
-  train_images = (
-    _images(_load_matching_split, model, args, args.in_data, 'train') if 'typicality' in scores else None
-  )
+      out_sets[name] = _images(load_split, model, args, name, 'test')
+  train_images = _images(load_split, model, args, args.in_data, 'train') if 'typicality' in scores else None
   try:
     rows = glow_ood.score_table(
       model,
