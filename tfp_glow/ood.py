@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import sklearn.metrics
 import tensorflow as tf
 
 from tfp_glow import data as glow_data
@@ -164,6 +163,8 @@ def metrics(in_scores, out_scores) -> dict[str, float]:
 
   FPR at 95% TPR: the fraction of in-distribution inputs flagged at the threshold that flags 95% of the OOD
   inputs (the smallest such FPR on the ROC curve)."""
+  import sklearn.metrics  # pylint: disable=import-outside-toplevel  (lazy: only the metrics need it)
+
   in_scores, out_scores = _finite(in_scores, 'in_scores'), _finite(out_scores, 'out_scores')
   y = np.concatenate([np.zeros(in_scores.size), np.ones(out_scores.size)])
   s = np.concatenate([in_scores, out_scores])
