@@ -83,7 +83,7 @@ class VariationalDequantizer(keras.layers.Layer):
   """q(u|b), a conditional flow on the unit cube (Flow++'s variational dequantization, simplified):
 
     eps ~ Logistic(0, 1)^D                                     (u0 = sigmoid(eps) ~ U[0, 1)^D)
-    c   = context_net(bin centres)                             [N, H, W, width]
+    c   = relu(conv3x3(bin centres))                           [N, H, W, width]
     y   = coupling_K o ... o coupling_1 (eps; c)               affine couplings on checkerboard masks m_k:
           y <- m y + (1 - m) (y exp(s) + t),  (s, t) = net_k([m y, c]),  s = 2 tanh(raw / 2)
     u   = sigmoid(y)
@@ -91,7 +91,9 @@ class VariationalDequantizer(keras.layers.Layer):
 
   Why this design: Flow++ uses a Gaussian base and logistic-mixture couplings with attention; here the
   couplings are plain affine (the same kind as Glow's, so nothing new to verify) and the base is the
-  standard logistic, whose sigmoid is exactly U[0, 1). The last layer of each coupling net starts at zero,
+  standard logistic, whose sigmoid is exactly U[0, 1). Small by default (K = 2 couplings, one per
+  checkerboard parity, width 16, one context conv): q works at full resolution, where each conv costs more than
+  one of the flow's (which run on squeezed images), and training time per epoch is a target (BENCHMARKS.md). The last layer of each coupling net starts at zero,
   so a fresh q is the uniform dequantization exactly (log q = 0): training starts from the paper's bound
   and can only tighten it. Checkerboard masks (not channel halves) because digits and MNIST have one
   channel. The layer computes in float32 under any Keras mixed policy: it is small, and log q needs the
@@ -128,12 +130,11 @@ class VariationalDequantizer(keras.layers.Layer):
       dtype='float32',
       name=name,
     )
-    self.context_net = [conv(width, 'context_1'), conv(width, 'context_2')]
+    self.context_net = conv(width, 'context')
     self.coupling_nets = [
       [conv(width, f'coupling_{k}_1'), conv(2 * c, f'coupling_{k}_2', zero=True)] for k in range(steps)
     ]
-    self.context_net[0].build((None, h, w, c))
-    self.context_net[1].build((None, h, w, width))
+    self.context_net.build((None, h, w, c))
     for first, last in self.coupling_nets:
       first.build((None, h, w, c + width))
       last.build((None, h, w, width))
@@ -151,7 +152,7 @@ class VariationalDequantizer(keras.layers.Layer):
 
   def _context(self, bins: tf.Tensor) -> tf.Tensor:
     centres = (bins + 0.5) / self.n_bins - 0.5
-    return self.context_net[1](self.context_net[0](centres))
+    return self.context_net(centres)
 
   def sample_and_log_prob(self, bins: tf.Tensor, seed=None) -> tuple[tf.Tensor, tf.Tensor]:
     """u ~ q(u|b) [N, H, W, C] in [0, 1) and log q(u|b) [N]; `seed`: a stateless seed (int [2])."""
