@@ -32,6 +32,12 @@ class GlowModel(keras.Model):
   and a zero-initialized linear classifier on the mean of the top activations adds
   `class_loss_weight` * cross-entropy in bits (the reference's ycond and weight_y = 0.01).
 
+  Dequantization (tfp_glow.dequantization): 'uniform' (the paper: the data pipeline's u ~ U[0, 1)), or
+  'variational': the loss recovers each image's bins and draws u ~ q(u|x), a small conditional flow
+  (`self.dequantizer`, trained jointly), for the bound mean_n (-(log p(x_n + u) - log q(u|x_n)) + D log(n_bins))
+  / (D ln 2), the same bits/dim formula. `evaluate_bits_per_dim(data, samples=S)`: the importance-weighted
+  estimate, for either.
+
   Every parameter of every bijector lives in `self.flow` (one Keras layer), so `fit`,
   `trainable_variables`, `save_weights`, `model.save` and `keras.models.load_model` see them all.
   Actnorm's data-dependent init runs once, before the first training step: call
