@@ -179,10 +179,11 @@ plt.show()
 # %% [markdown]
 # What each does, on this run (the table above; the benchmark with its seeds is in BENCHMARKS.md):
 #
-# - **Raw bits/dim** catches noise and inverted digits, and misses constant and half-contrast images, which are
-#   simpler than digits: Nalisnick's failure.
+# - **Raw bits/dim** catches noise and inverted digits, and does worst on constant and half-contrast images,
+#   which are simpler than digits (some score *better* than digits): Nalisnick's failure.
 # - **Complexity-corrected** subtracts exactly that simplicity: constant images, whose PNG is tiny, now score
-#   far above the digits. It can lose on noise (noise is also incompressible for PNG, so both terms grow).
+#   far above the digits. It can lose elsewhere (upside-down digits are as complex as digits, and noise is
+#   incompressible for PNG too, so both terms grow).
 # - **Likelihood ratio** removes what the background model explains; it helps on some shifts, not on all.
 # - **Typicality** flags a batch that is too likely as well as one too unlikely, so it catches constant
 #   images; but it needs batches of inputs from the same source, not single images.
