@@ -37,14 +37,10 @@ def rows() -> list[dict]:
   return list(metrics.values())
 
 
-def public_api_section() -> str:
+def public_api_section(data: dict) -> str:
   """The side-by-side table of benchmarks/public_api.py (results/public_api.json), medians per implementation."""
-  path = ROOT / 'benchmarks' / 'results' / 'public_api.json'
-  if not path.exists():
-    return ''
   import public_api  # noqa: PLC0415  (benchmarks/, next to this file: its table's columns)
 
-  data = json.loads(path.read_text())
   load = ', '.join(f'{v:.2f}' for v in data['load_average_before'])
   lines = [
     '',
@@ -85,11 +81,65 @@ def public_api_section() -> str:
   return '\n'.join(lines) + '\n'
 
 
+def likelihood_section(data: dict) -> str:
+  """benchmarks/likelihood.py: the seed table (dequantizations) and the OOD AUROC table."""
+  iw = [f'iw_{s}' for s in data['samples']]
+  out = [
+    f'\n## Dequantization and out-of-distribution scores (`{data["command"].strip()}`)\n',
+    f'Digits default run at {data["epochs"]} epochs, {data["test_images"]} test images, commit {data["commit"]}, '
+    f'{data["date"]}, load average {data["loadavg_before"][0]:.1f} before / {data["loadavg_after"][0]:.1f} after. '
+    'Test bits/dim: the single-sample bound and the importance-weighted estimate over S draws of q(u|x).\n',
+    '| dequantization | seed | bound | ' + ' | '.join(f'S={s}' for s in data['samples']) + ' | s/epoch |',
+    '|---|---|---|' + '---|' * len(iw) + '---|',
+  ]
+  for r in data['runs']:
+    values = ' | '.join(f'{r[k]:.4f}' for k in ['bound', *iw])
+    out.append(f'| {r["dequantization"]} | {r["seed"]} | {values} | {r["seconds_per_epoch"]:.2f} |')
+  for deq, summary in data['summary'].items():
+    values = ' | '.join(f'{summary[k][0]:.4f} ± {summary[k][1]:.4f}' for k in ['bound', *iw])
+    out.append(f'| **{deq}** | mean ± sd | {values} | {summary["seconds_per_epoch"][0]:.2f} |')
+  by_seed = {(r['dequantization'], r['seed']): r for r in data['runs']}
+  seeds = sorted({r['seed'] for r in data['runs']})
+  paired = []
+  for k in ['bound', *iw]:  # variational - uniform, seed by seed (the same data order and initial flow)
+    diff = [
+      by_seed['variational', s][k] - by_seed['uniform', s][k] for s in seeds if ('variational', s) in by_seed
+    ]
+    sd = (sum((d - sum(diff) / len(diff)) ** 2 for d in diff) / max(len(diff) - 1, 1)) ** 0.5
+    paired.append(f'{sum(diff) / len(diff):+.4f} ± {sd:.4f}')
+  ratio = (
+    data['summary']['variational']['seconds_per_epoch'][0]
+    / data['summary']['uniform']['seconds_per_epoch'][0]
+  )
+  out.append(f'| **variational - uniform** | paired by seed | {" | ".join(paired)} | {ratio:.2f}x |')
+  shifts = list(dict.fromkeys(r['out'] for r in data['ood']))
+  out += [
+    '\nOOD AUROC (seed-0 models; in = the test digits; `tfp_glow.ood`, typicality on batches of 8):\n',
+    '| dequantization | score | ' + ' | '.join(shifts) + ' |',
+    '|---|---|' + '---|' * len(shifts),
+  ]
+  table: dict = {}
+  for r in data['ood']:
+    table.setdefault((r['dequantization'], r['score']), {})[r['out']] = r['auroc']
+  for (deq, score), by_shift in table.items():
+    out.append(f'| {deq} | {score} | ' + ' | '.join(f'{by_shift[k]:.3f}' for k in shifts) + ' |')
+  return '\n'.join(out) + '\n'
+
+
+# Results files with a section of their own below the table.
+SECTIONS = {'public_api.json': public_api_section, 'likelihood.json': likelihood_section}
+
+
 def main() -> None:
   lines = [
     f'| {r["metric"]} | {r["value"]} | `{r["command"]}` | {r["commit"]} | {r["date"]} |' for r in rows()
   ]
-  (ROOT / 'BENCHMARKS.md').write_text(HEADER + '\n'.join(lines) + '\n' + public_api_section())
+  sections = [
+    render(json.loads(path.read_text()))
+    for name, render in SECTIONS.items()
+    if (path := ROOT / 'benchmarks' / 'results' / name).exists()
+  ]
+  (ROOT / 'BENCHMARKS.md').write_text(HEADER + '\n'.join(lines) + '\n' + ''.join(sections))
   print(f'wrote BENCHMARKS.md: {len(lines)} metrics')
 
 

@@ -3,7 +3,7 @@
 Direction, as in TFP: forward = latent -> image (sampling), inverse = image -> latent (density).
 """
 
-from tfp_glow import atomic, bijectors, data
+from tfp_glow import atomic, bijectors, data, dequantization
 from tfp_glow.bijectors import (
   ActNorm,
   AffineCoupling,
@@ -34,6 +34,7 @@ __all__ = [
   'bijectors',
   'callbacks',
   'data',
+  'dequantization',
   'guard',
   'optim',
 ]

@@ -5,6 +5,7 @@
   tfp-glow evaluate runs/digits/model.keras      # JSON: test bits/dim, reconstruction error
   tfp-glow interpolate runs/digits test:0 test:1 --steps 8 --out row.png
   tfp-glow manipulate runs/digits test:19 --from-class 1 --to-class 7 --alphas 0 0.5 1 --out 1to7.png
+  tfp-glow ood runs/digits --out noise constant inverted     # OOD scores: AUROC table, ood.json
   tfp-glow train --config cifar10 --strategy multi-worker   # the paper's CIFAR-10 run, TF_CONFIG per host
 Bad flags, missing data and unreadable models print one `error:` line and exit with code 2; a
 diverged run or model (NaN/Inf, or worse than the uniform model) exits with code 1 and leaves no model.
@@ -26,6 +27,7 @@ import tensorflow as tf
 
 from tfp_glow import data as glow_data
 from tfp_glow import manipulation
+from tfp_glow.cli import ood_command
 from tfp_glow.cli.common import (
   Diverged,
   UsageError,
@@ -121,16 +123,27 @@ def evaluate(args) -> int:
   error = float(np.max(errors)) if errors else math.nan  # np.max keeps a NaN, max() would hide it
   bpd = bits_per_dim(model, ds)
   finite = lambda v: v if math.isfinite(v) else None  # noqa: E731
+  weighted = {}
+  if args.importance_samples is not None:
+    if args.importance_samples < 1:
+      raise UsageError(f'--importance-samples must be >= 1, got {args.importance_samples}')
+    iw = model.evaluate_bits_per_dim(ds, samples=args.importance_samples, seed=0)
+    weighted = dict(
+      importance_samples=args.importance_samples, test_bits_per_dim_importance_weighted=finite(iw)
+    )
   result = dict(
     model=args.model,
     dataset=dataset,
     split='test',
     num_examples=info.num_examples,
+    dequantization=model.dequantization,
     test_bits_per_dim=finite(bpd),
+    **weighted,
     reconstruction_max_abs_error=finite(error),
   )
   print(json.dumps(result, indent=2, allow_nan=False))
-  if not (math.isfinite(bpd) and math.isfinite(error)) or not guard.finite_weights(model):
+  figures = [bpd, error, *([iw] if weighted else [])]
+  if not all(math.isfinite(v) for v in figures) or not guard.finite_weights(model):
     raise Diverged(f'{args.model!r} is not a finite model (NaN or Inf weights or results)')
   return 0
 
@@ -204,9 +217,14 @@ def manipulate(args) -> int:
   return 0
 
 
+def ood(args) -> int:
+  """`tfp-glow ood` (tfp_glow.cli.ood_command), with this module's model and data loaders."""
+  return ood_command.ood(args, _load_model, _load_matching_split)
+
+
 def _build_parser() -> argparse.ArgumentParser:
   handlers = dict(
-    train=train, sample=sample, evaluate=evaluate, interpolate=interpolate, manipulate=manipulate
+    train=train, sample=sample, evaluate=evaluate, interpolate=interpolate, manipulate=manipulate, ood=ood
   )
   return build_parser(handlers, description=__doc__.split('\n')[0])
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-from tfp_glow import configs
+from tfp_glow import configs, ood
 from tfp_glow import data as glow_data
+from tfp_glow.dequantization import DEQUANTIZATIONS
 from tfp_glow.training import distribute
 from tfp_glow.training.precision import PRECISIONS
 
@@ -114,6 +115,21 @@ def build_parser(
     help='mixed_bfloat16 / mixed_float16 (loss scaling): the coupling networks compute in 16 bits; weights, '
     'actnorm, 1x1 convs, log-dets and priors stay float32 (tfp_glow.bijectors.nets); for GPUs and TPUs',
   )
+  p.add_argument(
+    '--dequantization',
+    choices=DEQUANTIZATIONS,
+    default='uniform',
+    help="uniform noise (the paper), or a learned q(u|x) (Flow++'s variational dequantization, a tighter "
+    'bits/dim bound; tfp_glow.dequantization)',
+  )
+  p.add_argument(
+    '--background-noise',
+    type=float,
+    default=0.0,
+    metavar='FRACTION',
+    help='train a background model for `ood --score likelihood_ratio`: replace this fraction of the training '
+    'pixels by random values (Ren et al. 2019; e.g. 0.2; tfp_glow.ood.perturb)',
+  )
   p.add_argument('--sample-every', type=int, help='write samples/ every N epochs (default: epochs // 10)')
   p.add_argument(
     '--config',
@@ -178,4 +194,46 @@ def build_parser(
     '--split', choices=('train', 'test'), default='train', help='images for the direction'
   )
   manipulate_p.add_argument('--label', type=int, help='class of an image file (conditional models)')
+  evaluate_p.add_argument(
+    '--importance-samples',
+    type=int,
+    metavar='S',
+    help='also the importance-weighted bits/dim over S dequantization draws (tighter as S grows; e.g. 1000)',
+  )
+  _add_ood_parser(commands, handlers['ood'])
   return parser
+
+
+def _add_ood_parser(commands, handler) -> None:
+  p = commands.add_parser(
+    'ood', help='out-of-distribution scores: AUROC, AUPR, FPR at 95%% TPR per score and OOD data set'
+  )
+  p.add_argument('model', help='a .keras file, or a train --out directory')
+  p.add_argument(
+    '--in',
+    dest='in_data',
+    help="in-distribution data set, its test split (default: the model's training data)",
+  )
+  p.add_argument(
+    '--out',
+    dest='out_data',
+    nargs='+',
+    required=True,
+    metavar='DATA',
+    help=f'OOD data: data sets (their test split), or shifts of the --in images: {", ".join(ood.SHIFTS)}',
+  )
+  p.add_argument(
+    '--score',
+    nargs='+',
+    choices=ood.SCORES,
+    help='default: bits_per_dim complexity_corrected typicality, and likelihood_ratio with --background',
+  )
+  p.add_argument('--background', help='the background model of likelihood_ratio (train --background-noise)')
+  p.add_argument('--samples', type=int, default=1, help='importance samples per image (default: 1)')
+  p.add_argument('--typicality-batch', type=int, default=8, help='images per batch of the typicality test')
+  p.add_argument('--json', default='ood.json', help='write the table as JSON here (default: ood.json)')
+  p.add_argument('--data-dir', help='tensorflow_datasets data directory (data prepared with `tfds build`)')
+  p.add_argument('--image-size', type=int, help='resize images to SIZE x SIZE')
+  p.add_argument('--pad-to-32', action=argparse.BooleanOptionalAction, help='zero-pad images to 32x32')
+  p.add_argument('--batch-size', type=int, default=256)
+  p.set_defaults(handler=handler)

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfp_glow import atomic, configs
+from tfp_glow import atomic, configs, ood
 from tfp_glow import data as glow_data
 from tfp_glow.cli.common import (
   Diverged,
@@ -54,12 +54,23 @@ def _train_config(args) -> dict:
   config = {
     'dataset': dataset,
     **{
-      k: getattr(args, k) for k in ('clipnorm', 'seed', 'max_consecutive_skips', 'memory_saving', 'precision')
+      k: getattr(args, k)
+      for k in (
+        'clipnorm',
+        'seed',
+        'max_consecutive_skips',
+        'memory_saving',
+        'precision',
+        'dequantization',
+        'background_noise',
+      )
     },
   }
   fallback = dict(coupling='affine', permutation='conv_lu', conditional=False)
   for key, default in {**DEFAULTS.get(dataset, LARGE_DEFAULTS), **fallback, **preset}.items():
     config[key] = default if getattr(args, key) is None else getattr(args, key)
+  if not 0.0 <= config['background_noise'] <= 1.0:
+    raise UsageError(f'--background-noise must be a fraction in [0, 1], got {config["background_noise"]}')
   config['sample_every'] = args.sample_every or max(1, config['epochs'] // 10)
   if args.config:
     config['config'] = args.config
@@ -114,6 +125,8 @@ def train(args) -> int:
   with flag_errors(), strategy.scope(), global_policy(config.get('precision', 'float32')):
     train_ds, info = _load_split(config, 'train', shuffle=True, data_dir=args.data_dir)
     test_ds, _ = _load_split(config, 'test', shuffle=False, data_dir=args.data_dir)
+    if config['background_noise']:  # a background model (tfp_glow.ood.likelihood_ratio) sees perturbed data
+      train_ds = ood.perturbed_dataset(train_ds, config['background_noise'], info.n_bins)
     if args.strategy != 'default':
       train_ds, test_ds = distribute.shard(train_ds), distribute.shard(test_ds)
     model = GlowModel(
@@ -128,6 +141,7 @@ def train(args) -> int:
       max_consecutive_skips=config['max_consecutive_skips'],
       memory_saving=False if config['memory_saving'] == 'off' else config['memory_saving'],
       seed=config['seed'],
+      dequantization=config['dequantization'],
     )
     steps_per_epoch = math.ceil(info.num_examples / config['batch_size']) if info.num_examples else 1000
     model.compile(

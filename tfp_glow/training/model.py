@@ -13,6 +13,7 @@ import tensorflow_probability as tfp
 
 from tfp_glow import atomic
 from tfp_glow import data as glow_data
+from tfp_glow import dequantization as dequant
 from tfp_glow.distribution import GlowDistribution, bits_per_dim
 from tfp_glow.flow.glow import Glow
 from tfp_glow.flow.gradients import check_gradient, first_order_training
@@ -32,6 +33,12 @@ class GlowModel(keras.Model):
   Class-conditional (`num_classes`): data is (images, labels); the top prior depends on the label,
   and a zero-initialized linear classifier on the mean of the top activations adds
   `class_loss_weight` * cross-entropy in bits (the reference's ycond and weight_y = 0.01).
+
+  Dequantization (tfp_glow.dequantization): 'uniform' (the paper: the data pipeline's u ~ U[0, 1)), or
+  'variational': the loss recovers each image's bins and draws u ~ q(u|x), a small conditional flow
+  (`self.dequantizer`, trained jointly), for the bound mean_n (-(log p(x_n + u) - log q(u|x_n)) + D log(n_bins))
+  / (D ln 2), the same bits/dim formula. `evaluate_bits_per_dim(data, samples=S)`: the importance-weighted
+  estimate, for either.
 
   Every parameter of every bijector lives in `self.flow` (one Keras layer), so `fit`,
   `trainable_variables`, `save_weights`, `model.save` and `keras.models.load_model` see them all.
@@ -71,6 +78,7 @@ class GlowModel(keras.Model):
     flow_dtype: str = 'float32',
     memory_saving: bool | str = False,
     gradient: str | None = None,
+    dequantization: str = 'uniform',
     **kwargs,
   ):
     config = {k: v for k, v in locals().items() if k not in ('self', 'kwargs', '__class__')}
@@ -81,6 +89,10 @@ class GlowModel(keras.Model):
       raise ValueError(
         f'GlowModel: max_consecutive_skips must be an integer >= 1, got {max_consecutive_skips!r}.'
       )
+    if dequantization not in dequant.DEQUANTIZATIONS:
+      raise ValueError(
+        f'GlowModel: dequantization must be one of {dequant.DEQUANTIZATIONS}, got {dequantization!r}.'
+      )
     self._glow_config = dict(config, image_shape=tuple(int(d) for d in image_shape))  # for get_config
     # The training step's gradient; the bijector itself keeps TensorFlow's own ('autodiff').
     self._training_gradient = check_gradient(gradient or (None if memory_saving else 'stored'), memory_saving)
@@ -89,6 +101,10 @@ class GlowModel(keras.Model):
     # The TFP objects hold no variables of their own; keep them out of Keras/TF tracking.
     self._tfp = _Untracked(glow=glow, distribution=GlowDistribution(glow))
     self._tfp.calls = CompiledCalls(self)  # the public calls' tf.functions, traced on first use
+    # q(u|x) of variational dequantization (tfp_glow.dequantization); None: the data's uniform noise.
+    self.dequantizer = None
+    if dequantization == 'variational':
+      self.dequantizer = dequant.VariationalDequantizer(image_shape, n_bins)
     self.classifier = None
     if num_classes:
       self.classifier = keras.layers.Dense(
@@ -121,6 +137,11 @@ class GlowModel(keras.Model):
   def training_gradient(self) -> str:
     """How the training step differentiates each level (`tfp_glow.flow.gradients.GRADIENTS`)."""
     return self._training_gradient
+
+  @property
+  def dequantization(self) -> str:
+    """'uniform' (u ~ U[0, 1), the paper) or 'variational' (u ~ q(u|x), `self.dequantizer`)."""
+    return self._glow_config['dequantization']
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -194,9 +215,13 @@ class GlowModel(keras.Model):
     return self._loss_terms_of(images, labels)
 
   def _loss_terms_of(self, images, labels):
+    log_q = 0.0  # uniform: the images come dequantized, u ~ U[0, 1), log q = 0
+    if self.dequantizer is not None:  # variational: the same bins, u ~ q(u|x) instead
+      images, log_q = dequant.dequantize_with(self.dequantizer, images, self.n_bins)
     enc = self.glow.encode_with_log_det(images, labels)
     base = self.distribution.distribution
-    log_prob = base.log_prob(self.glow.join_latents(enc.latents)) + enc.log_det
+    # The bound's continuous term log p(x + u) - log q(u|x) (tfp_glow.dequantization).
+    log_prob = base.log_prob(self.glow.join_latents(enc.latents)) + enc.log_det - log_q
     bpd = tf.reduce_mean(self.bits_per_dim(log_prob))
     loss, logits = bpd, None
     if self.classifier is not None:
@@ -204,6 +229,45 @@ class GlowModel(keras.Model):
       xent = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
       loss = loss + self._glow_config['class_loss_weight'] * tf.reduce_mean(xent) / math.log(2.0)
     return loss, bpd, labels, logits
+
+  def evaluate_bits_per_dim(
+    self, data, samples: int = 1, seed: int | None = None, per_image: bool = False, max_images: int = 4096
+  ) -> float | np.ndarray:
+    """Bits/dim of `data` with the importance-weighted estimate over `samples` draws u_s ~ q(u|x):
+
+      bits/dim = (-(logsumexp_s [log p(x + u_s) - log q(u_s|x)] - log S) + D log n_bins) / (D ln 2)
+
+    S = 1 is the training loss' bound; larger S tightens it (never above the S = 1 bound in expectation).
+    q is the model's dequantization (uniform: log q = 0). `data`: images [N, H, W, C] in [-0.5, 0.5)
+    (their bins are used, so dequantized images work), or a `tf.data.Dataset` of such batches (or of
+    (images, labels)). Memory is bounded: each flow pass sees at most `max_images` images.
+    `seed` makes it reproducible. Returns the mean, or per-image values [N] if `per_image`.
+    """
+    if not isinstance(samples, (int, np.integer)) or samples < 1:
+      raise ValueError(f'evaluate_bits_per_dim: samples must be an integer >= 1, got {samples!r}.')
+    batches = data if isinstance(data, tf.data.Dataset) else [data]
+    if getattr(self._tfp, 'iw_log_prob', None) is None:  # one traced log p for every call
+      self._tfp.iw_log_prob = tf.function(
+        lambda x, labels=None: self.distribution.log_prob(x, labels=labels), reduce_retracing=True
+      )
+    values = []
+    for i, batch in enumerate(batches):
+      images, labels, _ = keras.utils.unpack_x_y_sample_weight(batch)
+      images = self._check_images(images)
+      labels = self._check_labels(labels, required=True)
+      log_p = dequant.importance_weighted_log_prob(
+        self._tfp.iw_log_prob,
+        images,
+        self.n_bins,
+        int(samples),
+        self.dequantizer,
+        seed=None if seed is None else tf.constant([seed, i], tf.int32),
+        labels=labels,
+        max_images=max_images,
+      )
+      values.append(self.bits_per_dim(log_p).numpy())
+    bpd = np.concatenate(values) if values else np.zeros([0], np.float32)
+    return bpd if per_image else float(np.mean(bpd))
 
   def _record_metrics(self, loss, bpd, labels, logits, weight=None):
     # `weight` 0 (a skipped step) leaves the means as they were; the values are zeroed first,

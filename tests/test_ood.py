@@ -1,0 +1,138 @@
+"""tfp_glow.ood: the metrics against brute force, the complexity term, the typicality test's error rates,
+the background data's perturbation, the shifted sets, and `tfp-glow ood`."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.helpers import digits, tiny_model
+from tfp_glow import cli, ood
+from tfp_glow.dequantization import bins_of
+
+N_BINS = 17
+
+
+def _test_images(n=64):
+  return next(iter(digits('test', batch_size=n, shuffle=False)))
+
+
+def test_metrics_match_brute_force_definitions():
+  rng = np.random.default_rng(0)
+  inside, outside = rng.normal(0, 1, 200), rng.normal(1, 1, 150)
+  got = ood.metrics(inside, outside)
+  # AUROC: P(score_out > score_in) (Mann-Whitney)
+  assert got['auroc'] == pytest.approx(np.mean(outside[:, None] > inside[None, :]), abs=1e-9)
+  # FPR at the largest threshold that still flags >= 95% of the OOD inputs
+  thresholds = np.sort(outside)[::-1]
+  t = thresholds[int(np.ceil(0.95 * outside.size)) - 1]
+  assert got['fpr_at_95_tpr'] == pytest.approx(np.mean(inside >= t), abs=1e-9)
+  assert 0.5 < got['aupr'] <= 1.0
+  separated = ood.metrics([0.0, 0.1, 0.2], [1.0, 2.0])
+  assert separated == dict(auroc=1.0, aupr=1.0, fpr_at_95_tpr=0.0)
+  assert ood.metrics([1.0, 2.0], [0.0, 0.1])['auroc'] == 0.0
+  with pytest.raises(ValueError, match='NaN or Inf'):
+    ood.metrics([0.0, np.nan], [1.0])
+
+
+def test_complexity_orders_constant_digits_noise_and_is_a_png_length():
+  images = _test_images(16)
+  constant, noise = ood.shifted(images, 'constant', N_BINS), ood.shifted(images, 'noise', N_BINS)
+  lengths = [ood.complexity(x, N_BINS) for x in (constant, images, noise)]
+  assert lengths[0].max() < lengths[1].min() and lengths[1].max() < lengths[2].min()
+  png = tf.io.encode_png(tf.zeros([8, 8, 1], tf.uint8), compression=9)
+  assert ood.complexity(tf.fill([1, 8, 8, 1], -0.49), N_BINS)[0] == 8 * len(png.numpy()) / 64
+
+
+def test_typicality_test_rejects_shifted_batches_either_way_and_keeps_its_false_alarm_rate():
+  rng = np.random.default_rng(1)
+  train, heldout, fresh = (rng.normal(3.0, 0.5, 2000) for _ in range(3))
+  test = ood.TypicalityTest.fit(train, heldout, batch_size=8, alpha=0.05)
+  assert test.entropy == pytest.approx(3.0, abs=0.05)
+  false_alarms = np.mean(test.scores(fresh, batches=2000) > test.threshold)
+  assert false_alarms < 0.1
+  for shift in (-0.6, 0.6):  # too unlikely and too likely are both atypical
+    assert np.mean(test.scores(fresh + shift, batches=500) > test.threshold) > 0.9
+    assert test.is_ood(fresh[:8] + shift)
+  with pytest.raises(ValueError, match='batch_size'):
+    ood.TypicalityTest.fit(train, heldout, batch_size=0)
+
+
+def test_perturb_replaces_the_requested_fraction_of_pixels_by_random_bins():
+  images = _test_images(64)
+  bins = bins_of(images, N_BINS).numpy()
+  for fraction in (0.0, 0.3, 1.0):
+    x = ood.perturb(images, fraction, N_BINS, seed=(0, 1)).numpy()
+    assert x.shape == images.shape and x.min() >= -0.5 and x.max() < 0.5
+    changed = np.mean(bins_of(x, N_BINS).numpy() != bins)
+    # a replaced pixel keeps its bin with probability 1 / n_bins
+    assert changed == pytest.approx(fraction * (1 - 1 / N_BINS), abs=0.03)
+  with pytest.raises(ValueError, match='fraction must be in'):
+    ood.perturb(images, 1.5, N_BINS)
+
+
+def test_shifted_sets():
+  images = _test_images(8)
+  bins = bins_of(images, N_BINS).numpy()
+  back = ood.shifted(ood.shifted(images, 'inverted', N_BINS), 'inverted', N_BINS)
+  np.testing.assert_array_equal(bins_of(back, N_BINS).numpy(), bins)
+  flipped = bins_of(ood.shifted(images, 'upside_down', N_BINS), N_BINS).numpy()
+  np.testing.assert_array_equal(flipped, bins[:, ::-1])
+  half = bins_of(ood.shifted(images, 'half_contrast', N_BINS), N_BINS).numpy()
+  np.testing.assert_array_equal(half, bins // 2)
+  constant = bins_of(ood.shifted(images, 'constant', N_BINS), N_BINS).numpy()
+  assert np.all(constant == constant[:, :1, :1])
+  with pytest.raises(ValueError, match='unknown shift'):
+    ood.shifted(images, 'rotated', N_BINS)
+
+
+def test_score_table_checks_what_each_score_needs():
+  model = tiny_model()
+  images = _test_images(16)
+  with pytest.raises(ValueError, match='needs a background model'):
+    ood.score_table(model, images, {'noise': images}, scores=['likelihood_ratio'])
+  with pytest.raises(ValueError, match='needs train_images'):
+    ood.score_table(model, images, {'noise': images}, scores=['typicality'])
+  with pytest.raises(ValueError, match='unknown score'):
+    ood.score_table(model, images, {'noise': images}, scores=['energy'])
+
+
+def test_cli_ood_prints_the_table_and_writes_json(tmp_path, capsys):
+  model = tiny_model()
+  model.initialize(_test_images(64))
+  model.save(tmp_path / 'm.keras')
+  argv = ['ood', str(tmp_path / 'm.keras'), '--out', 'noise', 'constant', '--json', str(tmp_path / 'o.json')]
+  assert cli.main([*argv, '--score', 'bits_per_dim', 'complexity_corrected']) == 0
+  table = capsys.readouterr().out
+  assert 'complexity_corrected' in table and 'AUROC' in table
+  rows = json.loads((tmp_path / 'o.json').read_text())['rows']
+  assert [(r['score'], r['out']) for r in rows] == [
+    ('bits_per_dim', 'noise'),
+    ('bits_per_dim', 'constant'),
+    ('complexity_corrected', 'noise'),
+    ('complexity_corrected', 'constant'),
+  ]
+  assert all(0.0 <= r['auroc'] <= 1.0 for r in rows)
+  assert cli.main([*argv, '--score', 'likelihood_ratio']) == 2
+  assert 'needs --background MODEL' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_likelihood_ratio_and_typicality_through_the_cli_with_a_trained_background(tmp_path, capsys):
+  tiny = ['--levels', '2', '--steps', '1', '--width', '8', '--batch-size', '128', '--no-ema', '--lr', '3e-2']
+  common = ['train', *tiny, '--warmup-epochs', '0.2', '--epochs', '3']
+  assert cli.main([*common, '--out', str(tmp_path / 'model')]) == 0
+  assert cli.main([*common, '--background-noise', '0.2', '--out', str(tmp_path / 'background')]) == 0
+  config = json.loads((tmp_path / 'background' / 'config.json').read_text())
+  assert config['background_noise'] == 0.2
+  assert cli.main(['train', '--background-noise', '2', '--out', str(tmp_path / 'x')]) == 2
+  capsys.readouterr()
+  json_path = tmp_path / 'ood.json'
+  argv = ['ood', str(tmp_path / 'model'), '--background', str(tmp_path / 'background')]
+  assert cli.main([*argv, '--out', 'noise', 'inverted', '--json', str(json_path)]) == 0
+  rows = json.loads(json_path.read_text())['rows']
+  scores = {r['score'] for r in rows}
+  assert scores == {'bits_per_dim', 'complexity_corrected', 'likelihood_ratio', 'typicality'}
+  by = {(r['score'], r['out']): r['auroc'] for r in rows}
+  assert by['bits_per_dim', 'noise'] > 0.9  # uniform noise is far from digits for any trained model

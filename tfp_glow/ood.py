@@ -1,0 +1,268 @@
+"""Out-of-distribution scores from a flow's likelihood, and their evaluation metrics.
+
+Nalisnick et al. 2019 showed that flows (Glow among them) can give inputs unlike the training data a
+*higher* likelihood; the fixes are scores built on the likelihood. Every per-image score here is in
+bits/dim and oriented the same way: **larger = more likely out-of-distribution**.
+
+  bits_per_dim(x)          = -log2 P(x) / D                      (raw likelihood; the model's bound)
+  complexity(x)            = 8 * len(PNG(x)) / D                 (Serra et al. 2020: L(x), a generic
+                                                                  lossless code length, bits/dim)
+  complexity_corrected(x)  = bits_per_dim(x) - complexity(x)     (S(x) = -log2 p(x) - L(x), per dim)
+  likelihood_ratio(x)      = bits_per_dim(x) - bits_per_dim_0(x)  (Ren et al. 2019: -(log p - log p_0)/(D ln 2),
+                                                                  p_0 a background model trained on
+                                                                  `perturb`ed inputs)
+  typicality(batch of M)   = |mean_m bits_per_dim(x_m) - H|       (Nalisnick et al. 2019b: H the mean on
+                                                                  training data; a batch test, see
+                                                                  `TypicalityTest` for its threshold)
+
+Both -log2 P(x) and L(x) are code lengths of the same discrete image (its bins; the PNG holds the uint8
+image, a one-to-one map of the bins), so their difference is in consistent units. PNG's fixed overhead
+(about 70 bytes) shifts L by a constant, which no threshold-free metric sees.
+
+Metrics (scikit-learn, OOD = the positive class): AUROC, AUPR, FPR at 95% TPR.
+Images everywhere are in the model's scale [-0.5, 0.5) (as `GlowModel.log_prob` takes them), [N, H, W, C].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from tfp_glow import data as glow_data
+from tfp_glow.dequantization import bins_of
+
+SCORES = ('bits_per_dim', 'complexity_corrected', 'likelihood_ratio', 'typicality')
+
+
+def _images(images) -> tf.Tensor:
+  images = tf.convert_to_tensor(images, tf.float32)
+  if images.shape.rank != 4:
+    raise ValueError(f'ood: expected images [N, H, W, C], got shape {images.shape}.')
+  return images
+
+
+def bits_per_dim(model, images, samples: int = 1, seed: int = 0, batch_size: int = 256) -> np.ndarray:
+  """Per-image bits/dim [N] under a `GlowModel`: its dequantization bound with `samples` importance
+  samples (`GlowModel.evaluate_bits_per_dim`), with a fixed seed so that scores are reproducible."""
+  images = _images(images)
+  parts = [
+    model.evaluate_bits_per_dim(images[i : i + batch_size], samples=samples, seed=seed + i, per_image=True)
+    for i in range(0, int(images.shape[0]), batch_size)
+  ]
+  return np.concatenate(parts) if parts else np.zeros([0], np.float32)
+
+
+def complexity(images, n_bins: int) -> np.ndarray:
+  """L(x) [N] in bits/dim: 8 * (bytes of the PNG of the uint8 image) / D (Serra et al. 2020's compressor)."""
+  images = _images(images)
+  pixels = glow_data.to_uint8(images, n_bins)
+  d = int(np.prod(images.shape[1:]))
+  return np.array([8.0 * len(tf.io.encode_png(p, compression=9).numpy()) / d for p in pixels], np.float64)
+
+
+def complexity_corrected(model, images, samples: int = 1, seed: int = 0) -> np.ndarray:
+  """S(x) = bits_per_dim(x) - complexity(x) [N] (Serra et al. 2020): likelihood relative to how simple x is."""
+  return bits_per_dim(model, images, samples, seed) - complexity(images, model.n_bins)
+
+
+def likelihood_ratio(model, background, images, samples: int = 1, seed: int = 0) -> np.ndarray:
+  """bits_per_dim(x) - background's bits_per_dim(x) [N] (Ren et al. 2019's -log likelihood ratio per dim):
+  what the model explains beyond what a model of the perturbed data (background statistics) does."""
+  if tuple(background.image_shape) != tuple(model.image_shape) or background.n_bins != model.n_bins:
+    raise ValueError(
+      f'likelihood_ratio: the background model is for images {background.image_shape} with '
+      f'{background.n_bins} levels, the model for {model.image_shape} with {model.n_bins}.'
+    )
+  return bits_per_dim(model, images, samples, seed) - bits_per_dim(background, images, samples, seed)
+
+
+def perturb(images: tf.Tensor, fraction: float, n_bins: int, seed=None) -> tf.Tensor:
+  """Ren et al. 2019's background training data: each pixel replaced, with probability `fraction`, by a
+  uniformly random bin (then dequantized again), same shape; images in [-0.5, 0.5) (dequantized).
+  `seed`: a stateless seed (int [2]), else fresh noise."""
+  if not 0.0 <= fraction <= 1.0:
+    raise ValueError(f'perturb: fraction must be in [0, 1], got {fraction!r}.')
+  images = tf.convert_to_tensor(images, tf.float32)
+  shape = tf.shape(images)
+  if seed is None:
+    replace = tf.random.uniform(shape) < fraction
+    noise_bins = tf.random.uniform(shape, 0, n_bins, tf.int32)
+    seed = tf.random.uniform([2], 0, 2**31 - 1, tf.int32)
+  else:
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    replace = tf.random.stateless_uniform(shape, seeds[0]) < fraction
+    noise_bins = tf.random.stateless_uniform(shape, seeds[1], 0, n_bins, tf.int32)
+    seed = seeds[2]
+  bins = tf.where(replace, tf.cast(noise_bins, tf.float32), bins_of(images, n_bins))
+  return glow_data.dequantize(bins, n_bins, seed=seed)
+
+
+@dataclasses.dataclass
+class TypicalityTest:
+  """Nalisnick et al. 2019b's typicality test for batches of M inputs:
+
+    eps(batch) = |mean_m bits_per_dim(x_m) - H|,   H = mean bits/dim of training data
+    reject (OOD) if eps > threshold,  threshold = the (1 - alpha) quantile of eps over `bootstraps` batches
+                                                  drawn with replacement from held-out in-distribution data
+
+  Use: test = TypicalityTest.fit(train_bpd, heldout_bpd, batch_size=8)
+       test.scores(bpd)      # eps of random batches of M images of bpd;  test.is_ood(bpd)
+  """
+
+  entropy: float  # H, bits/dim
+  threshold: float  # on eps, bits/dim
+  batch_size: int
+  alpha: float
+
+  @classmethod
+  def fit(
+    cls,
+    train_bpd,
+    heldout_bpd,
+    batch_size: int = 8,
+    alpha: float = 0.01,
+    bootstraps: int = 1000,
+    seed: int = 0,
+  ) -> TypicalityTest:
+    if not isinstance(batch_size, int) or batch_size < 1:
+      raise ValueError(f'TypicalityTest: batch_size must be an integer >= 1, got {batch_size!r}.')
+    if not 0.0 < alpha < 1.0:
+      raise ValueError(f'TypicalityTest: alpha must be in (0, 1), got {alpha!r}.')
+    entropy = float(np.mean(_finite(train_bpd, 'train_bpd')))
+    eps = _batch_eps(_finite(heldout_bpd, 'heldout_bpd'), entropy, batch_size, bootstraps, seed)
+    return cls(entropy, float(np.quantile(eps, 1.0 - alpha)), batch_size, alpha)
+
+  def scores(self, bpd, batches: int = 200, seed: int = 1) -> np.ndarray:
+    """eps [batches] of `batches` random batches (with replacement) of `batch_size` images of `bpd`."""
+    return _batch_eps(_finite(bpd, 'bpd'), self.entropy, self.batch_size, batches, seed)
+
+  def is_ood(self, bpd) -> bool:
+    """The test on one batch (all of `bpd`, any size: the threshold is for `batch_size`)."""
+    return bool(abs(float(np.mean(_finite(bpd, 'bpd'))) - self.entropy) > self.threshold)
+
+
+def _finite(values, name: str) -> np.ndarray:
+  values = np.asarray(values, np.float64).reshape(-1)
+  if values.size == 0:
+    raise ValueError(f'ood: {name} is empty.')
+  if not np.all(np.isfinite(values)):
+    raise ValueError(f'ood: {name} holds NaN or Inf (a diverged model?).')
+  return values
+
+
+def _batch_eps(bpd: np.ndarray, entropy: float, batch_size: int, batches: int, seed: int) -> np.ndarray:
+  rng = np.random.default_rng(seed)
+  picks = rng.integers(0, bpd.size, size=(batches, batch_size))
+  return np.abs(bpd[picks].mean(axis=1) - entropy)
+
+
+def metrics(in_scores, out_scores) -> dict[str, float]:
+  """{'auroc', 'aupr', 'fpr_at_95_tpr'} of scores where larger = OOD; OOD (out) is the positive class.
+
+  FPR at 95% TPR: the fraction of in-distribution inputs flagged at the threshold that flags 95% of the OOD
+  inputs (the smallest such FPR on the ROC curve)."""
+  import sklearn.metrics  # pylint: disable=import-outside-toplevel  (lazy: only the metrics need it)
+
+  in_scores, out_scores = _finite(in_scores, 'in_scores'), _finite(out_scores, 'out_scores')
+  y = np.concatenate([np.zeros(in_scores.size), np.ones(out_scores.size)])
+  s = np.concatenate([in_scores, out_scores])
+  fpr, tpr, _ = sklearn.metrics.roc_curve(y, s)
+  return dict(
+    auroc=float(sklearn.metrics.roc_auc_score(y, s)),
+    aupr=float(sklearn.metrics.average_precision_score(y, s)),
+    fpr_at_95_tpr=float(np.min(fpr[tpr >= 0.95])),
+  )
+
+
+def score_table(
+  model,
+  in_images,
+  out_sets: dict[str, object],
+  scores=('bits_per_dim', 'complexity_corrected'),
+  background=None,
+  train_images=None,
+  samples: int = 1,
+  typicality_batch: int = 8,
+  seed: int = 0,
+) -> list[dict]:
+  """Rows {score, out, auroc, aupr, fpr_at_95_tpr} for each score and each OOD set (name -> images), with
+  `in_images` (held-out in-distribution images) as the negatives. 'likelihood_ratio' needs `background`
+  (a GlowModel trained on `perturb`ed data); 'typicality' needs `train_images` (for H; `in_images` give
+  the bootstrap threshold and the in-distribution batches)."""
+  unknown = [s for s in scores if s not in SCORES]
+  if unknown:
+    raise ValueError(f'ood: unknown score(s) {unknown}; accepted: {", ".join(SCORES)}.')
+  if 'likelihood_ratio' in scores and background is None:
+    raise ValueError('ood: the likelihood_ratio score needs a background model.')
+  if 'typicality' in scores and train_images is None:
+    raise ValueError('ood: the typicality score needs train_images (for the training entropy H).')
+  bpd = lambda images: bits_per_dim(model, images, samples, seed)  # noqa: E731
+  per_set = {'in': in_images, **out_sets}
+  raw = {name: bpd(images) for name, images in per_set.items()}
+  typicality = None
+  if 'typicality' in scores:
+    half = len(raw['in']) // 2  # threshold from one half of the held-out data, in-batches from the other
+    typicality = TypicalityTest.fit(
+      bpd(train_images), raw['in'][:half], batch_size=typicality_batch, seed=seed
+    )
+  computed = {}
+  for score in scores:
+    for name, images in per_set.items():
+      if score == 'bits_per_dim':
+        value = raw[name]
+      elif score == 'complexity_corrected':
+        value = raw[name] - complexity(images, model.n_bins)
+      elif score == 'likelihood_ratio':
+        value = raw[name] - bits_per_dim(background, images, samples, seed)
+      else:
+        value = typicality.scores(
+          raw[name][len(raw[name]) // 2 :] if name == 'in' else raw[name], seed=seed + 1
+        )
+      computed[score, name] = value
+  return [
+    dict(score=score, out=name, **metrics(computed[score, 'in'], computed[score, name]))
+    for score in scores
+    for name in out_sets
+  ]
+
+
+SHIFTS = ('noise', 'constant', 'inverted', 'upside_down', 'half_contrast')
+
+
+def shifted(images, shift: str, n_bins: int, seed: int = 0) -> tf.Tensor:
+  """OOD test sets made from in-distribution images [N, H, W, C] in [-0.5, 0.5) (as bin centres, same shape):
+
+  noise:         every pixel a uniformly random bin        constant:      each image one random bin
+  inverted:      b -> n_bins - 1 - b                        upside_down:   rows reversed
+  half_contrast: b -> floor(b / 2)
+  """
+  b = bins_of(_images(images), n_bins)
+  rng = np.random.default_rng(seed)
+  if shift == 'noise':
+    b = tf.constant(rng.integers(0, n_bins, size=b.shape), tf.float32)
+  elif shift == 'constant':
+    b = tf.ones_like(b) * tf.constant(rng.integers(0, n_bins, size=[b.shape[0], 1, 1, 1]), tf.float32)
+  elif shift == 'inverted':
+    b = n_bins - 1 - b
+  elif shift == 'upside_down':
+    b = tf.reverse(b, axis=[1])
+  elif shift == 'half_contrast':
+    b = tf.floor(b / 2)
+  else:
+    raise ValueError(f'ood: unknown shift {shift!r}; accepted: {", ".join(SHIFTS)}.')
+  return (b + 0.5) / n_bins - 0.5
+
+
+def perturbed_dataset(dataset: tf.data.Dataset, fraction: float, n_bins: int) -> tf.data.Dataset:
+  """A `tf.data.Dataset` of image batches (or (images, labels)) with its images `perturb`ed, fresh noise each
+  pass: the training data of a background model."""
+  if not 0.0 < fraction <= 1.0:
+    raise ValueError(f'the background noise fraction must be in (0, 1], got {fraction!r}.')
+
+  def apply(*batch):
+    images = perturb(batch[0], fraction, n_bins)
+    return images if len(batch) == 1 else (images, *batch[1:])
+
+  return dataset.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
