@@ -33,7 +33,7 @@ from tfp_glow.training.optim import default_optimizer
 from tfp_glow.training.precision import global_policy
 
 # Other config changes would invalidate a backup.
-_MAY_CHANGE_ON_RESUME = ('epochs', 'sample_every', 'max_consecutive_skips')
+_MAY_CHANGE_ON_RESUME = ('epochs', 'sample_every', 'max_consecutive_skips', 'cache', 'bad_files')
 
 
 def _train_config(args) -> dict:
@@ -42,19 +42,27 @@ def _train_config(args) -> dict:
   dataset = args.dataset or preset.pop('dataset', None) or ('digits' if not args.config else None)
   preset.pop('dataset', None)
   if dataset is None:
-    raise UsageError(
-      f'--config {args.config} names no data set we can download: give --dataset '
-      f'{glow_data.FOLDER_PREFIX}PATH (a folder of its images)'
+    hint = (
+      configs.get_config(args.config).data_hint or f'{glow_data.FOLDER_PREFIX}PATH (a folder of its images)'
     )
-  if dataset not in DEFAULTS and not dataset.startswith(glow_data.FOLDER_PREFIX):
+    raise UsageError(f'--config {args.config} names no data set we can download: give --dataset {hint}')
+  if dataset not in DEFAULTS and not glow_data.is_path_source(dataset):
     raise UsageError(
-      f'unknown data set {dataset!r}; accepted: {", ".join(glow_data.DATASETS)}, '
-      f'or {glow_data.FOLDER_PREFIX}PATH (a folder of PNG/JPEG images)'
+      f'unknown data set {dataset!r}; accepted: {", ".join(glow_data.DATASETS)}, or {glow_data.SOURCES_HELP}'
     )
   config = {
     'dataset': dataset,
     **{
-      k: getattr(args, k) for k in ('clipnorm', 'seed', 'max_consecutive_skips', 'memory_saving', 'precision')
+      k: getattr(args, k)
+      for k in (
+        'clipnorm',
+        'seed',
+        'max_consecutive_skips',
+        'memory_saving',
+        'precision',
+        'cache',
+        'bad_files',
+      )
     },
   }
   fallback = dict(coupling='affine', permutation='conv_lu', conditional=False)
@@ -78,6 +86,8 @@ def _load_split(config: dict, split: str, shuffle: bool, data_dir: str | None):
     shuffle=shuffle,
     data_dir=data_dir,
     seed=config['seed'],
+    cache=config.get('cache'),
+    bad_files=config.get('bad_files', 'skip'),
   )
 
 
@@ -113,9 +123,13 @@ def train(args) -> int:
   # The model is built and compiled in the chosen precision; the process' policy is restored after.
   with flag_errors(), strategy.scope(), global_policy(config.get('precision', 'float32')):
     train_ds, info = _load_split(config, 'train', shuffle=True, data_dir=args.data_dir)
-    test_ds, _ = _load_split(config, 'test', shuffle=False, data_dir=args.data_dir)
+    test_ds, test_info = _load_split(config, 'test', shuffle=False, data_dir=args.data_dir)
     if args.strategy != 'default':
-      train_ds, test_ds = distribute.shard(train_ds), distribute.shard(test_ds)
+      workers = distribute.num_workers(strategy)
+      train_ds = distribute.shard(train_ds, info.num_shards, workers)
+      test_ds = distribute.shard(test_ds, test_info.num_shards, workers)
+    if info.class_names:
+      print('classes: ' + ', '.join(f'{i}={name}' for i, name in enumerate(info.class_names)))
     model = GlowModel(
       info.image_shape,
       levels=config['levels'],
@@ -195,7 +209,7 @@ def train(args) -> int:
   # Never save or report a diverged model as if it were trained: check before writing anything.
   train_eval_ds, _ = _load_split(config, 'train', shuffle=False, data_dir=args.data_dir)
   if args.strategy != 'default':
-    train_eval_ds = distribute.shard(train_eval_ds)
+    train_eval_ds = distribute.shard(train_eval_ds, info.num_shards, distribute.num_workers(strategy))
   train_bpd, test_bpd = bits_per_dim(model, train_eval_ds), bits_per_dim(model, test_ds)
   uniform = math.log2(info.n_bins)
   if not (math.isfinite(test_bpd) and math.isfinite(train_bpd)) or not guard.finite_weights(model):
@@ -205,6 +219,10 @@ def train(args) -> int:
       out, f"the final test bits/dim, {test_bpd:.4g}, is worse than the uniform model's {uniform:.4g}"
     )
   model.save(os.path.join(wout, 'model.keras'))  # atomic: never a half-written model.keras
+  if info.class_names:  # label id i is line i
+    atomic.write_bytes(
+      os.path.join(wout, 'class_names.txt'), ''.join(f'{c}\n' for c in info.class_names).encode()
+    )
   n, columns, labels = grid_layout(64, model.num_classes)
   save_grid(
     os.path.join(wout, 'samples.png'),
@@ -226,7 +244,12 @@ def train(args) -> int:
     strategy=args.strategy,
     replicas=strategy.num_replicas_in_sync,
     weights_sha256=distribute.weights_digest(model),
+    class_names=list(info.class_names) if info.class_names else None,
+    skipped_files=sum(i.skipped.count for i in (info, test_info) if i.skipped is not None),
   )
+  for i in (info, test_info):
+    if i.skipped is not None and i.skipped.count:
+      print(f'warning: {i.skipped.summary()}')
   if args.strategy != 'default':
     print(f'weights sha256 {metrics["weights_sha256"]} ({metrics["replicas"]} replicas)')
   wrote = (

@@ -15,8 +15,9 @@ Strategies (`STRATEGIES`):
   tpu           TPUStrategy on the TPU named by --tpu (or the local one); untested here.
 
 Batches are global: a dataset batched at B gives each of the R replicas B / R images per step (Keras
-splits it); with several workers, each worker reads every W-th batch (auto-shard policy DATA), so every
-worker must build the same dataset (same seed). Only the chief writes the run's files; the others write
+splits it); with several workers, each worker reads its own TFRecord shards (auto-shard policy FILE) when
+there are at least as many shards as workers, else every W-th batch (DATA), so every worker must build the
+same dataset (same seed). Only the chief writes the run's files; the others write
 to a temporary directory that they delete (the Keras multi-worker convention), so the collective ops
 that saving may run still happen on every worker.
 """
@@ -99,11 +100,33 @@ def remove_write_dir(out: str, strategy: tf.distribute.Strategy) -> None:
     tf.io.gfile.rmtree(path)
 
 
-def shard(dataset: tf.data.Dataset) -> tf.data.Dataset:
-  """Shards a dataset across workers by data (every worker reads the same pipeline and keeps every W-th
-  batch): in-memory data sets have no files to shard by, and DATA keeps the global batch order."""
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+  """Hosts (worker and chief tasks) in the strategy's cluster; 1 for single-host strategies."""
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  if resolver is None or not getattr(resolver, 'task_type', None):
+    return 1
+  jobs = resolver.cluster_spec().as_dict()
+  return sum(len(jobs.get(job, ())) for job in ('chief', 'worker')) or 1
+
+
+def shard_policy(num_shards: int | None, workers: int) -> tf.data.experimental.AutoShardPolicy:
+  """FILE when the data comes from at least as many files (TFRecord shards) as there are workers: each
+  worker then reads and decodes only its own files. DATA otherwise: every worker runs the whole pipeline
+  and keeps every W-th batch (in-memory and streamed-folder data have no file list that tf.data can split
+  among the workers; with fewer files than workers, FILE would leave some workers idle)."""
+  if num_shards and num_shards >= workers:
+    return tf.data.experimental.AutoShardPolicy.FILE
+  return tf.data.experimental.AutoShardPolicy.DATA
+
+
+def shard(dataset: tf.data.Dataset, num_shards: int | None = None, workers: int = 1) -> tf.data.Dataset:
+  """Sets the dataset's auto-shard policy for multi-worker training (`shard_policy`); `num_shards`:
+  `DatasetInfo.num_shards` of the data set, `workers`: `num_workers(strategy)`.
+
+  With FILE the shards' sizes may differ by one example (tfp-glow prepare deals them round robin), so
+  workers may see a last batch of different sizes; tf.distribute pads the shorter worker's steps."""
   options = tf.data.Options()
-  options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+  options.experimental_distribute.auto_shard_policy = shard_policy(num_shards, workers)
   return dataset.with_options(options)
 
 
