@@ -74,7 +74,7 @@ def _train_config(args) -> dict:
   return config
 
 
-def _load_split(config: dict, split: str, shuffle: bool, data_dir: str | None):
+def _load_split(config: dict, split: str, shuffle: bool, data_dir: str | None, worker_shard=None):
   return glow_data.load_dataset(
     config['dataset'],
     split,
@@ -88,6 +88,7 @@ def _load_split(config: dict, split: str, shuffle: bool, data_dir: str | None):
     seed=config['seed'],
     cache=config.get('cache'),
     bad_files=config.get('bad_files', 'skip'),
+    worker_shard=worker_shard,
   )
 
 
@@ -122,12 +123,15 @@ def train(args) -> int:
   keras.utils.set_random_seed(config['seed'])
   # The model is built and compiled in the chosen precision; the process' policy is restored after.
   with flag_errors(), strategy.scope(), global_policy(config.get('precision', 'float32')):
-    train_ds, info = _load_split(config, 'train', shuffle=True, data_dir=args.data_dir)
-    test_ds, test_info = _load_split(config, 'test', shuffle=False, data_dir=args.data_dir)
+    mine = distribute.worker_shard(strategy)  # (W, i): TFRecord shards are split among the workers
+    train_ds, info = _load_split(config, 'train', shuffle=True, data_dir=args.data_dir, worker_shard=mine)
+    test_ds, test_info = _load_split(config, 'test', shuffle=False, data_dir=args.data_dir, worker_shard=mine)
     if args.strategy != 'default':
-      workers = distribute.num_workers(strategy)
-      train_ds = distribute.shard(train_ds, info.num_shards, workers)
-      test_ds = distribute.shard(test_ds, test_info.num_shards, workers)
+      train_ds = distribute.shard(train_ds, info.sharded_by_file)
+      test_ds = distribute.shard(test_ds, test_info.sharded_by_file)
+      if info.sharded_by_file:
+        workers, index = mine
+        print(f'worker {index}: reads TFRecord shards {index}, {index} + {workers}, ... of {info.num_shards}')
     if info.class_names:
       print('classes: ' + ', '.join(f'{i}={name}' for i, name in enumerate(info.class_names)))
     model = GlowModel(
@@ -207,9 +211,9 @@ def train(args) -> int:
   if not np.all(np.isfinite(losses)):
     _diverged(out, f'the loss became NaN or Inf in epoch {len(losses)}')
   # Never save or report a diverged model as if it were trained: check before writing anything.
-  train_eval_ds, _ = _load_split(config, 'train', shuffle=False, data_dir=args.data_dir)
+  train_eval_ds, _ = _load_split(config, 'train', shuffle=False, data_dir=args.data_dir, worker_shard=mine)
   if args.strategy != 'default':
-    train_eval_ds = distribute.shard(train_eval_ds, info.num_shards, distribute.num_workers(strategy))
+    train_eval_ds = distribute.shard(train_eval_ds, info.sharded_by_file)
   train_bpd, test_bpd = bits_per_dim(model, train_eval_ds), bits_per_dim(model, test_ds)
   uniform = math.log2(info.n_bins)
   if not (math.isfinite(test_bpd) and math.isfinite(train_bpd)) or not guard.finite_weights(model):

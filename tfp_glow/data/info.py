@@ -66,8 +66,8 @@ class DatasetInfo:
   num_examples: examples in the split (files listed, for folders: skipped ones included), None when
                 tfds does not know it.
   class_names:  label id -> class name (folder subfolders, TFRecord manifests), None if unnamed.
-  num_shards:   files the split is read from (TFRecord shards), None for other sources; multi-worker
-                training shards by file when there are at least as many as workers.
+  num_shards:   files the split is stored in (TFRecord shards), None for other sources.
+  sharded_by_file: True when this worker reads only its own shards (load_dataset's worker_shard).
   skipped:      the files a folder source skips while streaming (see `SkippedFiles`), None otherwise.
   """
 
@@ -78,3 +78,4 @@ class DatasetInfo:
   class_names: tuple[str, ...] | None = None
   num_shards: int | None = dataclasses.field(default=None, compare=False)
   skipped: SkippedFiles | None = dataclasses.field(default=None, compare=False, repr=False)
+  sharded_by_file: bool = dataclasses.field(default=False, compare=False)

@@ -50,6 +50,7 @@ def load_dataset(
   drop_remainder: bool = False,
   cache: str | None = None,
   bad_files: str = 'skip',
+  worker_shard: tuple[int, int] | None = None,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
   """A batched, dequantized `tf.data.Dataset` of images and its `DatasetInfo`.
 
@@ -73,6 +74,9 @@ def load_dataset(
     first epoch (tfds sources under 2 GiB are cached in memory anyway; digits are in memory).
   bad_files: folders only: 'skip' (skip, count and name undecodable files; see DatasetInfo.skipped) or
     'error' (decode every file up front and raise naming the bad ones).
+  worker_shard: (W, i) for worker i of W (`tfp_glow.training.distribute.worker_shard`): a TFRecord set
+    of at least W shards is then read by file, this worker's shards only (DatasetInfo.sharded_by_file);
+    other sources ignore it (and are sharded by tf.distribute, by data).
 
   Raises ValueError for bad arguments and DatasetUnavailableError when tfds cannot get the data.
   """
@@ -91,7 +95,7 @@ def load_dataset(
       f'{", ".join(("digits",) + tfds_sources.LABELED)}, a folder with class subfolders, or labeled arrays'
     )
   common = dict(shuffle=shuffle, batch_size=batch_size, drop_remainder=drop_remainder, seed=seed)
-  n_bins, class_names, num_shards, skipped = 2**n_bits, None, None, None
+  n_bins, class_names, num_shards, skipped, by_file = 2**n_bits, None, None, None, False
 
   if name in tfds_sources.TFDS_DATASETS:
     ds, shape, num_classes, n = tfds_sources.tfds_bins(
@@ -135,7 +139,9 @@ def load_dataset(
       ds, shape, class_names, n, skipped = folder.folder_bins(path, split, bad_files=bad_files, **args)
       num_classes = len(class_names) if class_names else None
     elif kind == 'tfrecord':
-      ds, shape, n_bins, num_classes, class_names, n, num_shards = tfrecord.tfrecord_bins(path, split, **args)
+      ds, shape, n_bins, num_classes, class_names, n, num_shards, by_file = tfrecord.tfrecord_bins(
+        path, split, worker_shard=worker_shard, **args
+      )
     else:
       ds, shape, num_classes, n = arrays.array_bins(path, split, **args)
   if pad_to_32:
@@ -145,4 +151,4 @@ def load_dataset(
       lambda *e: (pad(e[0]), e[1]) if len(e) == 2 else pad(e[0]), num_parallel_calls=tf.data.AUTOTUNE
     )
   ds = batch_and_dequantize(ds, n_bins, num_examples=n, cache=cache, **common)
-  return ds, DatasetInfo(shape, n_bins, num_classes, n, class_names, num_shards, skipped)
+  return ds, DatasetInfo(shape, n_bins, num_classes, n, class_names, num_shards, skipped, by_file)

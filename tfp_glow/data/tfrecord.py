@@ -12,8 +12,10 @@ Written by `tfp-glow prepare SRC OUT --shards N` (`write_shards`), read by `--da
 Example i of a split goes to shard i % N, so shards differ by at most one example. A folder's original
 file bytes are stored when no resizing is asked for (JPEG stays JPEG, bit for bit), anything else as PNG.
 Reading: the shard list (shuffled per epoch) is interleaved, the records shuffled in a buffer of encoded
-bytes, then decoded in parallel; the file list is the dataset's source, so tf.distribute's auto-shard
-policy FILE gives each worker its own shards (`tfp_glow.training.distribute.shard`).
+bytes, then decoded in parallel. Under multi-worker training, worker i of W reads shards i, i + W, ...
+when there are at least W shards: the auto-shard policy FILE, applied by us because tf.data's own FILE
+rewrite refuses pipelines with a second, file-less source (the per-batch noise seeds of
+`pipeline.batch_and_dequantize`); `tfp_glow.training.distribute.shard` then turns tf.data's sharding off.
 """
 
 from __future__ import annotations
@@ -115,8 +117,10 @@ def tfrecord_bins(
   with_labels: bool,
   shuffle: bool,
   seed: int | None,
+  worker_shard: tuple[int, int] | None = None,
 ):
-  """-> (dataset of uint8 bins [, int32 labels], shape, n_bins, num_classes, class_names, n, num_shards)."""
+  """-> (dataset of uint8 bins [, int32 labels], shape, n_bins, num_classes, class_names, n, num_shards,
+  by_file). worker_shard (W, i): with at least W shards, read only shards i, i + W, ... (by_file True)."""
   manifest = read_manifest(path)
   if split not in manifest['splits']:
     raise ValueError(f'tfrecord data set {path!r} has no {split!r} split')
@@ -131,7 +135,12 @@ def tfrecord_bins(
   stored_bins = int(manifest['n_bins'])
   shape = (image_size, image_size, stored_shape[2]) if image_size else stored_shape
   files = [os.path.join(path, s['file']) for s in entry['shards']]
-  n = int(entry['num_examples'])
+  n = int(entry['num_examples'])  # the whole split's, over all workers: what epochs and schedules count
+  num_shards = len(files)
+  by_file = worker_shard is not None and worker_shard[0] > 1 and num_shards >= worker_shard[0]
+  if by_file:
+    workers, index = worker_shard
+    files = files[index::workers]
 
   ds = tf.data.Dataset.from_tensor_slices(files)
   if shuffle:
@@ -161,7 +170,7 @@ def tfrecord_bins(
   ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle or seed is not None)
   n_bins = stored_bins if stored_bins != 256 else 2**n_bits
   class_names = tuple(manifest['class_names']) if manifest.get('class_names') else None
-  return ds, shape, n_bins, manifest.get('num_classes'), class_names, n, len(files)
+  return ds, shape, n_bins, manifest.get('num_classes'), class_names, n, num_shards, by_file
 
 
 def encoded_examples(images: np.ndarray, labels: np.ndarray | None) -> tf.data.Dataset:

@@ -109,24 +109,31 @@ def num_workers(strategy: tf.distribute.Strategy) -> int:
   return sum(len(jobs.get(job, ())) for job in ('chief', 'worker')) or 1
 
 
-def shard_policy(num_shards: int | None, workers: int) -> tf.data.experimental.AutoShardPolicy:
-  """FILE when the data comes from at least as many files (TFRecord shards) as there are workers: each
-  worker then reads and decodes only its own files. DATA otherwise: every worker runs the whole pipeline
-  and keeps every W-th batch (in-memory and streamed-folder data have no file list that tf.data can split
-  among the workers; with fewer files than workers, FILE would leave some workers idle)."""
-  if num_shards and num_shards >= workers:
-    return tf.data.experimental.AutoShardPolicy.FILE
-  return tf.data.experimental.AutoShardPolicy.DATA
+def worker_shard(strategy: tf.distribute.Strategy) -> tuple[int, int] | None:
+  """(W, i): this process is worker i of W (the chief counted first), for `load_dataset(worker_shard=)`;
+  None on one host."""
+  workers = num_workers(strategy)
+  if workers == 1:
+    return None
+  task_type, task_id = task(strategy)
+  has_chief = 'chief' in strategy.cluster_resolver.cluster_spec().as_dict()
+  return workers, (0 if task_type == 'chief' else task_id + int(has_chief))
 
 
-def shard(dataset: tf.data.Dataset, num_shards: int | None = None, workers: int = 1) -> tf.data.Dataset:
-  """Sets the dataset's auto-shard policy for multi-worker training (`shard_policy`); `num_shards`:
-  `DatasetInfo.num_shards` of the data set, `workers`: `num_workers(strategy)`.
+def shard(dataset: tf.data.Dataset, by_file: bool = False) -> tf.data.Dataset:
+  """Sets how tf.distribute shards `dataset` over the workers.
 
-  With FILE the shards' sizes may differ by one example (tfp-glow prepare deals them round robin), so
-  workers may see a last batch of different sizes; tf.distribute pads the shorter worker's steps."""
+  by_file=False: auto-shard policy DATA, every worker runs the whole pipeline and keeps every W-th batch
+  (in-memory and streamed-folder data have no file list to split). by_file=True (`DatasetInfo.
+  sharded_by_file`, a TFRecord set read with `worker_shard`): each worker already reads only its own
+  shards (policy FILE, applied by the source), so tf.distribute's sharding is turned off.
+
+  With shards split by file, workers whose shards differ in size see a different last batch; tfp-glow
+  prepare deals examples round robin, so give it a number of shards that divides evenly among the workers.
+  """
   options = tf.data.Options()
-  options.experimental_distribute.auto_shard_policy = shard_policy(num_shards, workers)
+  policy = tf.data.experimental.AutoShardPolicy
+  options.experimental_distribute.auto_shard_policy = policy.OFF if by_file else policy.DATA
   return dataset.with_options(options)
 
 
