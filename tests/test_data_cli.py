@@ -90,3 +90,16 @@ def test_tfrecord_shards_train_on_two_workers_each_reading_its_own(tmp_path):
   assert len(digests) == 2 and digests[0] == digests[1]  # the two workers end with the same model
   metrics = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
   assert metrics['replicas'] == 2 and metrics['test_bits_per_dim'] < np.log2(17)
+
+
+def test_imagenet_configs_name_the_npz_files_that_can_be_had(tmp_path, capsys):
+  for size in (32, 64):
+    assert cli.main(['train', '--config', f'imagenet{size}', '--out', str(tmp_path / 'x')]) == 2
+    err = capsys.readouterr().err
+    assert 'npz:DIR' in err and f'Imagenet{size}_train_npz' in err and 'image-net.org' in err
+  # Given the files (here two tiny stand-ins in image-net.org's layout), the config reads them.
+  rows = np.random.RandomState(0).randint(0, 256, (20, 3 * 32 * 32)).astype(np.uint8)
+  np.savez(tmp_path / 'train_data_batch_1.npz', data=rows[:15], labels=np.arange(15) % 3 + 1)
+  np.savez(tmp_path / 'val_data.npz', data=rows[15:], labels=np.arange(5) % 3 + 1)
+  _, info = glow_data.load_dataset(f'npz:{tmp_path}', batch_size=4, with_labels=True)
+  assert info.image_shape == (32, 32, 3) and info.num_classes == 3 and info.num_examples == 15
