@@ -66,9 +66,14 @@ def list_images(root: str) -> tuple[list[str], np.ndarray | None, tuple[str, ...
   """(sorted relative paths, int32 labels or None, class names or None) of the folder `root`."""
   if not tf.io.gfile.isdir(root):
     raise ValueError(f'folder data set: {root!r} is not a directory')
-  entries = [e.rstrip('/') for e in tf.io.gfile.listdir(root) if not e.startswith('.')]
-  top_files = sorted(e for e in entries if _is_image(e) and not tf.io.gfile.isdir(os.path.join(root, e)))
-  subdirs = sorted(e for e in entries if tf.io.gfile.isdir(os.path.join(root, e)))
+  if '://' in root:
+    entries = [e.rstrip('/') for e in tf.io.gfile.listdir(root) if not e.startswith('.')]
+    is_dir = {e: tf.io.gfile.isdir(os.path.join(root, e)) for e in entries}
+  else:  # one scandir: no stat per file (a flat folder of 100,000 images)
+    with os.scandir(root) as it:
+      is_dir = {e.name: e.is_dir() for e in it if not e.name.startswith('.')}
+  top_files = sorted(e for e, d in is_dir.items() if not d and _is_image(e))
+  subdirs = sorted(e for e, d in is_dir.items() if d)
   per_class = {d: sorted(_images_below(root, d)) for d in subdirs}
   classes = tuple(d for d in subdirs if per_class[d])
   if top_files and classes:
