@@ -65,9 +65,11 @@ def _generate(work: pathlib.Path) -> None:
 
 
 def _peak_rss_mib() -> float:
-  import resource
-
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+  """This process' peak resident memory (VmHWM; getrusage's ru_maxrss would keep the parent's peak across
+  fork + exec)."""
+  with open('/proc/self/status') as f:
+    line = next(line for line in f if line.startswith('VmHWM:'))
+  return int(line.split()[1]) / 1024  # kB
 
 
 def child_pipeline(dataset: str) -> dict:
