@@ -8,7 +8,7 @@ Layouts (the convention of `keras.utils.image_dataset_from_directory` and tfds' 
 A top level holding both image files and subfolders with images is an error (which did you mean?).
 Hidden files and folders (".name") are ignored, as are files of other suffixes.
 
-Split: a file is "test" if the first 8 bytes of sha256(relative path) read as a fraction are < 0.1, so
+Split: a file is "test" if Fingerprint64(relative path) read as a fraction is < 0.1 (`test_mask`), so
 adding or removing files never moves another file between the splits, and each split reads only its own
 files. (A folder whose hashes put no file in "test" gets the file of the smallest hash: tiny folders only.)
 
@@ -20,7 +20,6 @@ up front, and raises a ValueError naming the bad ones.
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import numpy as np
@@ -35,6 +34,7 @@ FOLDER_PREFIX = 'folder:'
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 BAD_FILES = ('skip', 'error')
 TEST_FRACTION = 0.1
+_HASH_BUCKETS = 2**30
 _PROBES = 16  # files decoded up front for the shape and channels: spread over the sorted listing
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
@@ -92,17 +92,16 @@ def list_images(root: str) -> tuple[list[str], np.ndarray | None, tuple[str, ...
 
 
 def test_mask(relative_paths: list[str]) -> np.ndarray:
-  """True for the files of the test split: a fraction < TEST_FRACTION from sha256 of the relative path
-  (with '/' separators, so the split is the same on every OS)."""
-  fractions = np.array(
-    [
-      int.from_bytes(hashlib.sha256(p.replace(os.sep, '/').encode()).digest()[:8], 'big') / 2**64
-      for p in relative_paths
-    ]
-  )
-  mask = fractions < TEST_FRACTION
+  """True for the files of the test split: Fingerprint64 of the relative path (with '/' separators, so the
+  split is the same on every OS; `tf.strings.to_hash_bucket_fast`, stable across TF versions), read as a
+  fraction of _HASH_BUCKETS, below TEST_FRACTION. Vectorized: a few milliseconds for 100,000 paths."""
+  if not relative_paths:
+    return np.zeros(0, bool)
+  paths = relative_paths if os.sep == '/' else [p.replace(os.sep, '/') for p in relative_paths]
+  buckets = tf.strings.to_hash_bucket_fast(tf.constant(paths), _HASH_BUCKETS).numpy()
+  mask = buckets < TEST_FRACTION * _HASH_BUCKETS
   if not mask.any() and len(relative_paths) >= 2:
-    mask[np.argmin(fractions)] = True
+    mask[np.argmin(buckets)] = True
   return mask
 
 
@@ -122,11 +121,10 @@ def complete_image(raw: tf.Tensor) -> tf.Tensor:
 
 
 def _probe(files: list[str], image_size: int | None, bad_files: str) -> tuple[int, int, int]:
-  """(H, W, C) of the data set from up to _PROBES files spread over the listing: C is 3 if any probed
+  """(H, W, C) of the data set from `files` (up to _PROBES spread over the listing): C is 3 if any probed
   image has colour, else 1; without image_size, probed images of different sizes are an error."""
-  picks = sorted({int(i) for i in np.linspace(0, len(files) - 1, min(_PROBES, len(files)))})
   shapes = {}
-  for i in picks:
+  for i in range(len(files)):
     try:
       raw = tf.io.read_file(files[i])
       if not bool(complete_image(raw)):
@@ -137,7 +135,7 @@ def _probe(files: list[str], image_size: int | None, bad_files: str) -> tuple[in
         raise ValueError(f'folder data set: cannot decode image file {files[i]!r}') from e
   if not shapes:
     raise ValueError(
-      f'folder data set: none of the {len(picks)} files tried can be decoded, e.g. {files[0]!r}'
+      f'folder data set: none of the {len(files)} files tried can be decoded, e.g. {files[0]!r}'
     )
   channels = 3 if any(s[2] >= 3 for s in shapes.values()) else 1
   if image_size is not None:
@@ -220,19 +218,23 @@ def folder_bins(
   if split == 'test' and len(relative) < 2:
     raise ValueError(f'folder data set: {root!r} has {len(relative)} image; a test split needs at least 2')
   keep = test_mask(relative) if split == 'test' else ~test_mask(relative)
-  files = [os.path.join(root, p) for p, k in zip(relative, keep) if k]
-  split_labels = labels[keep] if labels is not None else np.zeros(len(files), np.int32)
-  shape = _probe(files, image_size, bad_files)
+  # Full paths are joined in one vectorized op: no Python work per file beyond the listing.
+  relative_kept = np.asarray(relative, dtype=object)[keep]
+  paths_t = tf.strings.join([os.path.join(root, ''), tf.constant(list(relative_kept), tf.string)])
+  n = len(relative_kept)
+  split_labels = labels[keep] if labels is not None else np.zeros(n, np.int32)
+  picks = sorted({int(i) for i in np.linspace(0, n - 1, min(_PROBES, n))})
+  shape = _probe([os.path.join(root, relative_kept[i]) for i in picks], image_size, bad_files)
   resize = image_size is not None
   if bad_files == 'error':
-    _check_every_file(files, shape, resize)
+    _check_every_file([p.decode() for p in paths_t.numpy()], shape, resize)
   skipped = SkippedFiles()
 
   def record(path, reason):
     skipped.record(path.numpy().decode(), reason.numpy().decode())
     return False
 
-  paths_t, labels_t = tf.constant(files), tf.constant(split_labels)
+  labels_t = tf.constant(split_labels)
 
   def load(index):
     path = tf.gather(paths_t, index)
@@ -247,9 +249,9 @@ def folder_bins(
   def keep_good(bins, label, ok, path, reason):
     return tf.cond(ok, lambda: True, lambda: tf.py_function(record, [path, reason], tf.bool))
 
-  ds = shuffled_indices(len(files), shuffle, seed)
+  ds = shuffled_indices(n, shuffle, seed)
   ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle or seed is not None)
   ds = ds.filter(keep_good).map(lambda bins, label, *_: (bins, label) if with_labels or encoded else bins)
   if bad_files == 'skip':
     ds = ds.ignore_errors(log_warning=True)  # last resort (a file deleted mid-run): logged by TensorFlow
-  return ds, shape, class_names, len(files), skipped
+  return ds, shape, class_names, n, skipped
