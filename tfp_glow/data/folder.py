@@ -223,8 +223,9 @@ def folder_bins(
   paths_t = tf.strings.join([os.path.join(root, ''), tf.constant(list(relative_kept), tf.string)])
   n = len(relative_kept)
   split_labels = labels[keep] if labels is not None else np.zeros(n, np.int32)
-  picks = sorted({int(i) for i in np.linspace(0, n - 1, min(_PROBES, n))})
-  shape = _probe([os.path.join(root, relative_kept[i]) for i in picks], image_size, bad_files)
+  # Probed over both splits' files, so that train and test agree on the shape and channels.
+  picks = sorted({int(i) for i in np.linspace(0, len(relative) - 1, min(_PROBES, len(relative)))})
+  shape = _probe([os.path.join(root, relative[i]) for i in picks], image_size, bad_files)
   resize = image_size is not None
   if bad_files == 'error':
     _check_every_file([p.decode() for p in paths_t.numpy()], shape, resize)
