@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from tfp_glow.data.quantize import dequantize
 
 MAX_SHUFFLE_BUFFER = 10_000
+MAX_SHUFFLE_BYTES = 2**28
 CACHES = (None, 'memory')  # or a file path prefix
 
 
@@ -40,8 +42,12 @@ def batch_and_dequantize(
   `Dataset.random` stream that re-randomizes on each iteration (reproducible when `seed` is set).
   """
   ds = apply_cache(ds, cache)
-  if shuffle:
-    buffer = min(num_examples or MAX_SHUFFLE_BUFFER, MAX_SHUFFLE_BUFFER)
+  if shuffle:  # at most MAX_SHUFFLE_BYTES of decoded images wait in the buffer (256x256: ~1,400)
+    spec = ds.element_spec[0] if isinstance(ds.element_spec, tuple) else ds.element_spec
+    per_image = int(np.prod(spec.shape)) if spec.shape.is_fully_defined() else 1
+    buffer = min(
+      num_examples or MAX_SHUFFLE_BUFFER, MAX_SHUFFLE_BUFFER, max(1024, MAX_SHUFFLE_BYTES // per_image)
+    )
     ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   noise_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
