@@ -6,11 +6,15 @@ Each `GlowConfig` holds the architecture and training settings of one experiment
   name                 data (ours)                    L   K   width coupling  n_bits batch  published bits/dim
   cifar10              cifar10                        3   32  512   affine    8      512    3.35
   cifar10_conditional  cifar10, class-conditional     3   32  512   additive  5      512    (qualitative)
-  imagenet32           downsampled_imagenet/32x32     3   48  512   affine    8      512    4.09
-  imagenet64           downsampled_imagenet/64x64     4   48  512   affine    8      128    3.81
+  imagenet32           npz:DIR of ImageNet 32x32 (1)  3   48  512   affine    8      512    4.09
+  imagenet64           npz:DIR of ImageNet 64x64 (1)  4   48  512   affine    8      128    3.81
   celeba_hq256         folder:PATH of CelebA-HQ 256   6   32  512   additive  5      40     (qualitative)
   mnist                mnist, padded to 32x32x1       3   32  512   affine    8      512    (see below)
   ablation_P_C         cifar10, permutation P in reverse/shuffle/conv, coupling C in additive/affine
+
+(1) The paper used van den Oord et al.'s downsampled ImageNet (tfds `downsampled_imagenet`, which tfds marks
+deprecated: its download is gone). What image-net.org still distributes is Chrabaszcz et al.'s (2017) .npz
+version (box-resized, the same 1.28M / 50k images): bits/dim on it are close to, not the same as, the paper's.
 
 All use the LU 1x1 convolution ("flow_permutation 2") unless an ablation says otherwise, a learned top prior
 ("--learntop"), Adamax at lr 1e-3 with linear warmup and no decay. Batch sizes are totals over all devices:
@@ -66,6 +70,7 @@ class GlowConfig:
   published_bits_per_dim: float | None = None
   gpus: int = 8
   gpu_days: float | None = None
+  data_hint: str | None = None  # what to give as --dataset when `dataset` is None
 
   def train_flags(self) -> dict:
     """The settings as `tfp-glow train` flag values (keys as in `tfp_glow.cli.DEFAULTS`)."""
@@ -99,6 +104,13 @@ class GlowConfig:
       permutation=self.permutation,
       num_classes=10 if self.conditional else None,
     )
+
+
+def _imagenet_hint(size: int) -> str:
+  return (
+    f'npz:DIR, DIR holding Downsampled ImageNet {size}x{size} (image-net.org, "Downsampled ImageNet": '
+    f'Imagenet{size}_train_npz and Imagenet{size}_val_npz unzipped; see README "Data")'
+  )
 
 
 def _warmup_epochs(train_images: int, batch_size: int, gpus: int = 8) -> float:
@@ -150,7 +162,8 @@ CONFIGS: dict[str, GlowConfig] = {
     GlowConfig(
       'imagenet32',
       "ImageNet 32x32 (van den Oord et al.), the paper's quantitative result",
-      dataset='downsampled_imagenet/32x32',
+      dataset=None,
+      data_hint=_imagenet_hint(32),
       image_shape=(32, 32, 3),
       levels=3,
       steps=48,
@@ -161,7 +174,8 @@ CONFIGS: dict[str, GlowConfig] = {
     GlowConfig(
       'imagenet64',
       "ImageNet 64x64 (van den Oord et al.), the paper's quantitative result",
-      dataset='downsampled_imagenet/64x64',
+      dataset=None,
+      data_hint=_imagenet_hint(64),
       image_shape=(64, 64, 3),
       levels=4,
       steps=48,

@@ -7,6 +7,7 @@
   tfp-glow manipulate runs/digits test:19 --from-class 1 --to-class 7 --alphas 0 0.5 1 --out 1to7.png
   tfp-glow ood runs/digits --out noise constant inverted     # OOD scores: AUROC table, ood.json
   tfp-glow train --config cifar10 --strategy multi-worker   # the paper's CIFAR-10 run, TF_CONFIG per host
+  tfp-glow prepare folder:images shards/ --shards 16        # TFRecord shards: --dataset tfrecord:shards/
 Bad flags, missing data and unreadable models print one `error:` line and exit with code 2; a
 diverged run or model (NaN/Inf, or worse than the uniform model) exits with code 1 and leaves no model.
 """
@@ -38,6 +39,7 @@ from tfp_glow.cli.common import (
   save_grid,
 )
 from tfp_glow.cli.flags import DEFAULTS, LARGE_DEFAULTS, SAMPLE_TEMPERATURE, build_parser
+from tfp_glow.cli.prepare_command import prepare
 from tfp_glow.cli.train_command import train
 from tfp_glow.images import read_image
 from tfp_glow.training import guard
@@ -226,6 +228,7 @@ def _build_parser() -> argparse.ArgumentParser:
   handlers = dict(
     train=train, sample=sample, evaluate=evaluate, interpolate=interpolate, manipulate=manipulate, ood=ood
   )
+  handlers['prepare'] = prepare
   return build_parser(handlers, description=__doc__.split('\n')[0])
 
 

@@ -47,7 +47,7 @@ def _add_data_flags(p: argparse.ArgumentParser, default_dataset: str | None) -> 
   p.add_argument(
     '--dataset',
     default=default_dataset,
-    help=f'{", ".join(glow_data.DATASETS)} or {glow_data.FOLDER_PREFIX}PATH (default: {fallback})',
+    help=f'{", ".join(glow_data.DATASETS)}, or {glow_data.SOURCES_HELP} (default: {fallback})',
   )
   p.add_argument('--data-dir', help='tensorflow_datasets data directory (data prepared with `tfds build`)')
   p.add_argument('--image-size', type=int, help='resize images to SIZE x SIZE')
@@ -95,6 +95,18 @@ def build_parser(
     '--conditional', action=argparse.BooleanOptionalAction, help='class-conditional model (labeled data sets)'
   )
   p.add_argument('--seed', type=int, default=0)
+  p.add_argument(
+    '--cache',
+    help="keep the decoded images after the first epoch: 'memory', or a file path prefix (default: stream "
+    'from disk every epoch; tfds sets under 2 GiB are kept in memory)',
+  )
+  p.add_argument(
+    '--bad-files',
+    choices=glow_data.BAD_FILES,
+    default='skip',
+    help='folder:PATH images that cannot be decoded: skip them (named, counted in metrics.json), or error '
+    'before training (decodes every file once)',
+  )
   p.add_argument(
     '--max-consecutive-skips',
     type=int,
@@ -148,6 +160,21 @@ def build_parser(
   p.add_argument('--tensorboard', action='store_true', help='log metrics and sample grids to DIR/logs')
   p.add_argument('--out', help='output directory (default: runs/DATASET); rerun to resume a killed run')
   p.set_defaults(handler=handlers['train'])
+
+  prepare_p = commands.add_parser(
+    'prepare', help='write a data set as TFRecord shards + manifest (for many hosts: --dataset tfrecord:OUT)'
+  )
+  prepare_p.add_argument(
+    'src', help=f'a data set name (digits, cifar10, ...), a folder, or {glow_data.SOURCES_HELP}'
+  )
+  prepare_p.add_argument('out', help='a new folder (any path TensorFlow writes, e.g. gs://...)')
+  prepare_p.add_argument(
+    '--shards', type=int, default=16, help='files per split (>= the hosts that will read them)'
+  )
+  prepare_p.add_argument('--image-size', type=int, help='center-crop and resize images to SIZE x SIZE')
+  prepare_p.add_argument('--data-dir', help='tensorflow_datasets data directory (tfds sources)')
+  prepare_p.add_argument('--bad-files', choices=glow_data.BAD_FILES, default='skip', help='as for train')
+  prepare_p.set_defaults(handler=handlers['prepare'])
 
   sample_p = commands.add_parser('sample', help='write a grid of samples as PNG')
   evaluate_p = commands.add_parser('evaluate', help='print JSON: test bits/dim and reconstruction error')

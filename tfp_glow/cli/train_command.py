@@ -33,7 +33,7 @@ from tfp_glow.training.optim import default_optimizer
 from tfp_glow.training.precision import global_policy
 
 # Other config changes would invalidate a backup.
-_MAY_CHANGE_ON_RESUME = ('epochs', 'sample_every', 'max_consecutive_skips')
+_MAY_CHANGE_ON_RESUME = ('epochs', 'sample_every', 'max_consecutive_skips', 'cache', 'bad_files')
 
 
 def _train_config(args) -> dict:
@@ -42,14 +42,13 @@ def _train_config(args) -> dict:
   dataset = args.dataset or preset.pop('dataset', None) or ('digits' if not args.config else None)
   preset.pop('dataset', None)
   if dataset is None:
-    raise UsageError(
-      f'--config {args.config} names no data set we can download: give --dataset '
-      f'{glow_data.FOLDER_PREFIX}PATH (a folder of its images)'
+    hint = (
+      configs.get_config(args.config).data_hint or f'{glow_data.FOLDER_PREFIX}PATH (a folder of its images)'
     )
-  if dataset not in DEFAULTS and not dataset.startswith(glow_data.FOLDER_PREFIX):
+    raise UsageError(f'--config {args.config} names no data set we can download: give --dataset {hint}')
+  if dataset not in DEFAULTS and not glow_data.is_path_source(dataset):
     raise UsageError(
-      f'unknown data set {dataset!r}; accepted: {", ".join(glow_data.DATASETS)}, '
-      f'or {glow_data.FOLDER_PREFIX}PATH (a folder of PNG/JPEG images)'
+      f'unknown data set {dataset!r}; accepted: {", ".join(glow_data.DATASETS)}, or {glow_data.SOURCES_HELP}'
     )
   config = {
     'dataset': dataset,
@@ -63,6 +62,8 @@ def _train_config(args) -> dict:
         'precision',
         'dequantization',
         'background_noise',
+        'cache',
+        'bad_files',
       )
     },
   }
@@ -77,7 +78,7 @@ def _train_config(args) -> dict:
   return config
 
 
-def _load_split(config: dict, split: str, shuffle: bool, data_dir: str | None):
+def _load_split(config: dict, split: str, shuffle: bool, data_dir: str | None, worker_shard=None):
   return glow_data.load_dataset(
     config['dataset'],
     split,
@@ -89,6 +90,9 @@ def _load_split(config: dict, split: str, shuffle: bool, data_dir: str | None):
     shuffle=shuffle,
     data_dir=data_dir,
     seed=config['seed'],
+    cache=config.get('cache'),
+    bad_files=config.get('bad_files', 'skip'),
+    worker_shard=worker_shard,
   )
 
 
@@ -123,12 +127,19 @@ def train(args) -> int:
   keras.utils.set_random_seed(config['seed'])
   # The model is built and compiled in the chosen precision; the process' policy is restored after.
   with flag_errors(), strategy.scope(), global_policy(config.get('precision', 'float32')):
-    train_ds, info = _load_split(config, 'train', shuffle=True, data_dir=args.data_dir)
-    test_ds, _ = _load_split(config, 'test', shuffle=False, data_dir=args.data_dir)
+    mine = distribute.worker_shard(strategy)  # (W, i): TFRecord shards are split among the workers
+    train_ds, info = _load_split(config, 'train', shuffle=True, data_dir=args.data_dir, worker_shard=mine)
+    test_ds, test_info = _load_split(config, 'test', shuffle=False, data_dir=args.data_dir, worker_shard=mine)
     if config['background_noise']:  # a background model (tfp_glow.ood.likelihood_ratio) sees perturbed data
       train_ds = ood.perturbed_dataset(train_ds, config['background_noise'], info.n_bins)
     if args.strategy != 'default':
-      train_ds, test_ds = distribute.shard(train_ds), distribute.shard(test_ds)
+      train_ds = distribute.shard(train_ds, info.sharded_by_file)
+      test_ds = distribute.shard(test_ds, test_info.sharded_by_file)
+      if info.sharded_by_file:
+        workers, index = mine
+        print(f'worker {index}: reads TFRecord shards {index}, {index} + {workers}, ... of {info.num_shards}')
+    if info.class_names:
+      print('classes: ' + ', '.join(f'{i}={name}' for i, name in enumerate(info.class_names)))
     model = GlowModel(
       info.image_shape,
       levels=config['levels'],
@@ -207,9 +218,9 @@ def train(args) -> int:
   if not np.all(np.isfinite(losses)):
     _diverged(out, f'the loss became NaN or Inf in epoch {len(losses)}')
   # Never save or report a diverged model as if it were trained: check before writing anything.
-  train_eval_ds, _ = _load_split(config, 'train', shuffle=False, data_dir=args.data_dir)
+  train_eval_ds, _ = _load_split(config, 'train', shuffle=False, data_dir=args.data_dir, worker_shard=mine)
   if args.strategy != 'default':
-    train_eval_ds = distribute.shard(train_eval_ds)
+    train_eval_ds = distribute.shard(train_eval_ds, info.sharded_by_file)
   train_bpd, test_bpd = bits_per_dim(model, train_eval_ds), bits_per_dim(model, test_ds)
   uniform = math.log2(info.n_bins)
   if not (math.isfinite(test_bpd) and math.isfinite(train_bpd)) or not guard.finite_weights(model):
@@ -219,6 +230,10 @@ def train(args) -> int:
       out, f"the final test bits/dim, {test_bpd:.4g}, is worse than the uniform model's {uniform:.4g}"
     )
   model.save(os.path.join(wout, 'model.keras'))  # atomic: never a half-written model.keras
+  if info.class_names:  # label id i is line i
+    atomic.write_bytes(
+      os.path.join(wout, 'class_names.txt'), ''.join(f'{c}\n' for c in info.class_names).encode()
+    )
   n, columns, labels = grid_layout(64, model.num_classes)
   save_grid(
     os.path.join(wout, 'samples.png'),
@@ -240,7 +255,12 @@ def train(args) -> int:
     strategy=args.strategy,
     replicas=strategy.num_replicas_in_sync,
     weights_sha256=distribute.weights_digest(model),
+    class_names=list(info.class_names) if info.class_names else None,
+    skipped_files=sum(i.skipped.count for i in (info, test_info) if i.skipped is not None),
   )
+  for i in (info, test_info):
+    if i.skipped is not None and i.skipped.count:
+      print(f'warning: {i.skipped.summary()}')
   if args.strategy != 'default':
     print(f'weights sha256 {metrics["weights_sha256"]} ({metrics["replicas"]} replicas)')
   wrote = (

@@ -15,8 +15,9 @@ Strategies (`STRATEGIES`):
   tpu           TPUStrategy on the TPU named by --tpu (or the local one); untested here.
 
 Batches are global: a dataset batched at B gives each of the R replicas B / R images per step (Keras
-splits it); with several workers, each worker reads every W-th batch (auto-shard policy DATA), so every
-worker must build the same dataset (same seed). Only the chief writes the run's files; the others write
+splits it); with several workers, each worker reads its own TFRecord shards (auto-shard policy FILE) when
+there are at least as many shards as workers, else every W-th batch (DATA), so every worker must build the
+same dataset (same seed). Only the chief writes the run's files; the others write
 to a temporary directory that they delete (the Keras multi-worker convention), so the collective ops
 that saving may run still happen on every worker.
 """
@@ -99,11 +100,40 @@ def remove_write_dir(out: str, strategy: tf.distribute.Strategy) -> None:
     tf.io.gfile.rmtree(path)
 
 
-def shard(dataset: tf.data.Dataset) -> tf.data.Dataset:
-  """Shards a dataset across workers by data (every worker reads the same pipeline and keeps every W-th
-  batch): in-memory data sets have no files to shard by, and DATA keeps the global batch order."""
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+  """Hosts (worker and chief tasks) in the strategy's cluster; 1 for single-host strategies."""
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  if resolver is None or not getattr(resolver, 'task_type', None):
+    return 1
+  jobs = resolver.cluster_spec().as_dict()
+  return sum(len(jobs.get(job, ())) for job in ('chief', 'worker')) or 1
+
+
+def worker_shard(strategy: tf.distribute.Strategy) -> tuple[int, int] | None:
+  """(W, i): this process is worker i of W (the chief counted first), for `load_dataset(worker_shard=)`;
+  None on one host."""
+  workers = num_workers(strategy)
+  if workers == 1:
+    return None
+  task_type, task_id = task(strategy)
+  has_chief = 'chief' in strategy.cluster_resolver.cluster_spec().as_dict()
+  return workers, (0 if task_type == 'chief' else task_id + int(has_chief))
+
+
+def shard(dataset: tf.data.Dataset, by_file: bool = False) -> tf.data.Dataset:
+  """Sets how tf.distribute shards `dataset` over the workers.
+
+  by_file=False: auto-shard policy DATA, every worker runs the whole pipeline and keeps every W-th batch
+  (in-memory and streamed-folder data have no file list to split). by_file=True (`DatasetInfo.
+  sharded_by_file`, a TFRecord set read with `worker_shard`): each worker already reads only its own
+  shards (policy FILE, applied by the source), so tf.distribute's sharding is turned off.
+
+  With shards split by file, workers whose shards differ in size see a different last batch; tfp-glow
+  prepare deals examples round robin, so give it a number of shards that divides evenly among the workers.
+  """
   options = tf.data.Options()
-  options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+  policy = tf.data.experimental.AutoShardPolicy
+  options.experimental_distribute.auto_shard_policy = policy.OFF if by_file else policy.DATA
   return dataset.with_options(options)
 
 
