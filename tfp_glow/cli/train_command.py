@@ -190,7 +190,8 @@ def _write_error(out: str, e: BaseException) -> _OutUnwritable | None:
   """A failed write into --out as one line (naming the file where known), or None if `e` is another error."""
   if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
     where = e.filename if isinstance(e.filename, str) else out
-    return _OutUnwritable(f'cannot write {_user_path(where)!r} ({run_lock.describe_os_error(e)})')
+    # os.strerror: h5py's own strerror runs over several lines
+    return _OutUnwritable(f'cannot write {_user_path(where)!r} ({os.strerror(e.errno)})')
   text = str(e)  # h5py and TensorFlow wrap the OSError in their own
   for cause in ('No space left on device', 'Read-only file system', 'Disk quota exceeded'):
     if cause.lower() in text.lower():

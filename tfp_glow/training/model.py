@@ -457,7 +457,11 @@ def _naming(tmp: str, path: str):
       raise
     text = str(e).replace(tmp, path)
     try:
-      renamed = type(e)(text)
+      if isinstance(e, OSError) and e.errno:  # keep errno (ENOSPC, EACCES, ...) for the callers
+        filename = path if e.filename == tmp else e.filename
+        renamed = type(e)(e.errno, str(e.strerror).replace(tmp, path), filename)
+      else:
+        renamed = type(e)(text)
     except Exception:  # pylint: disable=broad-except  (an exception class with other arguments)
       renamed = ValueError(text)
     raise renamed from e
