@@ -508,3 +508,51 @@ def test_outputs_in_the_way_get_one_error_line_and_nothing_half_written(run, tmp
   assert cli.main(['interpolate', str(run), 'test:0', 'test:1', '--out', str(tmp_path)]) == 2
   assert 'is a directory' in capsys.readouterr().err
   assert sorted(p.name for p in tmp_path.iterdir()) == ['a_file']
+
+
+# ---- sample at any size: batches, .npy, a folder of PNGs ---------------------------------------------
+
+
+def test_sample_rejects_n_below_1(run, tmp_path, capsys):
+  for n in ('0', '-5'):
+    assert cli.main(['sample', str(run), '--n', n, '--out', str(tmp_path / 's.png')]) == 2
+    err = capsys.readouterr().err
+    assert f'--n must be >= 1, got {n}' in err and len(err.strip().splitlines()) == 1
+  assert not list(tmp_path.iterdir())
+
+
+def test_sample_generates_in_bounded_batches_into_npy_and_png_dir(run, tmp_path, monkeypatch):
+  sizes = []
+  original = GlowModel.sample
+
+  def recording_sample(self, n, *args, **kwargs):
+    sizes.append(n)
+    return original(self, n, *args, **kwargs)
+
+  monkeypatch.setattr(GlowModel, 'sample', recording_sample)
+  npy = tmp_path / 'samples.npy'
+  common = ['--batch-size', '16', '--seed', '4']
+  assert cli.main(['sample', str(run), '--n', '50', *common, '--out', str(npy)]) == 0
+  assert sizes == [16, 16, 16, 2]  # never more than --batch-size at a time
+  images = np.load(npy)
+  assert images.shape == (50, 8, 8, 1) and images.dtype == np.uint8
+  assert len({images[i].tobytes() for i in range(50)}) > 40  # 50 samples, not one batch repeated
+  sizes.clear()
+  folder = tmp_path / 'pngs'
+  assert (
+    cli.main(['sample', str(run), '--n', '20', *common, '--format', 'png-dir', '--out', str(folder)]) == 0
+  )
+  assert sizes == [16, 4]
+  names = sorted(p.name for p in folder.iterdir())
+  assert names == [f'{i:06d}.png' for i in range(20)]
+  np.testing.assert_array_equal(_png(folder / '000017.png'), images[17])  # same seed, same samples
+  assert not [p for p in tmp_path.iterdir() if p.name.startswith('.tmp')]
+
+
+def test_sample_switches_from_a_grid_to_npy_above_the_grid_limit(run, tmp_path, monkeypatch, capsys):
+  monkeypatch.setattr(cli.sample_output, 'MAX_GRID_SAMPLES', 8)
+  assert cli.main(['sample', str(run), '--n', '9', '--out', str(tmp_path / 'big.png')]) == 0
+  assert 'too many for one grid' in capsys.readouterr().out
+  assert np.load(tmp_path / 'big.npy').shape == (9, 8, 8, 1) and not (tmp_path / 'big.png').exists()
+  assert cli.main(['sample', str(run), '--n', '9', '--format', 'png', '--out', str(tmp_path / 'x.png')]) == 2
+  assert '--format npy or png-dir' in capsys.readouterr().err
