@@ -6,8 +6,9 @@
   tfp-glow interpolate runs/digits test:0 test:1 --steps 8 --out row.png
   tfp-glow manipulate runs/digits test:19 --from-class 1 --to-class 7 --alphas 0 0.5 1 --out 1to7.png
   tfp-glow train --config cifar10 --strategy multi-worker   # the paper's CIFAR-10 run, TF_CONFIG per host
-Bad flags, missing data and unreadable models print one `error:` line and exit with code 2; a
-diverged run or model (NaN/Inf, or worse than the uniform model) exits with code 1 and leaves no model.
+Bad flags, missing data, unreadable models and an --out in use or not writable print one `error:` line and
+exit with code 2; a diverged run or model (NaN/Inf) exits with code 1 and writes no model.keras (a finite
+model is never deleted).
 """
 
 from __future__ import annotations

@@ -141,6 +141,9 @@ def _run_state(out: str, config: dict, args) -> str:
     if finished or backup:
       print(f'note: --fresh: training a new model in {out}; the old files are replaced at the end')
     return 'fresh'
+  if finished and backup and not args.continue_run:  # killed between metrics.json and the backup's removal
+    tf.io.gfile.rmtree(os.path.join(out, 'backup'))
+    print(f'note: {out}: the run had finished; removed its leftover backup/')
   if finished:
     if not args.continue_run:
       return 'finished'
@@ -179,7 +182,9 @@ def train(args) -> int:
     raise UsageError(str(e)) from e
   except _OutUnwritable as e:
     raise UsageError(str(e)) from e
-  except OSError as e:  # the lock file: --out not writable
+  except OSError as e:  # the lock file, the first write: --out not writable
+    if run_lock.LOCK_NAME not in str(e.filename or ''):
+      raise
     raise UsageError(f'cannot write to --out {out!r} ({run_lock.describe_os_error(e)})') from e
 
 
@@ -369,7 +374,7 @@ def _fit_and_finish(
     sample_grid,
     keras.callbacks.TerminateOnNaN(),
     *([keras.callbacks.TensorBoard(os.path.join(wout, 'logs'))] if args.tensorboard else []),
-    raw,
+    *([raw] if config['ema'] else []),  # the weights before fit writes the EMA over them
     EpochPausePoints(),  # last: after the checkpoint and backup of each epoch
   ]
   fit_started = time.time()
