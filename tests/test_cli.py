@@ -167,15 +167,22 @@ def test_train_in_mixed_precision(run, tmp_path, precision):
 
 
 @pytest.mark.slow
-def test_rerun_after_a_finished_run_trains_afresh(tmp_path, capsys):
+def test_rerun_with_fresh_after_a_finished_run_trains_afresh(tmp_path, capsys):
   out = tmp_path / 'again'
   assert cli.main(['train', *TINY, '--epochs', '1', '--out', str(out)]) == 0
   first = json.loads((out / 'metrics.json').read_text())
   capsys.readouterr()
-  flags = ['--seed', '3', '--tensorboard', '--memory-saving', 'inverse']
+  flags = [
+    '--seed',
+    '3',
+    '--tensorboard',
+    '--memory-saving',
+    'inverse',
+    '--fresh',
+  ]  # without --fresh: a no-op
   assert cli.main(['train', *TINY, '--epochs', '1', '--out', str(out), *flags]) == 0
   assert list((out / 'logs' / 'train').iterdir()) and list((out / 'logs' / 'samples').iterdir())
-  assert 'finished run' in capsys.readouterr().out
+  assert '--fresh: training a new model' in capsys.readouterr().out
   second = json.loads((out / 'metrics.json').read_text())
   assert second['epochs_this_run'] == 1 and second['config']['seed'] == 3 and first['config']['seed'] == 0
   assert first['config']['memory_saving'] == 'off' and second['config']['memory_saving'] == 'inverse'
