@@ -37,11 +37,59 @@ def rows() -> list[dict]:
   return list(metrics.values())
 
 
+def public_api_section() -> str:
+  """The side-by-side table of benchmarks/public_api.py (results/public_api.json), medians per implementation."""
+  path = ROOT / 'benchmarks' / 'results' / 'public_api.json'
+  if not path.exists():
+    return ''
+  import public_api  # noqa: PLC0415  (benchmarks/, next to this file: its table's columns)
+
+  data = json.loads(path.read_text())
+  load = ', '.join(f'{v:.2f}' for v in data['load_average_before'])
+  lines = [
+    '',
+    '## The public API side by side',
+    '',
+    f'{data["settings"]}, on {data["device"]}; medians of `{data["command"]}` at {data["commit"]}, {data["date"]} '
+    f'(load average before: {load}). tfp_glow through `GlowModel.fit` / `sample` / `encode` / ...; the PyTorch '
+    'Glows and the convolutions alone at the same settings, each in its own process, alternating rounds.',
+    *(['', f'**Read with care**: {"; ".join(data["notes"])}.'] if data.get('notes') else []),
+    '',
+    '| implementation | ' + ' | '.join(h for _, h in public_api.TABLE) + ' |',
+    '|---' * (len(public_api.TABLE) + 1) + '|',
+  ]
+  for impl, m in data['medians'].items():
+    if impl != 'cli':
+      lines.append(
+        f'| {impl} | ' + ' | '.join(f'{m[k]:.3g}' if k in m else '-' for k, _ in public_api.TABLE) + ' |'
+      )
+  ours = data['medians'].get('tfp_glow', {})
+  bare = [
+    f'{name} {ours[f"bare_{name}_images_per_s"]:.3g}'
+    for name in public_api.CALLS
+    if f'bare_{name}_images_per_s' in ours
+  ]
+  eager = [
+    f'{k[len("eager_") : -len("_images_per_s")]} {v:.3g}' for k, v in ours.items() if k.startswith('eager_')
+  ]
+  if bare:
+    lines += ['', f'The same work in a bare `tf.function` (images/s): {", ".join(bare)}; run eagerly (as before the '
+              f'calls were compiled): {", ".join(eager)}.']  # fmt: skip
+  cli = data['medians'].get('cli')
+  if cli:
+    lines += [
+      '',
+      'CLI end to end (s, a fresh process each): ' + ', '.join(f'{k} {v:.3g}' for k, v in cli.items()) + '.',
+    ]
+  lines += ['', 'Ratios: ' + '; '.join(f'{k} {v:.2f}x' for k, v in data['ratios'].items()) + '.']
+  return '\n'.join(lines) + '\n'
+
+
 def main() -> None:
   lines = [
     f'| {r["metric"]} | {r["value"]} | `{r["command"]}` | {r["commit"]} | {r["date"]} |' for r in rows()
   ]
-  (ROOT / 'BENCHMARKS.md').write_text(HEADER + '\n'.join(lines) + '\n')
+  (ROOT / 'BENCHMARKS.md').write_text(HEADER + '\n'.join(lines) + '\n' + public_api_section())
   print(f'wrote BENCHMARKS.md: {len(lines)} metrics')
 
 

@@ -11,6 +11,7 @@ from typing import Sequence
 import keras
 import numpy as np
 import tensorflow as tf
+import tensorflow_probability as tfp
 
 from tfp_glow import atomic
 from tfp_glow import data as glow_data
@@ -19,6 +20,7 @@ from tfp_glow.flow.glow import Glow
 from tfp_glow.flow.gradients import check_gradient, first_order_training
 from tfp_glow.training import guard
 from tfp_glow.training import inputs as model_inputs
+from tfp_glow.training.compiled import CompiledCalls
 from tfp_glow.training.optim import default_optimizer
 
 
@@ -88,6 +90,7 @@ class GlowModel(keras.Model):
     self.flow = glow.layer  # every flow parameter, in one Keras layer
     # The TFP objects hold no variables of their own; keep them out of Keras/TF tracking.
     self._tfp = _Untracked(glow=glow, distribution=GlowDistribution(glow))
+    self._tfp.calls = CompiledCalls(self)  # the public calls' tf.functions, traced on first use
     self.classifier = None
     if num_classes:
       self.classifier = keras.layers.Dense(
@@ -302,39 +305,91 @@ class GlowModel(keras.Model):
 
   # ---- user-facing density and sampling ------------------------------------------------------
 
+  # Each call checks its arguments here, in Python (errors raised before any tracing), then runs one
+  # cached tf.function (`tfp_glow.training.compiled`: traced once, reused for any n, batch, temperature
+  # or labels). Inside a graph (a Keras `predict`, the user's own tf.function) it runs inline instead.
+
   def log_prob(self, images, labels=None) -> tf.Tensor:
     """log p(x) [N] of images [N, H, W, C] in [-0.5, 0.5) (continuous density)."""
-    return self.distribution.log_prob(
-      self._check_images(images), labels=self._check_labels(labels, required=True)
-    )
+    images = self._check_images(images)
+    labels = self._check_labels(labels, required=True)
+    per_image = _per_image_labels(labels, int(images.shape[0])) if tf.executing_eagerly() else False
+    if per_image is False:  # inside a graph, or labels to broadcast as TFP does (or to refuse)
+      return self.distribution.log_prob(images, labels=labels)
+    return self._tfp.calls.log_prob(images, per_image)
 
   def sample(
-    self, n: int, temperature: float = 1.0, labels=None, as_uint8: bool = True, seed=None
+    self,
+    n: int | tf.Tensor,
+    temperature: float | tf.Tensor = 1.0,
+    labels=None,
+    as_uint8: bool = True,
+    seed=None,
+    batch_size: int | None = None,
   ) -> tf.Tensor:
     """n images at a temperature (T = 0.7 looks best in the paper): uint8 [n, H, W, C] in
-    0..255 (quantized to n_bins levels), or floats in the model's [-0.5, 0.5) scale."""
-    if not isinstance(n, (int, np.integer)) or n < 0:
-      raise ValueError(f'sample: n must be an integer >= 0, got {n!r}.')
-    if not temperature > 0 or not math.isfinite(temperature):
-      raise ValueError(f'sample: temperature must be > 0 and finite, got {temperature!r}.')
+    0..255 (quantized to n_bins levels), or floats in the model's [-0.5, 0.5) scale.
+
+    n: a Python integer or a scalar integer tensor (as TFP's `sample`). The images are drawn
+    `batch_size` at a time (default: about 4M pixels a batch, see `sample_batch_size`), so memory
+    stays bounded whatever n; with a `seed` (TFP's stateless seed, e.g. (1, 2)) the result is
+    reproducible, and for n <= batch_size equals `distribution.sample(n, temperature=T, seed=seed)`
+    (larger n: batch i uses the seed folded with i)."""
+    n = _sample_count(n)
+    temperature = _sample_temperature(temperature)
     labels = self._check_labels(labels, required=True, batch=n)
-    x = self.distribution.sample(int(n), temperature=temperature, labels=labels, seed=seed)
-    return glow_data.to_uint8(x, self.n_bins) if as_uint8 else x
+    if not tf.executing_eagerly():  # inside a graph: n may be symbolic, one batch
+      x = self.distribution.sample(n, temperature=temperature, labels=labels, seed=seed)
+      return glow_data.to_uint8(x, self.n_bins) if as_uint8 else x
+    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
+      raise ValueError(f'sample: batch_size must be an integer >= 1, got {batch_size!r}.')
+    batch = int(batch_size or self.sample_batch_size)
+    seed = None if seed is None else tfp.random.sanitize_seed(seed)
+    temperature = tf.constant(temperature, self.glow.dtype)
+    parts = []
+    for i, start in enumerate(range(0, max(n, 1), batch)):  # n = 0: one empty batch
+      m = min(batch, n - start)
+      batch_seed = seed if seed is None or n <= batch else tf.random.experimental.stateless_fold_in(seed, i)
+      batch_labels = None if labels is None else labels[start : start + m]
+      parts.append(self._tfp.calls.sample(tf.constant(m), temperature, batch_labels, batch_seed, as_uint8))
+    return parts[0] if len(parts) == 1 else tf.concat(parts, 0)
+
+  @property
+  def sample_batch_size(self) -> int:
+    """How many images `sample` draws per batch by default: about 2**22 pixels (H * W * C each),
+    at most 1024 (a 32x32x3 model: 1024; 256x256x3: 21)."""
+    return max(1, min(1024, 2**22 // self.num_dims))
 
   def encode(self, images, labels=None) -> list[tf.Tensor]:
     """Images [N, H, W, C] -> per-level latents [eps_1, ..., eps_L]."""
-    return self.distribution.encode(self._check_images(images), self._check_labels(labels, required=True))
+    images = self._check_images(images)
+    labels = self._check_labels(labels, required=True)
+    per_image = _per_image_labels(labels, int(images.shape[0])) if tf.executing_eagerly() else False
+    if per_image is False:
+      return self.distribution.encode(images, labels)
+    return self._tfp.calls.encode(images, per_image)
 
   def decode(self, latents, labels=None) -> tf.Tensor:
     """Per-level latents -> images [N, H, W, C] (floats, model scale)."""
-    return self.distribution.decode(latents, self._check_labels(labels, required=True))
+    labels = self._check_labels(labels, required=True)
+    if tf.executing_eagerly():
+      latents = [tf.convert_to_tensor(z, self.glow.dtype) for z in latents]
+      shapes = [tuple(z.shape) for z in latents]
+      n = shapes[0][0] if shapes and len(shapes[0]) == 4 else None
+      expected = [(n, *s) for s in self.glow.latent_shapes]
+      per_image = _per_image_labels(labels, n)
+      if n is not None and shapes == expected and per_image is not False:
+        return self._tfp.calls.decode(latents, per_image)
+    return self.distribution.decode(latents, labels)  # any error names the expected shapes
 
   def interpolate(self, image_a, image_b, steps: int = 8, labels=None) -> tf.Tensor:
     """Decodes `steps` points on the straight line between the latents of two images [H, W, C]."""
     if not isinstance(steps, int) or steps < 2:
       raise ValueError(f'interpolate: steps must be an integer >= 2, got {steps!r}.')
     pair = self._check_images(tf.stack([image_a, image_b]))
-    pair_labels = None if labels is None else tf.reshape(labels, [2])
+    pair_labels = self._check_labels(None if labels is None else tf.reshape(labels, [2]), required=True)
+    if tf.executing_eagerly():
+      return self._tfp.calls.interpolate(pair, tf.constant(steps), pair_labels)
     latents = self.encode(pair, pair_labels)
     t = tf.linspace(0.0, 1.0, steps)
     t = tf.cast(tf.reshape(t, [steps, 1, 1, 1]), latents[0].dtype)
@@ -465,6 +520,51 @@ def _naming(tmp: str, path: str):
     except Exception:  # pylint: disable=broad-except  (an exception class with other arguments)
       renamed = ValueError(text)
     raise renamed from e
+
+
+def _sample_count(n) -> int | tf.Tensor:
+  """`sample`'s n as a Python int >= 0 (a Python integer, or an integer scalar tensor eagerly); a
+  symbolic tensor inside a graph passes unchanged."""
+  if isinstance(n, tf.Tensor) and n.dtype.is_integer and n.shape.rank == 0:
+    if not tf.executing_eagerly():
+      return n
+    n = int(n.numpy())
+  elif isinstance(n, np.ndarray) and n.dtype.kind in 'iu' and n.ndim == 0:
+    n = int(n)
+  if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
+    raise ValueError(f'sample: n must be an integer >= 0 (or a scalar integer tensor), got {n!r}.')
+  return int(n)
+
+
+def _sample_temperature(temperature) -> float | tf.Tensor:
+  """`sample`'s temperature as a Python float, checked: finite and > 0 (eagerly also for a scalar tensor)."""
+  if isinstance(temperature, (tf.Tensor, tf.Variable, np.ndarray)):
+    if len(temperature.shape) != 0:
+      raise ValueError(f'sample: temperature must be a scalar, got shape {tuple(temperature.shape)}.')
+    if not tf.executing_eagerly() and isinstance(temperature, tf.Tensor):
+      return temperature  # symbolic: the distribution checks it (validate_args)
+    temperature = float(np.asarray(temperature))
+  if (
+    not isinstance(temperature, (int, float, np.number))
+    or not temperature > 0
+    or not math.isfinite(temperature)
+  ):
+    raise ValueError(f'sample: temperature must be > 0 and finite, got {temperature!r}.')
+  return float(temperature)
+
+
+def _per_image_labels(labels, n: int | None):
+  """(Eagerly) labels as int32 [n] for a compiled call (a scalar label broadcast), None without labels, or
+  False when they have another shape (then the uncompiled call raises or broadcasts as TFP does)."""
+  if labels is None:
+    return None
+  if n is None:
+    return False
+  if labels.shape.rank == 0:
+    return tf.fill([n], labels)
+  if labels.shape.rank == 1 and labels.shape[0] == n:
+    return labels
+  return False
 
 
 class _Untracked:
