@@ -93,6 +93,7 @@ def test_diverged_training_fails_and_saves_nothing(tmp_path, capsys):
   assert _no_model_left(out)
 
 
+@pytest.mark.slow
 def test_a_finite_run_worse_than_the_uniform_model_is_saved_with_a_warning(tmp_path, capsys):
   # A short run judged by lagging EMA weights (the case): finite, so kept, never deleted.
   out = tmp_path / 'short'

@@ -74,6 +74,7 @@ def test_out_without_space_exits_2_before_training(tmp_path, monkeypatch, capsys
   assert not (tmp_path / 'run' / 'config.json').exists()  # checked before any file of the run
 
 
+@pytest.mark.slow
 def test_disk_full_at_the_final_save_names_the_users_file(tmp_path, monkeypatch, capsys):
   def full(self, filepath, *args, **kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filepath)
@@ -110,6 +111,7 @@ _FULL_DISK_RUN = (
 )
 
 
+@pytest.mark.slow
 def test_a_really_full_disk_exits_2_and_keeps_nothing_half_written():
   """In a subprocess: h5py keeps the file it failed to write open, which would pin the mount (and HDF5
   may crash at exit)."""
