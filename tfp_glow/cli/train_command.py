@@ -174,7 +174,8 @@ def train(args) -> int:
   with flag_errors():
     strategy = distribute.make_strategy(args.strategy, tpu=args.tpu)  # before any other TF op
   try:
-    with run_lock.held(out, enabled=distribute.is_chief(strategy)) as note:
+    # Remote --out (gs://...): no lock (os.open would make a local file); the chief locks for all workers.
+    with run_lock.held(out, enabled=distribute.is_chief(strategy) and '://' not in out) as note:
       if note:
         print(note)
       return _train_locked(args, config, out, strategy)
