@@ -1,6 +1,9 @@
 """Actnorm's data-dependent initialization: explicit, idempotent, never triggered by sampling."""
 
+import warnings
+
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import tfp_glow as tg
@@ -65,3 +68,30 @@ def test_sampling_and_log_prob_do_not_initialize():
   assert not glow.is_initialized.numpy()
   for a in glow.actnorms:
     np.testing.assert_array_equal(a.layer.log_scale.numpy(), 0.0)
+
+
+def test_degenerate_init_batch_warns_and_bounds_the_scale():
+  """A batch of constant images: scale 1 (not 1 / 1e-6) on the constant channels, with a warning."""
+  actnorm = tg.ActNorm(2)
+  x = tf.concat([tf.fill([16, 4, 4, 1], 0.25), tf.random.normal([16, 4, 4, 1], seed=1) * 0.2], axis=-1)
+  with pytest.warns(tg.bijectors.actnorm.DegenerateInitWarning, match='1 of 2 channels'):
+    actnorm.initialize(x)
+  log_scale = actnorm.layer.log_scale.numpy()
+  assert log_scale[0] == 0.0 and abs(np.exp(-log_scale[1]) - tf.math.reduce_std(x[..., 1]).numpy()) < 1e-3
+  np.testing.assert_allclose(tf.reduce_mean(actnorm.inverse(x), [0, 1, 2]), 0.0, atol=1e-5)
+
+
+def test_glow_initialized_on_constant_images_keeps_sane_densities():
+  model = tg.GlowModel((8, 8, 1), levels=2, steps=1, width=8, n_bins=17, seed=0)
+  with pytest.warns(tg.bijectors.actnorm.DegenerateInitWarning):
+    model.initialize(tf.fill([32, 8, 8, 1], 0.1))
+  ordinary = tf.random.uniform([8, 8, 8, 1], -0.5, 0.5, seed=2)
+  log_prob = model.log_prob(ordinary).numpy()
+  assert np.all(np.isfinite(log_prob)) and np.max(np.abs(log_prob)) < 1e4, log_prob
+
+
+def test_varied_images_do_not_warn():
+  actnorm = tg.ActNorm(3)
+  with warnings.catch_warnings():
+    warnings.simplefilter('error', tg.bijectors.actnorm.DegenerateInitWarning)
+    actnorm.initialize(tf.random.normal([16, 4, 4, 3], seed=3))

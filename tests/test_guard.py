@@ -61,15 +61,33 @@ def test_a_bad_batch_leaves_every_weight_and_optimizer_variable_bit_identical(ji
   assert int(model.optimizer.iterations) == steps
 
 
-def test_labels_out_of_range_are_a_skipped_batch():
+def test_labels_out_of_range_are_one_error_naming_the_range_and_value():
+  """A data bug, not a numerical accident: a ValueError at once (not skips until the limit), weights unchanged."""
   model = trained_model(num_classes=10)
   before = state(model)
   x = digit_images(8)
-  for labels in (np.full(8, 10), np.full(8, -1)):
-    history = model.fit(x, labels, batch_size=8, epochs=1, verbose=0)
-    assert history.history['skipped_steps'] == [1.0]
+  for bad in (10, -1):
+    labels = np.arange(8) % 10
+    labels[5] = bad
+    with pytest.raises(ValueError) as raised:
+      model.fit(x, labels, batch_size=8, epochs=1, verbose=0)
+    message = str(raised.value)
+    assert '[0, 10)' in message and f'got {bad}' in message and len(message.splitlines()) == 1, message
   for old, new in zip(before, state(model)):
     np.testing.assert_array_equal(new, old)
+
+
+def test_a_stop_after_skips_names_their_causes_with_counts():
+  model = trained_model(max_consecutive_skips=4)
+  x = digit_images(8)
+  nan, out_of_range = x.copy(), x.copy()
+  nan[0, 0, 0, 0] = np.nan
+  out_of_range[1, 1, 1, 0] = 0.75
+  stream = np.concatenate([nan, nan, nan, out_of_range])  # 3 non-finite, then 1 out of range: 4 in a row
+  with pytest.raises(TrainingDivergedError) as raised:
+    model.fit(stream, batch_size=8, epochs=1, verbose=0, shuffle=False)
+  assert raised.value.causes == '3 with non-finite pixels, 1 with pixels outside [-0.5, 0.5)'
+  assert raised.value.causes in str(raised.value)
 
 
 def test_training_with_bad_batches_interleaved_still_trains():

@@ -89,3 +89,42 @@ def test_tensorboard_logs_scalars_and_sample_grids(tmp_path):
   grid = images.Tensors('samples/T=0.7')[-1]
   png = tf.make_ndarray(grid.tensor_proto)[2]
   assert tf.io.decode_png(png).shape == (2 * 8 + 1, 2 * 8 + 1, 1) and grid.step == 2
+
+
+# ---- Keras habits a density model cannot honour refuse in one clear line -------------------------------
+
+
+@pytest.mark.parametrize('argument', ['class_weight', 'sample_weight'])
+def test_fit_refuses_weights_a_density_model_cannot_honour(argument):
+  model = tiny_model()
+  value = {0: 1.0} if argument == 'class_weight' else np.ones(64)
+  x = np.concatenate([b.numpy() for b in digits()])
+  with pytest.raises(ValueError, match=f'GlowModel.fit: {argument} cannot be honoured'):
+    model.fit(x, batch_size=32, epochs=1, verbose=0, **{argument: value})
+
+
+def test_legacy_h5_and_unnamed_saves_refuse_naming_the_users_path(tmp_path):
+  model = tiny_model()
+  for name, hint in (('x.h5', 'x.keras'), ('xnoext', 'xnoext.keras')):
+    path = str(tmp_path / name)
+    with pytest.raises(ValueError) as raised:
+      model.save(path)
+    message = str(raised.value)
+    assert path in message and hint in message and '.tmp' not in message, message
+  assert sorted(os.listdir(tmp_path)) == []  # nothing written, no temporary file left
+  with pytest.raises(ValueError, match='weights.h5'):
+    model.save_weights(str(tmp_path / 'w.h5'))
+
+
+def test_errors_while_writing_name_the_users_file_not_the_temporary_one(tmp_path, monkeypatch):
+  model = tiny_model()
+  path = str(tmp_path / 'model.keras')
+
+  def failing_save(self, filepath, *args, **kwargs):
+    raise OSError(f'Unable to create file (name = {filepath!r}, No space left on device)')
+
+  monkeypatch.setattr(keras.Model, 'save', failing_save)
+  with pytest.raises(OSError) as raised:
+    model.save(path)
+  assert path in str(raised.value) and '.tmp' not in str(raised.value)
+  assert os.listdir(tmp_path) == []

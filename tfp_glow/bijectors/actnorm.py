@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import tensorflow as tf
 
 from tfp_glow.bijectors.base import GlowBijector, ParameterLayer, check_channels, check_images, num_pixels
@@ -36,7 +38,8 @@ class ActNorm(GlowBijector):
 
   Initialization is an explicit step, `initialize(x)`, from a batch of images as they arrive at this
   layer: it sets s = 1 / (std(x) + 1e-6) and b = -mean(x) * s per channel, so that z has zero mean and
-  unit variance per channel. It is idempotent (a second call changes nothing) and nothing else
+  unit variance per channel. A channel constant in that batch (std < MIN_INIT_STD) gets s = 1, with a
+  `DegenerateInitWarning` (see `data_init`). It is idempotent (a second call changes nothing) and nothing else
   triggers it: sampling never initializes actnorm. The `initialized` flag is saved with the weights.
 
   Cost: O(N H W C) elementwise.
@@ -108,9 +111,41 @@ class ActNorm(GlowBijector):
     return self.forward_and_log_det_with(self.current_parameters(), z)
 
 
+# Channels whose standard deviation in the init batch is below this are degenerate (constant): they get
+# scale 1 instead of 1 / (std + epsilon), which would be up to 1 / epsilon = 1e6 and make the log-density
+# of any other image astronomically large. Dequantized 8-bit pixels alone vary by 1 / (256 sqrt 12) ~ 1e-3.
+MIN_INIT_STD = 1e-4
+
+
+class DegenerateInitWarning(UserWarning):
+  """Actnorm's init batch had channels of (near) zero variance; their scale was set to 1."""
+
+
 def data_init(x: tf.Tensor, epsilon: float = 1e-6) -> tuple[tf.Tensor, tf.Tensor]:
-  """(log_scale [C], bias [C]) that standardize `x` [..., H, W, C] per channel: log_scale =
-  -log(std + epsilon), bias = -mean * exp(log_scale)."""
+  """(log_scale [C], bias [C]) that standardize `x` [..., H, W, C] per channel:
+    log_scale = -log(std + epsilon)  where std >= MIN_INIT_STD,
+              = 0 (scale 1)          where std <  MIN_INIT_STD (a constant channel: bounded, with a warning)
+    bias = -mean * exp(log_scale)
+  Works eagerly and in graphs (the warning goes through a py_function, only when it fires)."""
   mean, variance = tf.nn.moments(x, axes=list(range(x.shape.rank - 1)))
-  log_scale = -tf.math.log(tf.sqrt(variance) + epsilon)
+  std = tf.sqrt(variance)
+  degenerate = std < MIN_INIT_STD
+  log_scale = tf.where(degenerate, tf.zeros_like(std), -tf.math.log(std + epsilon))
+  count = tf.reduce_sum(tf.cast(degenerate, tf.int32))
+
+  def warn():
+    tf.py_function(_warn_degenerate, [count, tf.size(std)], [])
+    return tf.constant(0)
+
+  tf.cond(count > 0, warn, lambda: tf.constant(0))
   return log_scale, -mean * tf.exp(log_scale)
+
+
+def _warn_degenerate(count, channels) -> None:
+  warnings.warn(
+    f'actnorm init: {int(count)} of {int(channels)} channels have (near) zero variance in the init batch '
+    f'(std < {MIN_INIT_STD:g}: constant images?); their scale is set to 1 instead of 1 / std. Initialize '
+    'from a batch of varied images (GlowModel.initialize, or the first init_batch_size images of fit).',
+    DegenerateInitWarning,
+    stacklevel=2,
+  )

@@ -8,8 +8,9 @@
   tfp-glow ood runs/digits --out noise constant inverted     # OOD scores: AUROC table, ood.json
   tfp-glow train --config cifar10 --strategy multi-worker   # the paper's CIFAR-10 run, TF_CONFIG per host
   tfp-glow prepare folder:images shards/ --shards 16        # TFRecord shards: --dataset tfrecord:shards/
-Bad flags, missing data and unreadable models print one `error:` line and exit with code 2; a
-diverged run or model (NaN/Inf, or worse than the uniform model) exits with code 1 and leaves no model.
+Bad flags, missing data, unreadable models and an --out in use or not writable print one `error:` line and
+exit with code 2; a diverged run or model (NaN/Inf) exits with code 1 and writes no model.keras (a finite
+model is never deleted).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import tensorflow as tf
 
 from tfp_glow import data as glow_data
 from tfp_glow import manipulation
-from tfp_glow.cli import ood_command
+from tfp_glow.cli import ood_command, sample_output
 from tfp_glow.cli.common import (
   Diverged,
   UsageError,
@@ -100,13 +101,24 @@ def _load_matching_split(model: GlowModel, args, split: str = 'test', with_label
 
 
 def sample(args) -> int:
+  """Generates --n samples, --batch-size at a time (memory bounded whatever --n), into one grid PNG, an
+  .npy of uint8 images [n, H, W, C], or a folder of PNGs (tfp_glow.cli.sample_output)."""
+  if args.n < 1:
+    raise UsageError(f'--n must be >= 1, got {args.n}')
+  if args.batch_size < 1:
+    raise UsageError(f'--batch-size must be >= 1, got {args.batch_size}')
+  fmt, path = sample_output.resolve(args.out, args.format, args.n)
   model = _load_model(args.model)
+  if args.label is not None and model.num_classes and not 0 <= args.label < model.num_classes:
+    raise UsageError(f'--label {args.label}: the model has classes 0..{model.num_classes - 1}')
   n, columns, labels = grid_layout(args.n, None if args.label is not None else model.num_classes)
+  if fmt != 'png':  # a grid pads to whole columns of classes; files hold exactly --n
+    n = args.n
+    labels = None if labels is None else np.arange(n, dtype=np.int32) % model.num_classes
   labels = labels if args.label is None else np.full([n], args.label, np.int32)
-  seed = None if args.seed is None else tf.constant([args.seed, 0], tf.int32)
-  images = model.sample(n, temperature=args.temperature, labels=labels, seed=seed)
-  save_grid(args.out, images, args.columns or columns, args.zoom)
-  print(f'wrote {args.out}: {n} samples at temperature {args.temperature:g}')
+  batches = sample_output.batches(model, n, args.batch_size, args.temperature, labels, args.seed)
+  sample_output.write(fmt, path, batches, n, model.image_shape, args.columns or columns, args.zoom)
+  print(f'wrote {path}: {n} samples at temperature {args.temperature:g} ({fmt})')
   return 0
 
 

@@ -40,6 +40,8 @@ DEFAULTS = {
   'celeb_a': dict(LARGE_DEFAULTS, levels=4, n_bits=5),
 }
 SAMPLE_TEMPERATURE = 0.7
+# `sample` writes one grid PNG up to this many samples (a 32 x 32 grid); more go to an .npy or a folder.
+MAX_GRID_SAMPLES = 1024
 
 
 def _add_data_flags(p: argparse.ArgumentParser, default_dataset: str | None) -> None:
@@ -159,6 +161,18 @@ def build_parser(
   p.add_argument('--tpu', help='--strategy tpu: the TPU name or grpc:// address (default: the local TPU)')
   p.add_argument('--tensorboard', action='store_true', help='log metrics and sample grids to DIR/logs')
   p.add_argument('--out', help='output directory (default: runs/DATASET); rerun to resume a killed run')
+  again = p.add_mutually_exclusive_group()
+  again.add_argument(
+    '--continue',
+    dest='continue_run',
+    action='store_true',
+    help='--out holds a finished run: train it on up to --epochs (counted from its start)',
+  )
+  again.add_argument(
+    '--fresh',
+    action='store_true',
+    help='--out holds a finished or interrupted run: train a new model from scratch, replacing it at the end',
+  )
   p.set_defaults(handler=handlers['train'])
 
   prepare_p = commands.add_parser(
@@ -205,6 +219,15 @@ def build_parser(
   sample_p.add_argument('--label', type=int, help='class of every sample (default: cycle over the classes)')
   sample_p.add_argument('--seed', type=int, help='fixes the samples (default: random)')
   sample_p.add_argument('--columns', type=int)
+  sample_p.add_argument(
+    '--format',
+    choices=('png', 'npy', 'png-dir'),
+    help=f'png: one grid (up to {MAX_GRID_SAMPLES} samples); npy: an array [n, H, W, C] of uint8; png-dir: a folder of '
+    'PNGs (default: from --out: .npy, a folder name without suffix, else png if --n fits a grid, else npy)',
+  )
+  sample_p.add_argument(
+    '--batch-size', type=int, default=256, help='samples generated at a time (bounds the memory used)'
+  )
   interpolate_p.add_argument('image1', help='an image file (PNG/JPEG), or test:I, the I-th test image')
   interpolate_p.add_argument('image2')
   interpolate_p.add_argument('--steps', type=int, default=8)

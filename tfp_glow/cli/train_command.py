@@ -1,11 +1,24 @@
 """`tfp-glow train`: configuration (flags, --config, per-data-set defaults), resuming a killed run, the
-training itself, and refusing to save a diverged model."""
+training itself, and refusing to save a diverged model.
+
+What a run guarantees (README, "Surviving training"):
+  - one run per --out (`run_lock`), and --out is checked (writable, a directory, space) before any work;
+  - a kill at any moment resumes: during the epochs from the backup, after them into the finish, since the
+    backup stays until model.keras and metrics.json are both written (then it is removed);
+  - a finite model is never deleted: only NaN / Inf is refused (exit 1); checkpoints/latest.keras, the
+    last finite epoch, stays even then. A finite model worse than the uniform one is saved, with a warning;
+  - with --ema, the averaged and the raw weights are both evaluated; model.keras keeps the better on the
+    training split (metrics.json holds both scores), so a short run is not judged by lagging averages;
+  - rerunning a finished run changes nothing; --continue trains it further, --fresh starts afresh.
+"""
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
+import shutil
 import sys
 import time
 
@@ -15,6 +28,7 @@ import tensorflow as tf
 
 from tfp_glow import atomic, configs, ood
 from tfp_glow import data as glow_data
+from tfp_glow.cli import run_lock
 from tfp_glow.cli.common import (
   Diverged,
   UsageError,
@@ -26,6 +40,7 @@ from tfp_glow.cli.common import (
   save_grid,
 )
 from tfp_glow.cli.flags import DEFAULTS, LARGE_DEFAULTS, SAMPLE_TEMPERATURE
+from tfp_glow.cli.pause_points import EpochPausePoints, pause_point
 from tfp_glow.training import distribute, guard
 from tfp_glow.training.callbacks import BackupUnreadableError, SampleGrid
 from tfp_glow.training.model import GlowModel
@@ -96,33 +111,132 @@ def _load_split(config: dict, split: str, shuffle: bool, data_dir: str | None, w
   )
 
 
-def _check_resume(out: str, config: dict) -> bool:
-  """True if `out` holds an interrupted run (a backup) of the same configuration."""
-  if not tf.io.gfile.exists(os.path.join(out, 'backup', 'latest.weights.h5')):
-    if tf.io.gfile.exists(os.path.join(out, 'metrics.json')):
-      print(f'note: {out} holds a finished run; training a new model from scratch, replacing it.')
-    return False
+# Free space --out needs, in bytes per parameter: model.keras, checkpoints/latest.keras and two backups,
+# each with weights and optimizer moments (EMA too), plus slack.
+_BYTES_PER_PARAMETER = 4 * 4 * 4
+_MIN_FREE_BYTES = 16 << 20
+
+
+class _OutUnwritable(Exception):
+  """--out cannot be written (read-only, no permission, full disk): exit 2 naming the path and cause."""
+
+
+def _check_out(out: str) -> None:
+  """--out must be a directory (or a path where one can be made) that we can write: one line otherwise."""
+  if tf.io.gfile.exists(out) and not tf.io.gfile.isdir(out):
+    raise UsageError(f'--out {out!r} is a file; give a directory (new, or a run to resume)')
+  if '://' in out:
+    return  # remote file systems: their errors come at write time
+  try:
+    os.makedirs(out, exist_ok=True)
+  except OSError as e:
+    raise UsageError(f'--out {out!r} cannot be created ({run_lock.describe_os_error(e)})') from e
+
+
+def _check_space(out: str, model: GlowModel) -> None:
+  if '://' in out:
+    return
+  need = _MIN_FREE_BYTES + _BYTES_PER_PARAMETER * model.count_params()
+  free = shutil.disk_usage(out).free
+  if free < need:
+    raise UsageError(
+      f'--out {out!r} has {free / 2**20:.1f} MB free; this run needs about {need / 2**20:.0f} MB '
+      '(No space left on device)'
+    )
+
+
+def _run_state(out: str, config: dict, args) -> str:
+  """What --out holds and what to do with it: 'new', 'resume' (an interrupted run, a backup) or
+  'finished' (metrics.json, written last: nothing to do unless --continue / --fresh)."""
+  finished = tf.io.gfile.exists(os.path.join(out, 'metrics.json'))
+  backup = tf.io.gfile.exists(os.path.join(out, 'backup', 'training_metadata.json')) or tf.io.gfile.exists(
+    os.path.join(out, 'backup', 'latest.weights.h5')
+  )
+  if args.fresh:
+    if finished or backup:
+      print(f'note: --fresh: training a new model in {out}; the old files are replaced at the end')
+    return 'fresh'
+  if finished and backup and not args.continue_run:  # killed between metrics.json and the backup's removal
+    tf.io.gfile.rmtree(os.path.join(out, 'backup'))
+    print(f'note: {out}: the run had finished; removed its leftover backup/')
+  if finished:
+    if not args.continue_run:
+      return 'finished'
+    done = read_json_dict(os.path.join(out, 'metrics.json')).get('epochs', 0)
+    if config['epochs'] <= done:
+      raise UsageError(f'--continue: the run in {out} has {done} epochs already; give --epochs above {done}')
+    print(f'note: --continue: training the finished run in {out} from epoch {done + 1} to {config["epochs"]}')
+    return 'continue'
+  if not backup:
+    return 'new'
   saved = read_json_dict(os.path.join(out, 'config.json'))
   changed = [k for k in saved if k not in _MAY_CHANGE_ON_RESUME and saved[k] != config.get(k)]
   if changed:
     raise UsageError(
       f'{out} holds an interrupted run with different {", ".join(changed)} '
       f'({", ".join(f"{k}={saved[k]!r}" for k in changed)}); use those flags to resume it, '
-      f'or another --out (or delete {os.path.join(out, "backup")}) to start afresh'
+      f'--fresh to replace it, or another --out'
     )
   print(f'note: resuming the interrupted run in {out}')
-  return True
+  return 'resume'
 
 
 def train(args) -> int:
   """Trains, then writes model.keras, samples.png and metrics.json into --out."""
-  started = time.time()
   config = _train_config(args)
   out = args.out or os.path.join('runs', re.sub(r'[^A-Za-z0-9_.-]+', '_', config['dataset']).strip('_'))
-  if tf.io.gfile.exists(out) and not tf.io.gfile.isdir(out):
-    raise UsageError(f'--out {out!r} is a file; give a directory (new, or a run to resume)')
+  _check_out(out)
   with flag_errors():
     strategy = distribute.make_strategy(args.strategy, tpu=args.tpu)  # before any other TF op
+  try:
+    # Remote --out (gs://...): no lock (os.open would make a local file); the chief locks for all workers.
+    with run_lock.held(out, enabled=distribute.is_chief(strategy) and '://' not in out) as note:
+      if note:
+        print(note)
+      return _train_locked(args, config, out, strategy)
+  except run_lock.RunLocked as e:
+    raise UsageError(str(e)) from e
+  except _OutUnwritable as e:
+    raise UsageError(str(e)) from e
+  except OSError as e:  # the lock file, the first write: --out not writable
+    if run_lock.LOCK_NAME not in str(e.filename or ''):
+      raise
+    raise UsageError(f'cannot write to --out {out!r} ({run_lock.describe_os_error(e)})') from e
+
+
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EIO)
+
+
+def _write_error(out: str, e: BaseException) -> _OutUnwritable | None:
+  """A failed write into --out as one line (naming the file where known), or None if `e` is another error."""
+  if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
+    where = e.filename if isinstance(e.filename, str) else out
+    # os.strerror: h5py's own strerror runs over several lines
+    return _OutUnwritable(f'cannot write {_user_path(where)!r} ({os.strerror(e.errno)})')
+  text = str(e)  # h5py and TensorFlow wrap the OSError in their own
+  for cause in ('No space left on device', 'Read-only file system', 'Disk quota exceeded'):
+    if cause.lower() in text.lower():
+      return _OutUnwritable(f'cannot write into --out {out!r} ({cause})')
+  return None
+
+
+def _user_path(path: str) -> str:
+  """The file a user knows: temporary names (.tmpPID-NAME) of atomic writes become NAME."""
+  directory, name = os.path.split(path)
+  return os.path.join(directory, re.sub(r'^(\.tmp\d+-)+', '', name))
+
+
+def _train_locked(args, config: dict, out: str, strategy) -> int:
+  started = time.time()
+  state = _run_state(out, config, args)
+  if state == 'finished':
+    metrics = read_json_dict(os.path.join(out, 'metrics.json'))
+    print(
+      f'{out} holds a finished run ({metrics.get("epochs", "?")} epochs, test '
+      f'{metrics.get("test_bits_per_dim", float("nan")):.4f} bits/dim); nothing to do. '
+      '--continue trains it on up to --epochs, --fresh trains a new model'
+    )
+    return 0
   wout = distribute.write_dir(out, strategy)  # `out` on the chief, a temporary directory elsewhere
   keras.utils.set_random_seed(config['seed'])
   # The model is built and compiled in the chosen precision; the process' policy is restored after.
@@ -163,6 +277,7 @@ def train(args) -> int:
         clipnorm=config['clipnorm'],
       )
     )
+    _check_space(out, model)
     n, columns, labels = grid_layout(16, model.num_classes)
     sample_grid = SampleGrid(
       os.path.join(wout, 'samples'),
@@ -174,25 +289,123 @@ def train(args) -> int:
       zoom=display_zoom(info.image_shape),
       log_dir=os.path.join(wout, 'logs', 'samples') if args.tensorboard else None,
     )
-    resuming = _check_resume(out, config)
+    initial_epoch = _start_state(model, out, state)
     if args.strategy != 'default':  # the same init images on every worker: unshuffled, seeded
       init_ds, _ = _load_split(config, 'train', shuffle=False, data_dir=args.data_dir)
       init_batch = next(iter(init_ds.unbatch().batch(256).take(1)))
       images, labels = init_batch if config['conditional'] else (init_batch, None)
       distribute.initialize_actnorm(model, images, strategy, labels)
     distribute.rank1_step_outputs(model, strategy)
+  try:
+    return _fit_and_finish(
+      args,
+      config,
+      out,
+      wout,
+      strategy,
+      model,
+      info,
+      state,
+      initial_epoch,
+      started,
+      train_ds,
+      test_ds,
+      sample_grid,
+      test_info=test_info,
+      worker_shard=mine,
+    )
+  except (OSError, tf.errors.OpError, RuntimeError) as e:
+    unwritable = _write_error(out, e)
+    if unwritable is None:
+      raise
+    raise unwritable from e
+
+
+def _start_state(model: GlowModel, out: str, state: str) -> int:
+  """The epoch training starts from: 0, the backup's (BackupAndRestore restores it in `fit`), or for
+  --continue the finished run's, with its last checkpoint's weights and optimizer state."""
+  if state in ('fresh', 'new'):
+    if state == 'fresh':  # the old run's bookkeeping goes now; its model files are replaced at the end
+      for name in ('backup', 'metrics.json'):
+        path = os.path.join(out, name)
+        if tf.io.gfile.exists(path):
+          (tf.io.gfile.rmtree if tf.io.gfile.isdir(path) else tf.io.gfile.remove)(path)
+    return 0
+  if state == 'continue':
+    metrics = read_json_dict(os.path.join(out, 'metrics.json'))
+    checkpoint = os.path.join(out, 'checkpoints', 'latest.keras')
+    if not tf.io.gfile.exists(checkpoint):
+      raise UsageError(f'--continue: {checkpoint!r} is missing; use --fresh to train a new model')
+    done = int(metrics.get('epochs', 0))
+    model.load_weights(checkpoint)
+    tf.io.gfile.remove(os.path.join(out, 'metrics.json'))  # from now on an interrupted run (its backup)
+    return done
+  return 0  # resume: from the backup
+
+
+class _BackupKeptUntilFinished(distribute.MultiWorkerBackupAndRestore):
+  """The backup outlives `fit`: removed by `finished()` once model.keras and metrics.json are written,
+  so a kill between the last epoch and the final files resumes into the finish (not into epoch 1)."""
+
+  def on_train_end(self, logs=None):
+    pass
+
+  def finished(self) -> None:
+    super().on_train_end()
+
+
+class _RawWeights(keras.callbacks.Callback):
+  """The raw (not averaged) weights after the last epoch (or the restored backup), before `fit`
+  overwrites them with the EMA (`optimizer.finalize_variable_values`)."""
+
+  def __init__(self):
+    super().__init__()
+    self.values = None
+
+  def _keep(self):
+    self.values = [v.numpy() for v in self.model.trainable_weights]
+
+  def on_train_begin(self, logs=None):
+    self._keep()
+
+  def on_epoch_end(self, epoch, logs=None):
+    self._keep()
+
+
+def _fit_and_finish(
+  args,
+  config,
+  out,
+  wout,
+  strategy,
+  model,
+  info,
+  state,
+  initial_epoch,
+  started,
+  train_ds,
+  test_ds,
+  sample_grid,
+  test_info,
+  worker_shard,
+) -> int:
+  resuming = state in ('resume', 'continue')
   tf.io.gfile.makedirs(wout)
   atomic.remove_stale(wout)  # temporary files of a killed run
   atomic.write_json(os.path.join(wout, 'config.json'), config)
+  # First: restores before the rest; every worker restores from the chief's backup. Keeps the previous
+  # backup too, in case the latest is unreadable.
+  backup = _BackupKeptUntilFinished(os.path.join(out, 'backup'), strategy, double_checkpoint=True)
+  raw = _RawWeights()
   callbacks = [
-    # First: restores before the rest; every worker restores from the chief's backup. Keeps the
-    # previous backup too, in case the latest is unreadable.
-    distribute.MultiWorkerBackupAndRestore(os.path.join(out, 'backup'), strategy, double_checkpoint=True),
+    backup,
     keras.callbacks.ModelCheckpoint(os.path.join(wout, 'checkpoints', 'latest.keras')),
     keras.callbacks.CSVLogger(os.path.join(wout, 'history.csv'), append=resuming),
     sample_grid,
     keras.callbacks.TerminateOnNaN(),
     *([keras.callbacks.TensorBoard(os.path.join(wout, 'logs'))] if args.tensorboard else []),
+    *([raw] if config['ema'] else []),  # the weights before fit writes the EMA over them
+    EpochPausePoints(),  # last: after the checkpoint and backup of each epoch
   ]
   fit_started = time.time()
   try:
@@ -200,6 +413,7 @@ def train(args) -> int:
       train_ds,
       validation_data=test_ds,
       epochs=config['epochs'],
+      initial_epoch=initial_epoch,
       callbacks=callbacks,
       verbose=1 if sys.stdout.isatty() else 2,
     )
@@ -208,28 +422,32 @@ def train(args) -> int:
   except guard.NonFiniteWeightsError:  # a checkpoint or backup refused to save NaN weights
     _diverged(out, 'the weights became NaN or Inf')
   except guard.TrainingDivergedError as e:
-    _diverged(
-      out,
-      f'{e.skipped_in_a_row} steps in a row were skipped (a NaN or Inf loss or gradients, or invalid '
-      'batches; --max-consecutive-skips)',
-    )
+    _diverged(out, f'{e.skipped_in_a_row} steps in a row were skipped ({e.causes}; --max-consecutive-skips)')
   train_seconds = time.time() - fit_started
+  pause_point('after_fit')
   losses = history.history.get('loss', [])
   if not np.all(np.isfinite(losses)):
-    _diverged(out, f'the loss became NaN or Inf in epoch {len(losses)}')
+    _diverged(out, f'the loss became NaN or Inf in epoch {initial_epoch + len(losses)}')
   # Never save or report a diverged model as if it were trained: check before writing anything.
-  train_eval_ds, _ = _load_split(config, 'train', shuffle=False, data_dir=args.data_dir, worker_shard=mine)
+  train_eval_ds, _ = _load_split(
+    config, 'train', shuffle=False, data_dir=args.data_dir, worker_shard=worker_shard
+  )
   if args.strategy != 'default':
     train_eval_ds = distribute.shard(train_eval_ds, info.sharded_by_file)
-  train_bpd, test_bpd = bits_per_dim(model, train_eval_ds), bits_per_dim(model, test_ds)
-  uniform = math.log2(info.n_bins)
+  scores = _choose_weights(model, raw.values if config['ema'] else None, train_eval_ds, test_ds)
+  train_bpd, test_bpd = scores['train_bits_per_dim'], scores['test_bits_per_dim']
   if not (math.isfinite(test_bpd) and math.isfinite(train_bpd)) or not guard.finite_weights(model):
     _diverged(out, f'the final model is not finite (test {test_bpd} bits/dim)')
+  uniform = math.log2(info.n_bins)
   if test_bpd > uniform:
-    _diverged(
-      out, f"the final test bits/dim, {test_bpd:.4g}, is worse than the uniform model's {uniform:.4g}"
+    print(
+      f"warning: the final test bits/dim, {test_bpd:.4g}, is worse than the uniform model's {uniform:.4g}; "
+      'the model is saved all the same. A short run may be: more --epochs, fewer --warmup-epochs, or a lower '
+      '--lr may help',
+      file=sys.stderr,
     )
-  model.save(os.path.join(wout, 'model.keras'))  # atomic: never a half-written model.keras
+  _save_model(model, os.path.join(wout, 'model.keras'))
+  pause_point('after_model')
   if info.class_names:  # label id i is line i
     atomic.write_bytes(
       os.path.join(wout, 'class_names.txt'), ''.join(f'{c}\n' for c in info.class_names).encode()
@@ -243,6 +461,9 @@ def train(args) -> int:
   metrics = dict(
     train_bits_per_dim=train_bpd,
     test_bits_per_dim=test_bpd,
+    weights=scores['weights'],
+    scores=scores['scores'],
+    uniform_bits_per_dim=uniform,
     epochs=config['epochs'],
     epochs_this_run=len(history.epoch),
     train_seconds=round(train_seconds, 1),
@@ -267,23 +488,53 @@ def train(args) -> int:
     f'wrote {out}/model.keras, samples.png, metrics.json' if wout == out else 'the chief writes the files'
   )
   atomic.write_json(os.path.join(wout, 'metrics.json'), metrics)
+  pause_point('after_metrics')
+  backup.finished()  # only now: a kill before this resumes into the finish
   distribute.remove_write_dir(out, strategy)
   print(
     f'test {metrics["test_bits_per_dim"]:.4f} bits/dim, train {metrics["train_bits_per_dim"]:.4f} '
-    f'bits/dim, {metrics["wall_seconds"]:.0f} s; {wrote}'
+    f'bits/dim ({metrics["weights"]} weights), {metrics["wall_seconds"]:.0f} s; {wrote}'
   )
   return 0
 
 
+def _choose_weights(model: GlowModel, raw_values, train_ds, test_ds) -> dict:
+  """Scores the weights `fit` left (the EMA if `raw_values` is given, else the raw ones) and, with
+  `raw_values`, the raw weights too; keeps in `model` the better on the training split (the test split
+  only reports) and returns {'weights': 'ema' | 'raw', 'scores': {...}, 'train_/test_bits_per_dim'}."""
+  candidates = {'ema' if raw_values is not None else 'raw': [v.numpy() for v in model.trainable_weights]}
+  if raw_values is not None:
+    candidates['raw'] = raw_values
+  scores = {}
+  for name, values in candidates.items():
+    for v, value in zip(model.trainable_weights, values):
+      v.assign(value)
+    scores[name] = dict(
+      train_bits_per_dim=bits_per_dim(model, train_ds), test_bits_per_dim=bits_per_dim(model, test_ds)
+    )
+  finite = [k for k in scores if all(math.isfinite(x) for x in scores[k].values())]
+  best = min(finite, key=lambda k: scores[k]['train_bits_per_dim']) if finite else next(iter(scores))
+  for v, value in zip(model.trainable_weights, candidates[best]):
+    v.assign(value)
+  return dict(weights=best, scores=scores, **scores[best])
+
+
+def _save_model(model: GlowModel, path: str) -> None:
+  """model.keras, atomically; the `saving_model` pause point lies between the write and the rename."""
+  with atomic.replacing(path) as tmp:
+    keras.Model.save(model, tmp)  # GlowModel.save's own checks ran already (finite weights)
+    pause_point('saving_model')
+
+
 def _diverged(out: str, reason: str):
-  """Removes what could pass for a trained model (the last checkpoint, the backup), then raises."""
-  removed = []
-  for path in (os.path.join(out, 'checkpoints', 'latest.keras'), os.path.join(out, 'backup')):
-    if tf.io.gfile.exists(path):
-      (tf.io.gfile.rmtree if tf.io.gfile.isdir(path) else tf.io.gfile.remove)(path)
-      removed.append(os.path.relpath(path, out))
+  """Removes the backup (so that a rerun with other flags starts afresh), keeps checkpoints/latest.keras
+  (the last finite epoch: a NaN model is never written), then raises."""
+  path = os.path.join(out, 'backup')
+  if tf.io.gfile.exists(path):
+    tf.io.gfile.rmtree(path)
+  checkpoint = os.path.join(out, 'checkpoints', 'latest.keras')
+  kept = f'; the last finite epoch is kept in {checkpoint}' if tf.io.gfile.exists(checkpoint) else ''
   raise Diverged(
-    f'training failed: {reason}; no model was saved'
-    + (f' (removed {", ".join(removed)})' if removed else '')
-    + '. Try a lower --lr, --clipnorm 1.0, more --warmup-epochs (or, if it did not diverge, more --epochs).'
+    f'training failed: {reason}; no model.keras was saved{kept}. Try a lower --lr, --clipnorm 1.0, '
+    'more --warmup-epochs.'
   )

@@ -19,9 +19,10 @@ import tensorflow as tf
 class TrainingDivergedError(RuntimeError):
   """Raised by `fit` when too many steps in a row were skipped (see `StopAfterConsecutiveSkips`)."""
 
-  def __init__(self, message: str, skipped_in_a_row: int):
+  def __init__(self, message: str, skipped_in_a_row: int, causes: str = 'causes not recorded'):
     super().__init__(message)
     self.skipped_in_a_row = skipped_in_a_row
+    self.causes = causes  # e.g. '7 with non-finite pixels, 3 with a non-finite loss or gradients'
 
 
 class NonFiniteWeightsError(ValueError):
@@ -45,6 +46,58 @@ def valid_batch(images: tf.Tensor, labels: tf.Tensor | None, num_classes: int | 
   if labels is not None:
     ok = ok & tf.reduce_all((labels >= 0) & (labels < num_classes))
   return ok
+
+
+# Why a step was skipped, in the order of `SkipCauses.counts` (one cause per skipped step, the first that holds).
+SKIP_CAUSES = (
+  'non-finite pixels',
+  'pixels outside [-0.5, 0.5)',
+  'labels outside [0, num_classes)',
+  'a non-finite loss or gradients',
+)
+
+
+class SkipCauses:
+  """Counts of skipped steps per cause (`SKIP_CAUSES`) since `reset`: one float32 variable [4], summed
+  over replicas when read (as Keras metrics are), updated in the graph by one `assign_add` per step.
+  Not a Keras metric (not logged, not saved): it only explains a stop after too many skips."""
+
+  def __init__(self):
+    self.variable = tf.Variable(
+      tf.zeros([len(SKIP_CAUSES)]),
+      trainable=False,
+      synchronization=tf.VariableSynchronization.ON_READ,
+      aggregation=tf.VariableAggregation.SUM,
+      name='skip_causes',
+    )
+
+  def update(self, finite_pixels, pixels_in_range, labels_in_range, applied) -> None:
+    """Scalar bools of one step: which checks held, and whether the step was applied."""
+    first = [~finite_pixels, finite_pixels & ~pixels_in_range]
+    valid = finite_pixels & pixels_in_range
+    first += [valid & ~labels_in_range, valid & labels_in_range & ~applied]
+    self.variable.assign_add(tf.cast(tf.stack(first), tf.float32))
+
+  def reset(self) -> None:
+    self.variable.assign(tf.zeros_like(self.variable))
+
+  def describe(self) -> str:
+    """'7 with non-finite pixels, 3 with a non-finite loss or gradients' (the causes seen)."""
+    counts = tf.convert_to_tensor(self.variable).numpy()
+    parts = [f'{round(c)} with {name}' for c, name in zip(counts, SKIP_CAUSES) if round(c) > 0]
+    return ', '.join(parts) or 'no cause recorded'
+
+
+def batch_checks(images: tf.Tensor, labels: tf.Tensor | None, num_classes: int | None, check_range: bool):
+  """(finite pixels, pixels in [-0.5, 0.5], labels in [0, num_classes)): three scalar bools, as
+  `valid_batch` computes them, for `SkipCauses`."""
+  finite = tf.reduce_all(tf.math.is_finite(images))
+  in_range = tf.constant(True)
+  if check_range:
+    low, high = tf.constant(-0.5, images.dtype), tf.constant(0.5, images.dtype)
+    in_range = tf.reduce_all(images >= low) & tf.reduce_all(images <= high)
+  labels_ok = tf.constant(True) if labels is None else tf.reduce_all((labels >= 0) & (labels < num_classes))
+  return finite, in_range, labels_ok
 
 
 def all_finite(tensors: Sequence[tf.Tensor | None]) -> tf.Tensor:
@@ -127,10 +180,13 @@ class StopAfterConsecutiveSkips(keras.callbacks.Callback):
     self._seen = skipped
     self._in_a_row = self._in_a_row + new if new > 0 else 0
     if self._in_a_row >= self.limit:
+      counter = getattr(self.model, 'skip_causes', None)
+      causes = counter.describe() if isinstance(counter, SkipCauses) else 'causes not recorded'
       raise TrainingDivergedError(
-        f'GlowModel: training stopped after {self._in_a_row} skipped steps in a row (invalid '
-        'batches, or a NaN or Inf loss or gradients); the weights are those before the skips. '
-        'Check the data (images in [-0.5, 0.5], see tfp_glow.data), or lower the learning rate / '
-        'clip gradients (clipnorm); max_consecutive_skips sets the limit.',
+        f'GlowModel: training stopped after {self._in_a_row} skipped steps in a row (skipped in this fit: '
+        f'{causes}); the weights are those before the skips. Non-finite or out-of-range pixels: check the '
+        'data (images in [-0.5, 0.5), see tfp_glow.data); a non-finite loss or gradients: lower the '
+        'learning rate / clip gradients (clipnorm). max_consecutive_skips sets the limit.',
         self._in_a_row,
+        causes,
       )

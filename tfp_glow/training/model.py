@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import re
 from typing import Sequence
 
 import keras
@@ -117,6 +119,8 @@ class GlowModel(keras.Model):
     self.bpd_tracker = guard.Mean(name='bits_per_dim')
     self.class_tracker = keras.metrics.SparseCategoricalAccuracy(name='class_accuracy')
     self.skip_tracker = guard.Count(name='skipped_steps')  # per epoch, see train_step
+    # Why steps were skipped (for the message when too many are); not a weight, not saved.
+    self._guard_state = _Untracked(skip_causes=guard.SkipCauses())
     self.built = True
 
   def get_config(self):
@@ -152,6 +156,11 @@ class GlowModel(keras.Model):
     return self.glow.num_classes
 
   @property
+  def skip_causes(self) -> guard.SkipCauses:
+    """Skipped steps of the current (or last) `fit`, counted per cause (`guard.SKIP_CAUSES`)."""
+    return self._guard_state.skip_causes
+
+  @property
   def is_initialized(self) -> bool:
     return bool(self.glow.is_initialized.numpy())
 
@@ -163,7 +172,18 @@ class GlowModel(keras.Model):
     self.glow.initialize(images, self._check_labels(labels, required=False))
 
   def fit(self, x=None, y=None, **kwargs):
-    """`keras.Model.fit`, which first initializes actnorm from the first training images if needed."""
+    """`keras.Model.fit`, which first initializes actnorm from the first training images if needed.
+
+    Refuses (ValueError) what a density model cannot honour: `class_weight` and `sample_weight` (every
+    image counts once in log p(x)). Labels outside [0, num_classes) are a bug in the data: a ValueError
+    naming the range and the value, not skipped steps."""
+    ignored = [k for k in _FIT_ARGS_REFUSED if kwargs.get(k) is not None]
+    if ignored:
+      raise ValueError(
+        f'GlowModel.fit: {", ".join(ignored)} cannot be honoured by a density model (the loss is the mean '
+        '-log p(x) of the images, every image weighted once); leave it out, or repeat / filter examples in '
+        'the data instead.'
+      )
     if not self.is_initialized:
       images, labels = model_inputs.first_images(x, y, self._glow_config['init_batch_size'])
       self.initialize(images, labels if self.num_classes else None)
@@ -177,7 +197,17 @@ class GlowModel(keras.Model):
       model_inputs.set_monitor_direction(callback, self._step_metrics() + [self.skip_tracker])
     limit = self._glow_config['max_consecutive_skips']
     kwargs['callbacks'] = [*callbacks, guard.StopAfterConsecutiveSkips(limit)]
-    return super().fit(x, y, **kwargs)
+    self.skip_causes.reset()
+    try:
+      return super().fit(x, y, **kwargs)
+    except tf.errors.InvalidArgumentError as e:
+      found = re.search(re.escape(_LABEL_ERROR) + r'\]?\s*\[(-?\d+)', e.message)
+      if not found:
+        raise
+      raise ValueError(
+        f'GlowModel.fit: a label is outside [0, {self.num_classes}) (num_classes={self.num_classes}): got '
+        f'{found.group(1)}. Labels must be class ids 0..{self.num_classes - 1}; fix the data.'
+      ) from None
 
   def evaluate(self, x=None, y=None, *args, **kwargs):
     """`keras.Model.evaluate` (under a distribution strategy, with batches cut to split evenly)."""
@@ -299,7 +329,13 @@ class GlowModel(keras.Model):
     images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
     images = self._check_images(images, check_values=False)  # static checks raise at trace time
     labels = self._check_labels(labels, required=True, check_values=False)
-    valid = guard.valid_batch(images, labels, self.num_classes, self._glow_config['validate_inputs'])
+    finite, in_range, labels_ok = guard.batch_checks(
+      images, labels, self.num_classes, self._glow_config['validate_inputs']
+    )
+    valid = finite & in_range & labels_ok
+    if labels is not None:  # a data bug, not an accident: fit raises it as a ValueError (XLA: skipped)
+      bad = tf.boolean_mask(labels, (labels < 0) | (labels >= self.num_classes))
+      tf.debugging.Assert(labels_ok, [_LABEL_ERROR, bad[:1]])
     # Invalid values never reach the flow (out-of-range labels would make some ops raise).
     images = tf.where(valid, images, tf.zeros_like(images))
     labels = None if labels is None else tf.where(valid, labels, tf.zeros_like(labels))
@@ -317,6 +353,7 @@ class GlowModel(keras.Model):
     mixed = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
     ok = guard.all_replicas_agree(valid & guard.all_finite([loss] if mixed else [loss, *grads]))
     guard.apply_if(self.optimizer, ok, grads, self.trainable_variables)
+    self.skip_causes.update(finite, in_range, labels_ok, ok)
     self.skip_tracker.update_state(tf.cast(~ok, tf.float32) / replicas)  # the Sum adds up over replicas
     logs = self._record_metrics(loss, bpd, labels, logits, weight=tf.cast(ok, loss.dtype))
     return {**logs, 'skipped_steps': self.skip_tracker.result()}
@@ -430,13 +467,24 @@ class GlowModel(keras.Model):
 
   def save(self, filepath, overwrite=True, **kwargs):
     """`keras.Model.save`, written atomically (a temporary file renamed into place, so a kill
-    leaves the previous file intact); refuses NaN / Inf weights (a diverged model)."""
+    leaves the previous file intact); refuses NaN / Inf weights (a diverged model), and any name
+    but NAME.keras (the legacy .h5 format cannot hold a GlowModel's state)."""
     self._check_finite_weights(filepath)
     if not isinstance(filepath, (str, os.PathLike)) or kwargs.get('zipped') is False:
       return super().save(filepath, overwrite=overwrite, **kwargs)
-    if not overwrite and tf.io.gfile.exists(os.fspath(filepath)):
+    path = os.fspath(filepath)
+    if not path.endswith('.keras'):
+      legacy = path.endswith(('.h5', '.hdf5'))
+      raise ValueError(
+        f'GlowModel.save: {path!r}: '
+        + (
+          'the legacy HDF5 format cannot be loaded back; ' if legacy else 'a model file must end in .keras; '
+        )
+        + f'use {os.path.splitext(path)[0] if legacy else path}.keras (or save_weights(NAME.weights.h5)).'
+      )
+    if not overwrite and tf.io.gfile.exists(path):
       return super().save(filepath, overwrite=False, **kwargs)  # Keras asks the user
-    with atomic.replacing(filepath) as tmp:
+    with atomic.replacing(path) as tmp, _naming(tmp, path):
       super().save(tmp, overwrite=True, **kwargs)
 
   def save_weights(self, filepath, overwrite=True, max_shard_size=None):
@@ -446,7 +494,9 @@ class GlowModel(keras.Model):
       return super().save_weights(filepath, overwrite=overwrite, max_shard_size=max_shard_size)
     if not overwrite and tf.io.gfile.exists(os.fspath(filepath)):
       return super().save_weights(filepath, overwrite=False)
-    with atomic.replacing(filepath) as tmp:
+    if not os.fspath(filepath).endswith('.weights.h5'):
+      raise ValueError(f'GlowModel.save_weights: {os.fspath(filepath)!r} must end in .weights.h5.')
+    with atomic.replacing(filepath) as tmp, _naming(tmp, os.fspath(filepath)):
       super().save_weights(tmp, overwrite=True)
 
   def load_weights(self, filepath, skip_mismatch=False, **kwargs):
@@ -508,6 +558,32 @@ _GLOW_ARGS = (
   'num_classes',
   'seed',
 )
+
+
+# fit arguments a density model cannot honour (GlowModel.fit refuses them).
+_FIT_ARGS_REFUSED = ('class_weight', 'sample_weight')
+# The train step's assertion on labels; fit turns it into one ValueError.
+_LABEL_ERROR = 'GlowModel: label outside [0, num_classes):'
+
+
+@contextlib.contextmanager
+def _naming(tmp: str, path: str):
+  """Errors raised while writing `tmp` name the user's `path` instead of the temporary file."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    if tmp not in str(e):
+      raise
+    text = str(e).replace(tmp, path)
+    try:
+      if isinstance(e, OSError) and e.errno:  # keep errno (ENOSPC, EACCES, ...) for the callers
+        filename = path if e.filename == tmp else e.filename
+        renamed = type(e)(e.errno, str(e.strerror).replace(tmp, path), filename)
+      else:
+        renamed = type(e)(text)
+    except Exception:  # pylint: disable=broad-except  (an exception class with other arguments)
+      renamed = ValueError(text)
+    raise renamed from e
 
 
 def _sample_count(n) -> int | tf.Tensor:
