@@ -121,16 +121,19 @@ class _OutUnwritable(Exception):
   """--out cannot be written (read-only, no permission, full disk): exit 2 naming the path and cause."""
 
 
-def _check_out(out: str) -> None:
-  """--out must be a directory (or a path where one can be made) that we can write: one line otherwise."""
+def _check_out(out: str) -> bool:
+  """--out must be a directory (or a path where one can be made) that we can write: one line otherwise.
+  Returns whether it was made here (a run that fails before writing anything removes it again)."""
   if tf.io.gfile.exists(out) and not tf.io.gfile.isdir(out):
     raise UsageError(f'--out {out!r} is a file; give a directory (new, or a run to resume)')
   if '://' in out:
-    return  # remote file systems: their errors come at write time
+    return False  # remote file systems: their errors come at write time
+  existed = os.path.isdir(out)
   try:
     os.makedirs(out, exist_ok=True)
   except OSError as e:
     raise UsageError(f'--out {out!r} cannot be created ({run_lock.describe_os_error(e)})') from e
+  return not existed
 
 
 def _check_space(out: str, model: GlowModel) -> None:
@@ -185,7 +188,15 @@ def train(args) -> int:
   """Trains, then writes model.keras, samples.png and metrics.json into --out."""
   config = _train_config(args)
   out = args.out or os.path.join('runs', re.sub(r'[^A-Za-z0-9_.-]+', '_', config['dataset']).strip('_'))
-  _check_out(out)
+  created = _check_out(out)
+  try:
+    return _train_in(args, config, out)
+  finally:
+    if created and os.path.isdir(out) and not os.listdir(out):  # failed before writing anything
+      os.rmdir(out)
+
+
+def _train_in(args, config: dict, out: str) -> int:
   with flag_errors():
     strategy = distribute.make_strategy(args.strategy, tpu=args.tpu)  # before any other TF op
   try:
