@@ -376,11 +376,12 @@ def main(argv=None, default_out='public_api.json') -> None:
         results[impl].append(result)
         print(json.dumps(dict(round=r, **result)), flush=True)
   summary = summarize(results)
-  busiest = max(load_before[0], os.getloadavg()[0])
+  # Other processes, judged before the run: the run's own processes raise the load average after it.
+  busiest = load_before[0]
   loaded = busiest > 0.5 * (os.cpu_count() or 1)
   if loaded:
     notes.append(
-      f'the machine was loaded (load average up to {busiest:.1f} on {os.cpu_count()} cores): every figure is '
+      f'the machine was loaded (load average {busiest:.1f} before the run on {os.cpu_count()} cores): every figure is '
       "distorted, the PyTorch peers' most (their OpenMP threads spin-wait, so under contention they run up to "
       '20x slower, while TensorFlow degrades about 2x); rerun on a quiet machine before reading ratios'
     )
