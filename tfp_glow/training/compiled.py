@@ -26,9 +26,17 @@ from typing import Callable
 import tensorflow as tf
 
 from tfp_glow import data as glow_data
+from tfp_glow.flow import tape_state
 
 LABELS = tf.TensorSpec([None], tf.int32, name='labels')
 SEED = tf.TensorSpec([2], tf.int32, name='seed')
+
+
+def use_compiled() -> bool:
+  """True when a public call may run its cached tf.function: eagerly, and with no gradient tape or forward
+  accumulator active. Under a tape the uncompiled call runs instead, so every autodiff mode (forward-mode
+  JVPs through a function with a while loop fail in TensorFlow) gives plain autodiff's answer."""
+  return tf.executing_eagerly() and not tape_state.recording()
 
 
 class CompiledCalls:

@@ -21,7 +21,7 @@ from tfp_glow.flow.glow import Glow
 from tfp_glow.flow.gradients import check_gradient, first_order_training
 from tfp_glow.training import guard
 from tfp_glow.training import inputs as model_inputs
-from tfp_glow.training.compiled import CompiledCalls
+from tfp_glow.training.compiled import CompiledCalls, use_compiled
 from tfp_glow.training.optim import default_optimizer
 
 
@@ -377,7 +377,7 @@ class GlowModel(keras.Model):
     """log p(x) [N] of images [N, H, W, C] in [-0.5, 0.5) (continuous density)."""
     images = self._check_images(images)
     labels = self._check_labels(labels, required=True)
-    per_image = _per_image_labels(labels, int(images.shape[0])) if tf.executing_eagerly() else False
+    per_image = _per_image_labels(labels, int(images.shape[0])) if use_compiled() else False
     if per_image is False:  # inside a graph, or labels to broadcast as TFP does (or to refuse)
       return self.distribution.log_prob(images, labels=labels)
     return self._tfp.calls.log_prob(images, per_image)
@@ -402,7 +402,7 @@ class GlowModel(keras.Model):
     n = _sample_count(n)
     temperature = _sample_temperature(temperature)
     labels = self._check_labels(labels, required=True, batch=n)
-    if not tf.executing_eagerly():  # inside a graph: n may be symbolic, one batch
+    if not use_compiled():  # inside a graph (n may be symbolic) or under a tape: one uncompiled batch
       x = self.distribution.sample(n, temperature=temperature, labels=labels, seed=seed)
       return glow_data.to_uint8(x, self.n_bins) if as_uint8 else x
     if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
@@ -428,7 +428,7 @@ class GlowModel(keras.Model):
     """Images [N, H, W, C] -> per-level latents [eps_1, ..., eps_L]."""
     images = self._check_images(images)
     labels = self._check_labels(labels, required=True)
-    per_image = _per_image_labels(labels, int(images.shape[0])) if tf.executing_eagerly() else False
+    per_image = _per_image_labels(labels, int(images.shape[0])) if use_compiled() else False
     if per_image is False:
       return self.distribution.encode(images, labels)
     return self._tfp.calls.encode(images, per_image)
@@ -436,7 +436,7 @@ class GlowModel(keras.Model):
   def decode(self, latents, labels=None) -> tf.Tensor:
     """Per-level latents -> images [N, H, W, C] (floats, model scale)."""
     labels = self._check_labels(labels, required=True)
-    if tf.executing_eagerly():
+    if use_compiled():
       latents = [tf.convert_to_tensor(z, self.glow.dtype) for z in latents]
       shapes = [tuple(z.shape) for z in latents]
       n = shapes[0][0] if shapes and len(shapes[0]) == 4 else None
@@ -452,7 +452,7 @@ class GlowModel(keras.Model):
       raise ValueError(f'interpolate: steps must be an integer >= 2, got {steps!r}.')
     pair = self._check_images(tf.stack([image_a, image_b]))
     pair_labels = self._check_labels(None if labels is None else tf.reshape(labels, [2]), required=True)
-    if tf.executing_eagerly():
+    if use_compiled():
       return self._tfp.calls.interpolate(pair, tf.constant(steps), pair_labels)
     latents = self.encode(pair, pair_labels)
     t = tf.linspace(0.0, 1.0, steps)
