@@ -36,18 +36,6 @@ def finite_weights(model: keras.Model) -> bool:
   )
 
 
-def valid_batch(images: tf.Tensor, labels: tf.Tensor | None, num_classes: int | None, check_range: bool):
-  """A scalar bool: images [N, H, W, C] finite (and in [-0.5, 0.5] if `check_range`), labels [N]
-  in [0, num_classes). Computed in the graph, so that a bad batch can be skipped rather than raised."""
-  ok = tf.reduce_all(tf.math.is_finite(images))
-  if check_range:
-    low, high = tf.constant(-0.5, images.dtype), tf.constant(0.5, images.dtype)
-    ok = ok & tf.reduce_all(images >= low) & tf.reduce_all(images <= high)
-  if labels is not None:
-    ok = ok & tf.reduce_all((labels >= 0) & (labels < num_classes))
-  return ok
-
-
 # Why a step was skipped, in the order of `SkipCauses.counts` (one cause per skipped step, the first that holds).
 SKIP_CAUSES = (
   'non-finite pixels',
@@ -89,8 +77,9 @@ class SkipCauses:
 
 
 def batch_checks(images: tf.Tensor, labels: tf.Tensor | None, num_classes: int | None, check_range: bool):
-  """(finite pixels, pixels in [-0.5, 0.5], labels in [0, num_classes)): three scalar bools, as
-  `valid_batch` computes them, for `SkipCauses`."""
+  """(finite pixels, pixels in [-0.5, 0.5], labels in [0, num_classes)): three scalar bools, computed in the
+  graph so that a bad batch can be skipped rather than raised; their conjunction decides the step, and
+  `SkipCauses` counts which failed."""
   finite = tf.reduce_all(tf.math.is_finite(images))
   in_range = tf.constant(True)
   if check_range:
