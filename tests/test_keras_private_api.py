@@ -1,0 +1,51 @@
+"""The training floor overrides four private Keras hooks (docs/design.md, "Private TensorFlow, TFP and Keras
+APIs"); these tests say plainly which one a Keras upgrade removed or renamed, instead of a silent fallback."""
+
+import inspect
+
+import keras
+import pytest
+
+from tfp_glow.training import callbacks, distribute, optim
+
+# (class, private name, who relies on it)
+HOOKS = [
+  (keras.optimizers.Optimizer, '_backend_update_step', 'optim.py: the warmup factor on every backend'),
+  (keras.optimizers.Optimizer, '_update_model_variables_moving_average', 'optim.py: the fused weight EMA'),
+  (keras.optimizers.Optimizer, '_get_variable_index', 'optim.py: the fused Adam(ax) kernels find slots'),
+  (keras.callbacks.BackupAndRestore, '_save_model', 'distribute.py: workers write backups elsewhere'),
+]
+
+
+@pytest.mark.parametrize('cls, name, user', HOOKS, ids=[h[1] for h in HOOKS])
+def test_keras_still_has_the_hook(cls, name, user):
+  assert callable(getattr(cls, name, None)), (
+    f'Keras {keras.__version__} has no {cls.__name__}.{name}, which tfp_glow overrides or calls ({user}).'
+  )
+
+
+def test_the_backup_paths_we_redirect_exist():
+  backup = keras.callbacks.BackupAndRestore('/tmp/unused_backup_dir', double_checkpoint=True)
+  missing = [name for name in distribute._BACKUP_PATHS if not hasattr(backup, name)]
+  assert not missing, (
+    f'Keras {keras.__version__} BackupAndRestore lacks {missing}: distribute.py redirects them for non-chief '
+    'workers.'
+  )
+
+
+# (our class, the Keras class whose private method it overrides, the method)
+OVERRIDES = [
+  (optim.WarmupAdamax, keras.optimizers.Adamax, '_backend_update_step'),
+  (optim.WarmupAdam, keras.optimizers.Adam, '_update_model_variables_moving_average'),
+  (callbacks.AtomicBackupAndRestore, keras.callbacks.BackupAndRestore, '_save_model'),
+  (distribute.MultiWorkerBackupAndRestore, keras.callbacks.BackupAndRestore, '_save_model'),
+]
+
+
+@pytest.mark.parametrize('ours, theirs, name', OVERRIDES, ids=[f'{o.__name__}.{n}' for o, _, n in OVERRIDES])
+def test_our_overrides_keep_the_signatures(ours, theirs, name):
+  assert getattr(ours, name) is not getattr(theirs, name), f'{ours.__name__} no longer overrides {name}'
+  expected = list(inspect.signature(getattr(theirs, name)).parameters)
+  assert list(inspect.signature(getattr(ours, name)).parameters) == expected, (
+    f'{ours.__name__}.{name} no longer takes what Keras {keras.__version__} passes: {expected}'
+  )
