@@ -35,9 +35,9 @@ def custom_network(in_channels, out_channels):
 
 
 @functools.cache
-def flows(network: str, gradient: str):
+def flows(network: str, gradient: str, coupling: str = 'affine'):
   """(reference, flow): two Glows with equal values, the reference differentiated by TensorFlow alone."""
-  kwargs = dict(levels=2, steps=2, width=8, seed=0, dtype=tf.float64, num_classes=None)
+  kwargs = dict(levels=2, steps=2, width=8, seed=0, dtype=tf.float64, num_classes=None, coupling=coupling)
   if network == 'list':
     kwargs['coupling_network'] = custom_network
   reference = tg.Glow(SHAPE, gradient='autodiff', **kwargs)
@@ -166,9 +166,46 @@ CASES = [
 ]
 
 
+# The other couplings join pairwise, not as the full product: every gradient with the stack and the list,
+# graph and XLA, first order, second order and forward mode each at least once.
+SLOW = [pytest.mark.slow]
+OTHER_COUPLINGS = [
+  pytest.param(
+    coupling,
+    gradient,
+    network,
+    mode,
+    # the default run: the two hand-built gradients that invert or reuse the transform; the rest with --slow
+    marks=[]
+    if (network, mode) == ('stack', 'gradient eager') and gradient in ('stored', 'inverse')
+    else SLOW,
+  )
+  for coupling in ('spline',)
+  for gradient in GRADIENTS
+  for network, mode in (
+    ('stack', 'gradient eager'),
+    ('list', 'gradient eager'),
+    ('stack', 'gradient tf.function'),
+    ('stack', 'gradient xla'),
+    ('stack', 'hvp input'),
+    ('stack', 'jvp input'),
+    ('stack', 'batch_jacobian while_loop'),
+  )
+]
+
+
 @pytest.mark.parametrize('gradient, network, mode', CASES)
 def test_every_mode_through_every_path_equals_plain_autodiff(gradient, network, mode):
-  reference, flow = flows(network, gradient)
+  check_mode(flows(network, gradient), mode)
+
+
+@pytest.mark.parametrize('coupling, gradient, network, mode', OTHER_COUPLINGS)
+def test_other_couplings_equal_plain_autodiff(coupling, gradient, network, mode):
+  check_mode(flows(network, gradient, coupling), mode)
+
+
+def check_mode(flows_pair, mode):
+  reference, flow = flows_pair
   expected = tf.nest.flatten(MODES[mode](reference))
   got = tf.nest.flatten(MODES[mode](flow))
   assert len(got) == len(expected)

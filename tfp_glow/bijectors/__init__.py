@@ -3,9 +3,10 @@
 Direction, as in TFP: forward = latent -> image, inverse = image -> latent (the paper's direction).
 """
 
+from tfp_glow.bijectors import transforms
 from tfp_glow.bijectors.actnorm import ActNorm
 from tfp_glow.bijectors.base import GlowBijector
-from tfp_glow.bijectors.coupling import AffineCoupling
+from tfp_glow.bijectors.coupling import AffineCoupling, Coupling
 from tfp_glow.bijectors.invertible_conv import Invertible1x1Conv
 from tfp_glow.bijectors.permutation import ChannelPermutation
 from tfp_glow.bijectors.split import SplitPrior
@@ -16,9 +17,11 @@ __all__ = [
   'ActNorm',
   'AffineCoupling',
   'ChannelPermutation',
+  'Coupling',
   'GlowBijector',
   'Invertible1x1Conv',
   'SplitPrior',
   'Squeeze',
   'TopPrior',
+  'transforms',
 ]

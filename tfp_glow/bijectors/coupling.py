@@ -1,10 +1,12 @@
-"""Affine (and additive) coupling: half the channels transformed, conditioned on the other half."""
+"""Coupling layers: half the channels transformed elementwise (`tfp_glow.bijectors.transforms`), conditioned on
+the other half through a network."""
 
 from __future__ import annotations
 
 import keras
 import tensorflow as tf
 
+from tfp_glow.bijectors import transforms
 from tfp_glow.bijectors.base import GlowBijector, check_channels
 from tfp_glow.bijectors.nets import (
   StackedCouplingNetworks,
@@ -15,45 +17,47 @@ from tfp_glow.bijectors.nets import (
 )
 
 
-class AffineCoupling(GlowBijector):
-  """Affine coupling layer (Dinh et al. 2017; Kingma & Dhariwal 2018, section 3.3) on `[..., H, W, C]`.
+class Coupling(GlowBijector):
+  """A coupling layer (Dinh et al. 2017) on `[..., H, W, C]`: split -> conditioner -> elementwise transform.
 
-  Image -> latent (`inverse`, the paper's direction), after the reference code:
+  Image -> latent (`inverse`, the paper's direction):
     x_a, x_b = x[..., :C//2], x[..., C//2:]          x_a conditions, x_b is transformed
-    h = NN(x_a);  shift, raw = split(h, 2, axis=-1)
-    scale = sigmoid(raw + 2)                        (starts near 0.88; bounded in (0, 1))
-    z_b = (x_b + shift) * scale;  z = concat(x_a, z_b)
-    log|det| = sum_{H, W, C_b} log(scale)           one value per image
-  Latent -> image (`forward`): x_b = z_b / scale - shift.
-  Additive (`additive=True`, NICE): z_b = x_b + NN(x_a), log-det 0.
+    h = NN(x_a)                                     [N, H, W, (C - C//2) * P], P = transform.params_per_channel
+    z_b, log|det| = transform.couple(x_b, h);  z = concat(x_a, z_b)          one log-det per image
+  Latent -> image (`forward`): x_b, log|det| = transform.uncouple(z_b, NN(z_a)).
 
-  The network NN maps [N, H, W, C//2] -> [N, H, W, 2 * (C - C//2)] (affine) or [.., C - C//2]
-  (additive). Default: `tfp_glow.bijectors.nets.coupling_network(width)`, whose last layer is zero-initialized,
-  so the coupling starts near the identity. Pass your own Keras layer as `network`; if it is not built,
-  it is built for inputs (None, None, None, C//2).
+  `transform` (`tfp_glow.bijectors.transforms`): 'affine' (the paper's, scale = sigmoid(raw + 2)),
+  'additive' (NICE), 'spline' (rational-quadratic, Durkan et al. 2019), or an instance with settings
+  (`transforms.Spline(bins=8)`). The conditioner NN: by default `tfp_glow.bijectors.nets.coupling_network(width)`,
+  whose last layer is zero-initialized (h = 0 at the start); or your own Keras layer as `network` (built for
+  inputs (None, None, None, C//2) if it is not built), which must output (C - C//2) * P channels.
 
   The network runs once per transform-plus-log-det (see `GlowBijector`). Under a Keras mixed policy the
-  default network computes in bfloat16/float16 and its output is cast back to the flow's float32
-  (see `tfp_glow.bijectors.nets.network_policy`).
-  Cost: one NN evaluation, O(N H W (9 C/2 width + width^2 + 9 width C)) for the default network.
+  default network computes in bfloat16/float16 and its output is cast back to the flow's dtype, so the
+  transform's math (and the log-det) is float32 (see `tfp_glow.bijectors.nets.network_policy`).
+  Cost: one NN evaluation, O(N H W (9 C/2 width + width^2 + 9 width (C/2) P)) for the default network,
+  plus the transform's elementwise math.
   """
 
   def __init__(
     self,
     channels: int,
     width: int = 512,
-    additive: bool = False,
+    transform: str | transforms.Transform = 'affine',
     network: keras.layers.Layer | None = None,
     dtype: tf.DType = tf.float32,
     validate_args: bool = False,
-    name: str = 'affine_coupling',
+    name: str = 'coupling',
     stack: tuple[StackedCouplingNetworks, int] | None = None,
+    *,
+    parameters: dict | None = None,
   ):
-    parameters = dict(locals())
+    # `parameters`: a subclass's constructor arguments, for TFP's `copy()` (as TFP's own bijectors pass them).
+    parameters = dict(locals()) if parameters is None else parameters
     check_channels(channels, 2, name + ' (the coupling splits channels in two)')
-    self._additive = additive
+    self._transform = transforms.transform_from(transform)
     self._split = channels // 2  # size of x_a
-    out = (channels - self._split) * (1 if additive else 2)
+    out = (channels - self._split) * self._transform.params_per_channel
     # The default network also runs with its weights as arguments (`parameter_variables`), which lets
     # a StepStack (`tfp_glow.flow.stack`) run K steps as one loop; a custom network is called as a Keras layer.
     self._default_network = network is None
@@ -80,23 +84,36 @@ class AffineCoupling(GlowBijector):
     channels: int,
     steps: int,
     width: int = 512,
-    additive: bool = False,
+    transform: str | transforms.Transform = 'affine',
     dtype: tf.DType = tf.float32,
-    name: str = 'affine_coupling',
+    name: str = 'coupling',
   ) -> list:
     """K = `steps` couplings with default networks whose weights are one stack of variables
     (`tfp_glow.bijectors.nets.StackedCouplingNetworks`, see `GlowBijector.index`): what a Glow level uses."""
+    transform = transforms.transform_from(transform)
     split = channels // 2
-    out = (channels - split) * (1 if additive else 2)
+    out = (channels - split) * transform.params_per_channel
     layer = StackedCouplingNetworks(split, out, width, steps, network_policy(dtype), name=name + '_nn')
     return [
-      cls(channels, width, additive, dtype=dtype, name=f'{name}_{k}', stack=(layer, k)) for k in range(steps)
+      Coupling(channels, width, transform, dtype=dtype, name=f'{name}_{k}', stack=(layer, k))
+      for k in range(steps)
     ]
+
+  @property
+  def transform(self) -> transforms.Transform:
+    """The elementwise transform (`tfp_glow.bijectors.transforms`)."""
+    return self._transform
 
   @property
   def network(self) -> keras.layers.Layer:
     """The coupling network (for a step of a stack: the stacked networks' weights)."""
     return self.layer
+
+  @property
+  def has_network_kernels(self) -> bool:
+    """True where the conditioner is the default network stacked over a level's steps: the hand-built
+    gradients then take its VJP from stored activations (`tfp_glow.flow.kernels`)."""
+    return isinstance(self.network, StackedCouplingNetworks)
 
   def parameter_variables(self) -> list | None:
     """The default network's weights (see `tfp_glow.bijectors.nets.apply_coupling_network`); None for a custom one."""
@@ -116,27 +133,14 @@ class AffineCoupling(GlowBijector):
       h = apply_coupling_network(parameters, x_a, self._network_compute_dtype())
     return tf.cast(h, self.dtype)  # a mixed-precision network computes in bf16/fp16
 
-  def _shift_and_scale(self, parameters, x_a: tf.Tensor):
-    """(shift, scale, log scale) of the image -> latent map z_b = (x_b + shift) * scale; scale and
-    log scale are None for an additive coupling."""
-    return self.shift_and_scale(self._network_output(parameters, x_a))
-
-  def shift_and_scale(self, h: tf.Tensor):
-    """(shift, scale, log scale) from the network's output h (in the flow's dtype); scale and log scale
-    are None for an additive coupling."""
-    if self._additive:
-      return h, None, None
-    shift, raw = tf.split(h, 2, axis=-1)
-    raw = raw + 2.0
-    return shift, tf.sigmoid(raw), tf.math.log_sigmoid(raw)  # log(sigmoid(.)), computed stably
-
   def couple(self, x_b: tf.Tensor, h: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """The coupling's arithmetic, image -> latent, given the network's output h = NN(x_a) (flow dtype):
+    """The transform image -> latent, given the network's output h = NN(x_a) (flow dtype):
     (z_b, log-det [N] or [])."""
-    shift, scale, log_scale = self.shift_and_scale(h)
-    if scale is None:
-      return x_b + shift, tf.zeros([], self.dtype)
-    return (x_b + shift) * scale, tf.reduce_sum(log_scale, axis=[1, 2, 3])
+    return self._transform.couple(x_b, h)
+
+  def uncouple(self, z_b: tf.Tensor, h: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The transform latent -> image, given h = NN(z_a): (x_b, log-det [N] or [])."""
+    return self._transform.uncouple(z_b, h)
 
   def split(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """x [..., C] -> (x_a [..., C//2], x_b [..., C - C//2]): the conditioning and the transformed half."""
@@ -150,18 +154,56 @@ class AffineCoupling(GlowBijector):
     return tf.concat([x_a, z_b], axis=-1), log_det
 
   def forward_and_log_det_with(self, parameters, z):
-    z_a, z_b = tf.split(z, [self._split, self.channels - self._split], axis=-1)
-    shift, scale, log_scale = self._shift_and_scale(parameters, z_a)
-    if scale is None:
-      return tf.concat([z_a, z_b - shift], axis=-1), tf.zeros([], self.dtype)
-    x_b = z_b / scale - shift
-    return tf.concat([z_a, x_b], axis=-1), -tf.reduce_sum(log_scale, axis=[1, 2, 3])
+    z_a, z_b = self.split(z)
+    x_b, log_det = self.uncouple(z_b, self._network_output(parameters, z_a))
+    return tf.concat([z_a, x_b], axis=-1), log_det
 
   def inverse_and_log_det(self, x):
     return self.inverse_and_log_det_with(self.current_parameters(), x)
 
   def forward_and_log_det(self, z):
     return self.forward_and_log_det_with(self.current_parameters(), z)
+
+
+class AffineCoupling(Coupling):
+  """The paper's affine coupling (Kingma & Dhariwal 2018, section 3.3): a `Coupling` with the 'affine'
+  transform, z_b = (x_b + shift) * sigmoid(raw + 2), log|det| = sum log(scale); or with `additive=True`
+  NICE's z_b = x_b + NN(x_a), log-det 0."""
+
+  def __init__(
+    self,
+    channels: int,
+    width: int = 512,
+    additive: bool = False,
+    network: keras.layers.Layer | None = None,
+    dtype: tf.DType = tf.float32,
+    validate_args: bool = False,
+    name: str = 'affine_coupling',
+    stack: tuple[StackedCouplingNetworks, int] | None = None,
+  ):
+    parameters = dict(locals())
+    transform = 'additive' if additive else 'affine'
+    super().__init__(
+      channels, width, transform, network, dtype, validate_args, name, stack, parameters=parameters
+    )
+
+  @classmethod
+  def stacked(
+    cls,
+    channels: int,
+    steps: int,
+    width: int = 512,
+    additive: bool = False,
+    dtype: tf.DType = tf.float32,
+    name: str = 'affine_coupling',
+  ) -> list:
+    """K = `steps` affine (or additive) couplings sharing one `StackedCouplingNetworks` (see `Coupling.stacked`)."""
+    split = channels // 2
+    out = (channels - split) * (1 if additive else 2)
+    layer = StackedCouplingNetworks(split, out, width, steps, network_policy(dtype), name=name + '_nn')
+    return [
+      cls(channels, width, additive, dtype=dtype, name=f'{name}_{k}', stack=(layer, k)) for k in range(steps)
+    ]
 
 
 def _build(network: keras.layers.Layer, in_channels: int, out_channels: int, who: str) -> None:

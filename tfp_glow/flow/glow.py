@@ -13,10 +13,12 @@ from tfp_glow.bijectors.base import GlowBijector, LayerGroup, ValueAndLogDet, ch
 from tfp_glow.bijectors.split import SplitPrior
 from tfp_glow.bijectors.squeeze import Squeeze
 from tfp_glow.bijectors.top_prior import TopPrior
+from tfp_glow.bijectors.transforms import TRANSFORMS
 from tfp_glow.flow.gradients import check_gradient, encode_level
 from tfp_glow.flow.level import Level, NetworkFn, build_steps
 
-COUPLINGS = ('affine', 'additive')
+# The coupling transforms by name (`tfp_glow.bijectors.transforms`): 'affine', 'additive', 'spline'.
+COUPLINGS = tuple(TRANSFORMS)
 PERMUTATIONS = ('conv_lu', 'conv', 'shuffle', 'reverse')
 
 
@@ -50,8 +52,10 @@ class Glow(GlowBijector):
   Args (names and defaults after the reference code):
     image_shape: (H, W, C); H and W divisible by 2**levels.
     levels: L. steps: K per level. width: the coupling networks' hidden channels.
-    coupling: 'affine' (scale = sigmoid(raw + 2)) or 'additive', or a GlowBijector subclass (see
-      docs/design.md, "Adding a layer").
+    coupling: the coupling's elementwise transform (`tfp_glow.bijectors.transforms`): 'affine' (the paper's,
+      scale = sigmoid(raw + 2)), 'additive', 'spline' (rational-quadratic, Durkan et al. 2019), or an instance
+      with settings (`transforms.Spline(bins=8)`); or a GlowBijector subclass (see docs/design.md, "Adding a
+      layer").
     permutation: 'conv_lu' (LU 1x1 conv), 'conv' (full 1x1 conv), 'shuffle' or 'reverse', or a subclass.
     learn_top: learn the top prior's per-channel mean and log-std (else N(0, 1)).
     num_classes: if set, the top prior is class-conditional: pass `labels=` (int [...]) to
@@ -311,6 +315,12 @@ def _flat(labels):
   return None if labels is None else tf.reshape(labels, [-1])
 
 
+def _is_transform(coupling) -> bool:
+  return (isinstance(coupling, str) and coupling in COUPLINGS) or isinstance(
+    coupling, tuple(TRANSFORMS.values())
+  )
+
+
 def _check_config(image_shape, levels, steps, width, coupling, permutation, num_classes, dtype):
   """Validates the constructor's arguments with errors that name the problem."""
   shape = tuple(image_shape)
@@ -326,9 +336,10 @@ def _check_config(image_shape, levels, steps, width, coupling, permutation, num_
       f'Glow: image height and width must be divisible by 2**levels = {f} '
       f'(one 2x2 squeeze per level), got {shape[0]}x{shape[1]} with levels={levels}.'
     )
-  if not (coupling in COUPLINGS or _is_layer_class(coupling)):
+  if not (_is_transform(coupling) or _is_layer_class(coupling)):
     raise ValueError(
-      f'Glow: coupling must be one of {COUPLINGS} or a GlowBijector subclass, got {coupling!r}.'
+      f'Glow: coupling must be one of {COUPLINGS}, a transform instance (tfp_glow.bijectors.transforms) or a '
+      f'GlowBijector subclass, got {coupling!r}.'
     )
   if not (permutation in PERMUTATIONS or _is_layer_class(permutation)):
     raise ValueError(

@@ -1,10 +1,12 @@
-"""Gradient kernels of one step whose coupling has the default network: what the hand-built backward loop of
-`tfp_glow.flow.gradients` ('stored' and 'inverse') computes per step, so that no convolution runs twice.
+"""Gradient kernels of one step whose coupling's conditioner is the default network (`has_kernels`): what the
+hand-built backward loop of `tfp_glow.flow.gradients` ('stored' and 'inverse') computes per step, so that no
+convolution runs twice. They hold for any elementwise transform (`tfp_glow.bijectors.transforms`): the transform
+is differentiated under a tape and inverted through its own `uncouple`, never assumed affine.
 
 A step is  head (actnorm -> permutation: no network)  ->  coupling (image -> latent):
 
   x_a, x_b = split(mid);   a1, a2, pre = activations of NN(x_a);   h = pre * exp(f * logs)
-  z_b, ld  = couple(x_b, h)                                       (AffineCoupling.couple)
+  z_b, ld  = couple(x_b, h)                                       (Coupling.couple, i.e. its transform)
 
 Given the step's input x and the network's activations (stored in the forward loop, or recomputed from the
 step's output by `invert_step`, since NN's input x_a passes through the coupling unchanged), `step_vjp` gives
@@ -18,18 +20,19 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfp_glow.bijectors.coupling import AffineCoupling
-from tfp_glow.bijectors.nets import LOGSCALE_FACTOR, StackedCouplingNetworks, coupling_network_activations
+from tfp_glow.bijectors.coupling import Coupling
+from tfp_glow.bijectors.nets import LOGSCALE_FACTOR, coupling_network_activations
 
 Activations = tuple[tf.Tensor, tf.Tensor, tf.Tensor]  # a1, a2 [N, h, w, width]; pre [N, h, w, out]
 
 
 def has_kernels(coupling) -> bool:
-  """True for a step of a stack whose last layer is an AffineCoupling with the default (stacked) network."""
-  return isinstance(coupling, AffineCoupling) and isinstance(coupling.network, StackedCouplingNetworks)
+  """True for a step of a stack whose last layer says that its conditioner is the default stacked network
+  (`has_network_kernels`): asked of the layer, never decided by its class."""
+  return bool(getattr(coupling, 'has_network_kernels', False))
 
 
-def forward_with_activations(coupling: AffineCoupling, parameters, mid: tf.Tensor):
+def forward_with_activations(coupling: Coupling, parameters, mid: tf.Tensor):
   """The coupling image -> latent with `parameters`, also returning the network's activations:
   (z, log-det [N] or [], activations)."""
   x_a, x_b = coupling.split(mid)
@@ -38,17 +41,16 @@ def forward_with_activations(coupling: AffineCoupling, parameters, mid: tf.Tenso
   return tf.concat([x_a, z_b], axis=-1), log_det, activations
 
 
-def invert_with_activations(coupling: AffineCoupling, parameters, z: tf.Tensor):
-  """The coupling's input from its output z (x_a = z_a, x_b = z_b / scale - shift), and the network's
+def invert_with_activations(coupling: Coupling, parameters, z: tf.Tensor):
+  """The coupling's input from its output z (x_a = z_a, x_b = the transform's `uncouple`), and the network's
   activations at x_a, from ONE network evaluation: (mid, activations)."""
   z_a, z_b = coupling.split(z)
   out, activations = coupling_network_activations(parameters, z_a, coupling.network.compute_dtype)
-  shift, scale, _ = coupling.shift_and_scale(tf.cast(out, coupling.dtype))
-  x_b = z_b - shift if scale is None else z_b / scale - shift
+  x_b, _ = coupling.uncouple(z_b, tf.cast(out, coupling.dtype))
   return tf.concat([z_a, x_b], axis=-1), activations
 
 
-def network_output_from(coupling: AffineCoupling, parameters, activations: Activations) -> tf.Tensor:
+def network_output_from(coupling: Coupling, parameters, activations: Activations) -> tf.Tensor:
   """The network's output h (the flow's dtype) from its activations, as it was computed."""
   compute = coupling.network.compute_dtype
   logs = tf.cast(parameters[-1], compute)

@@ -15,9 +15,10 @@ from typing import Callable
 import keras
 import numpy as np
 
+from tfp_glow.bijectors import transforms
 from tfp_glow.bijectors.actnorm import ActNorm
 from tfp_glow.bijectors.base import GlowBijector
-from tfp_glow.bijectors.coupling import AffineCoupling
+from tfp_glow.bijectors.coupling import AffineCoupling, Coupling
 from tfp_glow.bijectors.invertible_conv import Invertible1x1Conv
 from tfp_glow.bijectors.permutation import ChannelPermutation
 from tfp_glow.bijectors.split import SplitPrior
@@ -31,7 +32,7 @@ class Step:
 
   actnorm: ActNorm
   permutation: GlowBijector
-  coupling: AffineCoupling
+  coupling: GlowBijector  # a Coupling (split -> conditioner -> transform), or a user's coupling layer
 
   def bijectors(self) -> tuple[GlowBijector, GlowBijector, GlowBijector]:
     return (self.actnorm, self.permutation, self.coupling)
@@ -55,6 +56,7 @@ def build_steps(level, c, steps, width, coupling, permutation, coupling_network,
   StepList. `coupling`, `permutation`: a name (see Glow) or a GlowBijector subclass (docs/design.md).
   `rng`: the flow's numpy Generator (random rotations and shuffles)."""
   if coupling_network is not None:
+    _check_custom_network(coupling, permutation)
     return StepList(
       [
         step_with_own_layers(level, k, c, width, coupling, permutation, coupling_network, rng, dtype)
@@ -85,14 +87,36 @@ def build_steps(level, c, steps, width, coupling, permutation, coupling_network,
 
 
 def _stackable(kind) -> bool:
-  return isinstance(kind, str) or callable(getattr(kind, 'stacked', None))
+  return _is_transform(kind) or callable(getattr(kind, 'stacked', None))
+
+
+def _check_custom_network(coupling, permutation) -> None:
+  """A custom `coupling_network` feeds the built-in coupling (any transform) and permutations: a coupling or
+  permutation class cannot take it, so that combination is refused instead of silently replaced."""
+  if not _is_transform(coupling):
+    raise ValueError(
+      f'Glow: coupling_network= replaces the network of the built-in coupling; coupling={coupling!r} is a class '
+      f'of its own. Pass a transform name ({", ".join(transforms.TRANSFORMS)}) or a transform instance, or '
+      'give your class its own network.'
+    )
+  if not isinstance(permutation, str):
+    raise ValueError(
+      f'Glow: with coupling_network=, permutation must be a name (conv_lu, conv, shuffle, reverse), got '
+      f'{permutation!r}: a permutation class is stacked, and a level with a custom network runs unstacked.'
+    )
+
+
+def _is_transform(kind) -> bool:
+  return isinstance(kind, str) or isinstance(kind, tuple(transforms.TRANSFORMS.values()))
 
 
 def _couplings(kind, c, steps, width, dtype, prefix) -> list[GlowBijector]:
-  if isinstance(kind, str):
+  if kind in ('affine', 'additive'):  # the paper's couplings (their class and names as ever)
     return AffineCoupling.stacked(
       c, steps, width, additive=(kind == 'additive'), dtype=dtype, name=prefix + 'coupling'
     )
+  if _is_transform(kind):
+    return Coupling.stacked(c, steps, width, kind, dtype=dtype, name=prefix + 'coupling')
   if _stackable(kind):
     return kind.stacked(c, steps, width=width, dtype=dtype, name=prefix + 'coupling')
   return [kind(c, width=width, dtype=dtype, name=f'{prefix}step{k}_coupling') for k in range(steps)]
@@ -115,13 +139,13 @@ def step_with_own_layers(level, k, c, width, coupling, permutation, coupling_net
   """Step k of a level whose layers each own their parameters (a custom coupling network)."""
   prefix = f'level{level}_step{k}_'
   perm = _make_permutation(permutation, c, int(rng.integers(2**31)), dtype, prefix)
-  net = coupling_network(c // 2, (c - c // 2) * (1 if coupling == 'additive' else 2))
-  additive = coupling == 'additive'
-  return Step(
-    ActNorm(c, dtype=dtype, name=prefix + 'actnorm'),
-    perm,
-    AffineCoupling(c, width, additive=additive, network=net, dtype=dtype, name=prefix + 'coupling'),
-  )
+  transform = transforms.transform_from(coupling)
+  net = coupling_network(c // 2, (c - c // 2) * transform.params_per_channel)
+  if coupling in ('affine', 'additive'):
+    layer = AffineCoupling(c, width, coupling == 'additive', net, dtype=dtype, name=prefix + 'coupling')
+  else:
+    layer = Coupling(c, width, transform, net, dtype=dtype, name=prefix + 'coupling')
+  return Step(ActNorm(c, dtype=dtype, name=prefix + 'actnorm'), perm, layer)
 
 
 def _make_permutation(kind: str, channels: int, seed: int, dtype, prefix: str) -> GlowBijector:
