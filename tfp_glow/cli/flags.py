@@ -99,8 +99,9 @@ def build_parser(
   p.add_argument('--seed', type=int, default=0)
   p.add_argument(
     '--cache',
-    help="keep the decoded images after the first epoch: 'memory', or a file path prefix (default: stream "
-    'from disk every epoch; tfds sets under 2 GiB are kept in memory)',
+    help="keep the decoded images after the first epoch: 'memory', or a file path prefix, one cache per "
+    'split and data set/settings: PATH-SPLIT-DIGEST.* (default: stream from disk every epoch; tfds sets '
+    'under 2 GiB are kept in memory)',
   )
   p.add_argument(
     '--bad-files',
