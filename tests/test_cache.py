@@ -138,3 +138,32 @@ def test_cache_prefix_names_the_split_and_depends_on_every_setting(tmp_path):
   assert a == cache_module.cache_prefix(str(tmp_path / 'c'), 'train', dict(base))
   inside = cache_module.cache_prefix(str(tmp_path) + '/', 'train', base)
   assert os.path.dirname(inside) == str(tmp_path) and os.path.basename(inside).startswith('train-')
+
+
+@pytest.mark.slow
+def test_train_with_a_file_cache_writes_one_cache_per_split_and_reruns_over_a_half_written_one(
+  tmp_path, capsys
+):
+  """`tfp-glow train --cache PATH` (the CLI's plumbing): a train and a test cache, each complete; a rerun
+  after a kill in the first epoch (simulated: the train cache half-written, no run yet) trains."""
+  from tfp_glow import cli
+
+  source = _folder(tmp_path / 'img', range(40), shape=(8, 8, 3))
+  tiny = ['--levels', '2', '--steps', '1', '--width', '8', '--batch-size', '16', '--no-ema', '--epochs', '1']
+  os.makedirs(tmp_path / 'cache')
+  argv = ['train', *tiny, '--dataset', source, '--cache', str(tmp_path / 'cache') + '/']
+  assert cli.main([*argv, '--out', str(tmp_path / 'run1')]) == 0
+  indexes = sorted(n for n in os.listdir(tmp_path / 'cache') if n.endswith('.index'))
+  assert [n.split('-')[0] for n in indexes] == ['test', 'train']
+  for name in indexes:
+    prefix = str(tmp_path / 'cache' / name[: -len('.index')])
+    assert cache_module.is_complete(prefix)
+    if name.startswith('train'):
+      for leftover in os.listdir(tmp_path / 'cache'):
+        if leftover.startswith(os.path.basename(prefix) + '.'):
+          os.remove(tmp_path / 'cache' / leftover)
+      open(prefix + '_0.lockfile', 'w').close()
+  capsys.readouterr()
+  assert cli.main([*argv, '--out', str(tmp_path / 'run2')]) == 0
+  assert 'AlreadyExistsError' not in capsys.readouterr().err
+  assert all(cache_module.is_complete(str(tmp_path / 'cache' / n[: -len('.index')])) for n in indexes)
