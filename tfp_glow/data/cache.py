@@ -9,7 +9,8 @@ run killed during its first pass leaves a lockfile on which the next run fails (
 
 Here the user's PATH is only the start of the prefix:
   PATH-SPLIT-DIGEST   (PATH/SPLIT-DIGEST when PATH is a directory or ends with '/')
-where DIGEST (12 hex digits of a SHA-256) covers everything that changes what is cached: the source (its
+where DIGEST (12 hex digits of a SHA-256) covers everything that changes what is cached: this library's
+version and cache format, the source (its
 name, its absolute path, and for local files the size and modification time of the path and of the entries
 directly in it), the split, bits, image size, padding, labels, the worker's shard, and what the source
 reported (shape, bins, number of images, class names). Another split, data set or setting gets its own
@@ -34,8 +35,12 @@ import socket
 
 import tensorflow as tf
 
+import tfp_glow  # for __version__, read at call time (the package is still importing this module)
+
 _LOG = logging.getLogger('tfp_glow.data')
-_FORMAT = 1  # bump when what is cached for the same settings changes
+# In every digest: bump _FORMAT when the decoding of a source changes what is cached for the same settings
+# (crop / resize rules, colour conversion, ...), so that old caches are not read (a release changes it too).
+_FORMAT = 1
 WRITER_SUFFIX = '.writer'  # PREFIX.writer: {"host", "pid"} of the process that last started writing PREFIX
 
 
@@ -59,7 +64,8 @@ def cache_prefix(cache: str, split: str, identity: dict) -> str:
   """The file prefix of one split's cache: PATH-SPLIT-DIGEST (PATH/SPLIT-DIGEST for a directory PATH).
 
   identity: every setting that changes the cached images (JSON-serializable; see the module docstring)."""
-  text = json.dumps({'format': _FORMAT, 'split': split, **identity}, sort_keys=True, default=str)
+  stamp = {'format': _FORMAT, 'version': tfp_glow.__version__, 'split': split}
+  text = json.dumps({**stamp, **identity}, sort_keys=True, default=str)
   digest = hashlib.sha256(text.encode()).hexdigest()[:12]
   if cache.endswith(('/', os.sep)) or tf.io.gfile.isdir(cache):
     return os.path.join(cache, f'{split}-{digest}')
