@@ -197,7 +197,7 @@ def test_bad_command_lines_and_model_files_get_one_error_line(tmp_path, capsys):
   rows = [  # (argv, exit code, message)
     (['train', '--dataset', 'nope', '--out', str(tmp_path / 'r')], 2, 'unknown data set'),
     (['train', '--levels', '4', '--out', str(tmp_path / 'r')], 2, 'levels'),
-    (['train', '--max-consecutive-skips', '0', '--out', str(tmp_path / 'r')], 2, 'max_consecutive_skips'),
+    (['train', '--max-consecutive-skips', '0', '--out', str(tmp_path / 'r')], 2, 'max-consecutive-skips'),
     (['train', '--out', str(a_file)], 2, 'is a file'),
     (['sample', str(tmp_path / 'missing.keras')], 2, 'does not exist'),
     (['sample', str(tmp_path)], 2, 'does not exist'),  # a directory without model.keras

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import re
 from typing import Callable
 
 from tfp_glow import configs, ood
@@ -44,6 +46,67 @@ SAMPLE_TEMPERATURE = 0.7
 MAX_GRID_SAMPLES = 1024
 
 
+class Number:
+  """An argparse `type=` for a number flag in a range, checked at parse time.
+
+  Parses `kind` (int or float) and accepts low <= x <= high (low < x with `low_open`; None: no bound;
+  floats must be finite). Anything else is refused as `PROG: error: --flag must be RANGE, got VALUE`
+  (one line, exit 2: `Parser.error`) before any work is done, so nothing is written. `text` replaces the
+  generated RANGE (e.g. 'a fraction in [0, 1]').
+  """
+
+  def __init__(
+    self,
+    kind: type = int,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    text: str | None = None,
+  ) -> None:
+    self.kind, self.low, self.high, self.low_open = kind, low, high, low_open
+    if text is None:
+      if low is not None and high is not None:
+        text = f'in {low}..{high}' if kind is int else f'in [{low:g}, {high:g}]'
+      else:
+        text = f'{">" if low_open else ">="} {low:g}' + (' and finite' if kind is float else '')
+    self.text = text
+
+  def __call__(self, value: str) -> int | float:
+    try:
+      x = self.kind(value)
+    except ValueError:  # not a number at all: say which kind
+      noun = 'an integer' if self.kind is int else 'a number'
+      text = self.text if self.text.startswith(('a ', 'an ')) else f'{noun} {self.text}'
+      raise argparse.ArgumentTypeError(f'must be {text}, got {value!r}') from None
+    ok = math.isfinite(x)
+    ok = ok and (self.low is None or (x > self.low if self.low_open else x >= self.low))
+    ok = ok and (self.high is None or x <= self.high)
+    if not ok:
+      raise argparse.ArgumentTypeError(f'must be {self.text}, got {value}')
+    return x
+
+
+POSITIVE_INT = Number(int, 1)  # counts and sizes: >= 1
+NON_NEGATIVE_INT = Number(int, 0)  # class ids
+SEED = Number(int, 0, 2**31 - 1)  # tf.int32 seeds (and NumPy's: 0 .. 2**32 - 1)
+POSITIVE_FLOAT = Number(float, 0, low_open=True)  # > 0 and finite
+NON_NEGATIVE_FLOAT = Number(float, 0)  # >= 0 and finite
+FINITE_FLOAT = Number(float, text='a finite number')
+FRACTION = Number(float, 0, 1, text='a fraction in [0, 1]')
+
+
+class Parser(argparse.ArgumentParser):
+  """argparse, with a `Number` flag out of range reported as the commands' own checks are: one line
+  `PROG: error: --flag must be ..., got VALUE` (no usage block); other errors as argparse does."""
+
+  def error(self, message: str):
+    m = re.fullmatch(r'argument (-[^\s:]+): (must be .*)', message)
+    if m:
+      self.exit(2, f'{self.prog}: error: {m[1].split("/")[-1]} {m[2]}\n')
+    super().error(message)
+
+
 def _add_data_flags(p: argparse.ArgumentParser, default_dataset: str | None) -> None:
   fallback = default_dataset or "that of the model's training run, else digits"
   p.add_argument(
@@ -52,7 +115,7 @@ def _add_data_flags(p: argparse.ArgumentParser, default_dataset: str | None) -> 
     help=f'{", ".join(glow_data.DATASETS)}, or {glow_data.SOURCES_HELP} (default: {fallback})',
   )
   p.add_argument('--data-dir', help='tensorflow_datasets data directory (data prepared with `tfds build`)')
-  p.add_argument('--image-size', type=int, help='resize images to SIZE x SIZE')
+  p.add_argument('--image-size', type=POSITIVE_INT, help='resize images to SIZE x SIZE')
   p.add_argument('--pad-to-32', action=argparse.BooleanOptionalAction, help='zero-pad images to 32x32')
 
 
@@ -60,7 +123,7 @@ def build_parser(
   handlers: dict[str, Callable[[argparse.Namespace], int]], description: str
 ) -> argparse.ArgumentParser:
   """The `tfp-glow` parser; each subcommand's parsed args carry `handler`, taken from `handlers`."""
-  parser = argparse.ArgumentParser(
+  parser = Parser(
     prog='tfp-glow', description=description, formatter_class=argparse.RawDescriptionHelpFormatter
   )
   commands = parser.add_subparsers(dest='command', required=True)
@@ -69,14 +132,14 @@ def build_parser(
   _add_data_flags(p, 'digits')
   p.set_defaults(dataset=None)  # digits, unless --config names another
   for flag, kind in (
-    ('levels', int),
-    ('steps', int),
-    ('width', int),
-    ('n-bits', int),
-    ('batch-size', int),
-    ('epochs', int),
-    ('lr', float),
-    ('warmup-epochs', float),
+    ('levels', POSITIVE_INT),
+    ('steps', POSITIVE_INT),
+    ('width', POSITIVE_INT),
+    ('n-bits', Number(int, 1, 8)),
+    ('batch-size', POSITIVE_INT),
+    ('epochs', POSITIVE_INT),
+    ('lr', POSITIVE_FLOAT),
+    ('warmup-epochs', NON_NEGATIVE_FLOAT),
   ):
     p.add_argument(
       f'--{flag}',
@@ -92,15 +155,16 @@ def build_parser(
     help='Polyak-average the weights (EMA, momentum 0.99), used after training; it lags a short '
     'run (a few hundred steps): use --no-ema there (default: per data set)',
   )
-  p.add_argument('--clipnorm', type=float, help='clip each gradient to this norm')
+  p.add_argument('--clipnorm', type=POSITIVE_FLOAT, help='clip each gradient to this norm')
   p.add_argument(
     '--conditional', action=argparse.BooleanOptionalAction, help='class-conditional model (labeled data sets)'
   )
-  p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--seed', type=SEED, default=0)
   p.add_argument(
     '--cache',
-    help="keep the decoded images after the first epoch: 'memory', or a file path prefix (default: stream "
-    'from disk every epoch; tfds sets under 2 GiB are kept in memory)',
+    help="keep the decoded images after the first epoch: 'memory', or a file path prefix, one cache per "
+    'split and data set/settings: PATH-SPLIT-DIGEST.* (default: stream from disk every epoch; tfds sets '
+    'under 2 GiB are kept in memory)',
   )
   p.add_argument(
     '--bad-files',
@@ -111,7 +175,7 @@ def build_parser(
   )
   p.add_argument(
     '--max-consecutive-skips',
-    type=int,
+    type=POSITIVE_INT,
     default=10,
     help='stop (diverged) after this many skipped steps in a row (bad batches, NaN/Inf gradients)',
   )
@@ -138,13 +202,15 @@ def build_parser(
   )
   p.add_argument(
     '--background-noise',
-    type=float,
+    type=FRACTION,
     default=0.0,
     metavar='FRACTION',
     help='train a background model for `ood --score likelihood_ratio`: replace this fraction of the training '
     'pixels by random values (Ren et al. 2019; e.g. 0.2; tfp_glow.ood.perturb)',
   )
-  p.add_argument('--sample-every', type=int, help='write samples/ every N epochs (default: epochs // 10)')
+  p.add_argument(
+    '--sample-every', type=POSITIVE_INT, help='write samples/ every N epochs (default: epochs // 10)'
+  )
   p.add_argument(
     '--config',
     choices=list(configs.CONFIGS),
@@ -183,9 +249,11 @@ def build_parser(
   )
   prepare_p.add_argument('out', help='a new folder (any path TensorFlow writes, e.g. gs://...)')
   prepare_p.add_argument(
-    '--shards', type=int, default=16, help='files per split (>= the hosts that will read them)'
+    '--shards', type=POSITIVE_INT, default=16, help='files per split (>= the hosts that will read them)'
   )
-  prepare_p.add_argument('--image-size', type=int, help='center-crop and resize images to SIZE x SIZE')
+  prepare_p.add_argument(
+    '--image-size', type=POSITIVE_INT, help='center-crop and resize images to SIZE x SIZE'
+  )
   prepare_p.add_argument('--data-dir', help='tensorflow_datasets data directory (tfds sources)')
   prepare_p.add_argument('--bad-files', choices=glow_data.BAD_FILES, default='skip', help='as for train')
   prepare_p.set_defaults(handler=handlers['prepare'])
@@ -206,19 +274,23 @@ def build_parser(
     p.set_defaults(handler=handler)
   for p in (evaluate_p, interpolate_p, manipulate_p):  # data for evaluation and for test:I
     _add_data_flags(p, None)
-    p.add_argument('--batch-size', type=int, default=256)
+    p.add_argument('--batch-size', type=POSITIVE_INT, default=256)
   for p, out in (
     (sample_p, 'samples.png'),
     (interpolate_p, 'interpolation.png'),
     (manipulate_p, 'manipulation.png'),
   ):
-    p.add_argument('--zoom', type=int, help='enlarge each image ZOOM times (default: small ones to ~32 px)')
+    p.add_argument(
+      '--zoom', type=POSITIVE_INT, help='enlarge each image ZOOM times (default: small ones to ~32 px)'
+    )
     p.add_argument('--out', default=out)
-  sample_p.add_argument('--n', type=int, default=16)
-  sample_p.add_argument('--temperature', type=float, default=SAMPLE_TEMPERATURE)
-  sample_p.add_argument('--label', type=int, help='class of every sample (default: cycle over the classes)')
-  sample_p.add_argument('--seed', type=int, help='fixes the samples (default: random)')
-  sample_p.add_argument('--columns', type=int)
+  sample_p.add_argument('--n', type=POSITIVE_INT, default=16)
+  sample_p.add_argument('--temperature', type=POSITIVE_FLOAT, default=SAMPLE_TEMPERATURE)
+  sample_p.add_argument(
+    '--label', type=NON_NEGATIVE_INT, help='class of every sample (default: cycle over the classes)'
+  )
+  sample_p.add_argument('--seed', type=SEED, help='fixes the samples (default: random)')
+  sample_p.add_argument('--columns', type=POSITIVE_INT)
   sample_p.add_argument(
     '--format',
     choices=('png', 'npy', 'png-dir'),
@@ -226,27 +298,37 @@ def build_parser(
     'PNGs (default: from --out: .npy, a folder name without suffix, else png if --n fits a grid, else npy)',
   )
   sample_p.add_argument(
-    '--batch-size', type=int, default=256, help='samples generated at a time (bounds the memory used)'
+    '--batch-size',
+    type=POSITIVE_INT,
+    default=256,
+    help='samples generated at a time (bounds the memory used)',
   )
   interpolate_p.add_argument('image1', help='an image file (PNG/JPEG), or test:I, the I-th test image')
   interpolate_p.add_argument('image2')
-  interpolate_p.add_argument('--steps', type=int, default=8)
-  interpolate_p.add_argument('--label', type=int, help='class of image files (conditional models)')
+  interpolate_p.add_argument('--steps', type=Number(int, 2), default=8)
+  interpolate_p.add_argument(
+    '--label', type=NON_NEGATIVE_INT, help='class of image files (conditional models)'
+  )
   manipulate_p.add_argument('image', help='an image file (PNG/JPEG), or test:I, the I-th test image')
   manipulate_p.add_argument(
-    '--to-class', type=int, required=True, help='direction: mean latent of this class (the "attribute")'
+    '--to-class',
+    type=NON_NEGATIVE_INT,
+    required=True,
+    help='direction: mean latent of this class (the "attribute")',
   )
   manipulate_p.add_argument(
-    '--from-class', type=int, help='minus the mean latent of this class (default: all others)'
+    '--from-class', type=NON_NEGATIVE_INT, help='minus the mean latent of this class (default: all others)'
   )
-  manipulate_p.add_argument('--alphas', type=float, nargs='+', default=[-0.5, 0.0, 0.5, 1.0, 1.5])
+  manipulate_p.add_argument('--alphas', type=FINITE_FLOAT, nargs='+', default=[-0.5, 0.0, 0.5, 1.0, 1.5])
   manipulate_p.add_argument(
     '--split', choices=('train', 'test'), default='train', help='images for the direction'
   )
-  manipulate_p.add_argument('--label', type=int, help='class of an image file (conditional models)')
+  manipulate_p.add_argument(
+    '--label', type=NON_NEGATIVE_INT, help='class of an image file (conditional models)'
+  )
   evaluate_p.add_argument(
     '--importance-samples',
-    type=int,
+    type=POSITIVE_INT,
     metavar='S',
     help='also the importance-weighted bits/dim over S dequantization draws (tighter as S grows; e.g. 1000)',
   )
@@ -279,11 +361,13 @@ def _add_ood_parser(commands, handler) -> None:
     help='default: bits_per_dim complexity_corrected typicality, and likelihood_ratio with --background',
   )
   p.add_argument('--background', help='the background model of likelihood_ratio (train --background-noise)')
-  p.add_argument('--samples', type=int, default=1, help='importance samples per image (default: 1)')
-  p.add_argument('--typicality-batch', type=int, default=8, help='images per batch of the typicality test')
+  p.add_argument('--samples', type=POSITIVE_INT, default=1, help='importance samples per image (default: 1)')
+  p.add_argument(
+    '--typicality-batch', type=POSITIVE_INT, default=8, help='images per batch of the typicality test'
+  )
   p.add_argument('--json', default='ood.json', help='write the table as JSON here (default: ood.json)')
   p.add_argument('--data-dir', help='tensorflow_datasets data directory (data prepared with `tfds build`)')
-  p.add_argument('--image-size', type=int, help='resize images to SIZE x SIZE')
+  p.add_argument('--image-size', type=POSITIVE_INT, help='resize images to SIZE x SIZE')
   p.add_argument('--pad-to-32', action=argparse.BooleanOptionalAction, help='zero-pad images to 32x32')
-  p.add_argument('--batch-size', type=int, default=256)
+  p.add_argument('--batch-size', type=POSITIVE_INT, default=256)
   p.set_defaults(handler=handler)

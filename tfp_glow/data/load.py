@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_glow.data import arrays, folder, tfds_sources, tfrecord
+from tfp_glow.data.cache import cache_prefix, prepare_file_cache, source_stamp
 from tfp_glow.data.digits import DIGITS_BINS, check_split, load_digits
 from tfp_glow.data.info import DatasetInfo
 from tfp_glow.data.pipeline import batch_and_dequantize, check_cache
@@ -71,7 +72,9 @@ def load_dataset(
   data_dir: tfds data directory (e.g. prepared elsewhere with `tfds build`).
   seed: makes shuffling and noise reproducible (each epoch still differs).
   cache: None (stream every epoch), 'memory', or a file path prefix: keep the decoded bins after the
-    first epoch (tfds sources under 2 GiB are cached in memory anyway; digits are in memory).
+    first epoch (tfds sources under 2 GiB are cached in memory anyway; digits are in memory). A path gets
+    one cache per split and source/settings, PATH-SPLIT-DIGEST, and a half-written one (a run stopped in
+    its first epoch) is rebuilt with a note (tfp_glow.data.cache).
   bad_files: folders only: 'skip' (skip, count and name undecodable files; see DatasetInfo.skipped) or
     'error' (decode every file up front and raise naming the bad ones).
   worker_shard: (W, i) for worker i of W (`tfp_glow.training.distribute.worker_shard`): a TFRecord set
@@ -95,6 +98,8 @@ def load_dataset(
       f'{", ".join(("digits",) + tfds_sources.LABELED)}, a folder with class subfolders, or labeled arrays'
     )
   common = dict(shuffle=shuffle, batch_size=batch_size, drop_remainder=drop_remainder, seed=seed)
+  # What changes the cached bins besides the source (tfp_glow.data.cache): one cache per split and settings.
+  settings = dict(n_bits=n_bits, image_size=image_size, with_labels=with_labels, worker_shard=worker_shard)
   n_bins, class_names, num_shards, skipped, by_file = 2**n_bits, None, None, None, False
 
   if name in tfds_sources.TFDS_DATASETS:
@@ -110,6 +115,8 @@ def load_dataset(
       seed=seed,
     )
     small = n is None or n * int(np.prod(shape)) <= tfds_sources.MAX_CACHE_BYTES
+    identity = dict(source=name, data_dir=data_dir, pad_to_32=pad_to_32)
+    cache = _split_cache(cache, split, identity, settings, shape, n_bins, n, None)
     ds = batch_and_dequantize(
       ds, n_bins, num_examples=n, cache=cache or ('memory' if small else None), **common
     )
@@ -150,5 +157,20 @@ def load_dataset(
     ds = ds.map(
       lambda *e: (pad(e[0]), e[1]) if len(e) == 2 else pad(e[0]), num_parallel_calls=tf.data.AUTOTUNE
     )
+  if cache and cache != 'memory':  # digits: cache is None (in memory already)
+    where = path if '://' in path else os.path.abspath(path)
+    identity = dict(source=dict(kind=kind, path=where, stamp=source_stamp(path)), pad_to_32=pad_to_32)
+    cache = _split_cache(cache, split, identity, settings, shape, n_bins, n, class_names)
   ds = batch_and_dequantize(ds, n_bins, num_examples=n, cache=cache, **common)
   return ds, DatasetInfo(shape, n_bins, num_classes, n, class_names, num_shards, skipped, by_file)
+
+
+def _split_cache(cache, split, identity, settings, shape, n_bins, n, class_names) -> str | None:
+  """None and 'memory' as given; a file PATH -> this split's own prefix PATH-SPLIT-DIGEST, made ready
+  (half-written leftovers of a stopped run removed, with a note): `tfp_glow.data.cache`."""
+  if cache is None or cache == 'memory':
+    return cache
+  what = dict(identity, **settings, shape=list(shape), n_bins=n_bins, num_examples=n, class_names=class_names)
+  prefix = cache_prefix(cache, split, what)
+  prepare_file_cache(prefix)
+  return prefix
