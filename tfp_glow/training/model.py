@@ -524,10 +524,12 @@ class GlowModel(keras.Model):
   # ---- export ---------------------------------------------------------------------------------
 
   def export(self, filepath, format='tf_saved_model', verbose=True, **kwargs):  # pylint: disable=redefined-builtin
-    """Writes a SavedModel with `log_prob` and `sample` endpoints (loadable with
-    `tf.saved_model.load`, without tfp_glow installed):
-      log_prob(images [None, H, W, C] float32[, labels [None] int32]) -> [None]
-      sample(n [] int32, temperature [] float32[, labels [None] int32]) -> images float32
+    """Writes a SavedModel whose endpoints return what this model's methods return, and check their
+    arguments as they do (loadable with `tf.saved_model.load`, without tfp_glow installed):
+      log_prob(images [None, H, W, C] float32[, labels [None] int32]) -> [None]         = log_prob
+      sample(n [] int32, temperature [] float32[, labels [None] int32]) -> uint8 images   = sample
+      sample_floats(n, temperature[, labels]) -> float32 images        = sample(..., as_uint8=False)
+    See `tfp_glow.training.export.export_saved_model`.
     """
     from tfp_glow.training.export import export_saved_model  # pylint: disable=import-outside-toplevel
 
