@@ -53,9 +53,8 @@ def clean_message(error: tf.errors.OpError) -> str:
   """Our text of an error raised by `check` in a graph, without TensorFlow's lines around it:
   'Graph execution error: ... assertion failed: [msg] [v] ... [[{{node ...}}]]' -> 'msg v'.
   Any other error's message is returned as it is."""
-  found = re.search(
-    r'assertion failed: \[(.*)\]\s*$', error.message, re.MULTILINE
-  )  # [msg] [v] ... on one line
+  # TensorFlow prints an Assert's data on one line: 'assertion failed: [msg] [v] [...]'.
+  found = re.search(r'assertion failed: \[(.*)\]\s*$', error.message, re.MULTILINE)
   if not found:
     return error.message
   return ' '.join(part.strip() for part in found.group(1).split('] [') if part.strip())

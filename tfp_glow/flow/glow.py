@@ -301,7 +301,7 @@ class Glow(GlowBijector):
         f'{self.name}: labels were given, but this Glow is not class-conditional (num_classes=None).'
       )
 
-  def _check_finite(self, x, what='input') -> tf.Tensor:
+  def _check_finite(self, x, what='images') -> tf.Tensor:
     """With validate_args, `x` refused (InvalidArgumentError) if it holds NaN or Inf; use the returned tensor."""
     if not self.validate_args:
       return x

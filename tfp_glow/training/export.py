@@ -34,7 +34,7 @@ def endpoint_signatures(model) -> list[str]:
 
 def export_saved_model(model, filepath: str, verbose: bool = True) -> None:
   """Writes a SavedModel at `filepath` whose endpoints return what the GlowModel's methods return
-  (any batch size; D = H * W * C; `labels` only for a class-conditional model, one class id per image):
+  (any batch size; `labels` only for a class-conditional model, one class id per image):
 
     log_prob(images, [labels]) -> log p(x) [N]               = model.log_prob(images, labels)
     sample(n, temperature, [labels]) -> uint8 [n, H, W, C]   = model.sample(n, temperature, labels)
