@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_glow import atomic, checks
+from tfp_glow import atomic
 from tfp_glow import data as glow_data
 from tfp_glow import dequantization as dequant
 from tfp_glow.distribution import GlowDistribution, bits_per_dim
@@ -434,12 +434,9 @@ class GlowModel(keras.Model):
     return self._tfp.calls.encode(images, per_image)
 
   def decode(self, latents, labels=None) -> tf.Tensor:
-    """Per-level latents -> images [N, H, W, C] (floats, model scale). Latents take any real values;
-    NaN / Inf are refused (InvalidArgumentError) unless validate_inputs=False."""
+    """Per-level latents -> images [N, H, W, C] (floats, model scale). Latents are not data: any real
+    values, not checked (NaN in, NaN out; a diverged model's round trip must still run)."""
     labels = self._check_labels(labels, required=True)
-    if self._glow_config['validate_inputs']:
-      message = 'GlowModel: the latents contain NaN or Inf.'
-      latents = [checks.all_finite(tf.convert_to_tensor(z, self.glow.dtype), message) for z in latents]
     if use_compiled():
       latents = [tf.convert_to_tensor(z, self.glow.dtype) for z in latents]
       shapes = [tuple(z.shape) for z in latents]
