@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_glow import atomic
+from tfp_glow import atomic, checks
 from tfp_glow import data as glow_data
 from tfp_glow import dequantization as dequant
 from tfp_glow.distribution import GlowDistribution, bits_per_dim
@@ -608,8 +608,9 @@ def _sample_temperature(temperature) -> float | tf.Tensor:
   if isinstance(temperature, (tf.Tensor, tf.Variable, np.ndarray)):
     if len(temperature.shape) != 0:
       raise ValueError(f'sample: temperature must be a scalar, got shape {tuple(temperature.shape)}.')
-    if not tf.executing_eagerly() and isinstance(temperature, tf.Tensor):
-      return temperature  # symbolic: the distribution checks it (validate_args)
+    if not tf.executing_eagerly() and isinstance(temperature, tf.Tensor):  # symbolic: a graph assertion
+      ok = tf.logical_and(tf.math.is_finite(temperature), temperature > 0)
+      return checks.check(temperature, ok, 'sample: temperature must be > 0 and finite, got', temperature)
     temperature = float(np.asarray(temperature))
   if (
     not isinstance(temperature, (int, float, np.number))
