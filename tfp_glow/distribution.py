@@ -25,6 +25,7 @@ except ImportError as e:  # pragma: no cover (only after a TFP upgrade)
     'setup.cfg, or port GlowDistribution.'
   ) from e
 
+from tfp_glow import checks
 from tfp_glow.flow.glow import Glow
 
 tfd = tfp.distributions
@@ -53,13 +54,10 @@ def check_temperature(temperature, dtype, validate_args: bool) -> tf.Tensor:
   if temperature.shape.rank not in (None, 0):
     raise ValueError(f'GlowDistribution.sample: temperature must be a scalar, got shape {temperature.shape}.')
   if validate_args:
-    message = 'GlowDistribution.sample: temperature must be > 0 and finite.'
-    checks = [
-      tf.debugging.assert_all_finite(temperature, message),
-      tf.debugging.assert_positive(temperature, message=message),
-    ]
-    with tf.control_dependencies(checks):
-      temperature = tf.identity(temperature)
+    ok = tf.logical_and(tf.math.is_finite(temperature), temperature > 0)
+    temperature = checks.check(
+      temperature, ok, 'GlowDistribution.sample: temperature must be > 0 and finite, got', temperature
+    )
   return temperature
 
 
@@ -124,6 +122,11 @@ class GlowDistribution(_TransformedDistribution):
 
   `base_distribution` (default N(0, I) of event shape [H, W, C]) may be any distribution with that
   event shape and the flow's dtype, e.g. a Student-t, a learned mixture.
+
+  Input checks: shapes and dtypes always; with `validate_args=True` also NaN / Inf in the images of
+  log_prob and encode, the latents of decode, and a temperature tensor (InvalidArgumentError). Never a
+  range: the density and the samples live on all of R^D (images are range-checked where data enters:
+  GlowModel, the SavedModel, the CLI). docs/troubleshooting.md lists what each entry point checks.
   """
 
   def __init__(
@@ -181,8 +184,16 @@ class GlowDistribution(_TransformedDistribution):
     images = self.bijector.forward(flat, **bijector_kwargs)[:n]
     return tf.reshape(images, tf.concat([batch_shape, self.glow.image_shape], 0))
 
+  def _check_finite(self, x: tf.Tensor, what: str) -> tf.Tensor:
+    """With validate_args, `x` refused if it holds NaN or Inf. No range check: the density lives on all
+    of R^D (images are range-checked where data enters: GlowModel, the SavedModel, the CLI)."""
+    if not self.validate_args:
+      return x
+    return checks.all_finite(x, f'{self.name}: the {what} contain NaN or Inf.')
+
   def _log_prob(self, y, **kwargs):
-    flat, n, batch_shape = _at_least_one(tf.convert_to_tensor(y, self.dtype))
+    y = self._check_finite(tf.convert_to_tensor(y, self.dtype), 'images')
+    flat, n, batch_shape = _at_least_one(y)
     distribution_kwargs, bijector_kwargs = self._kwargs_split_fn(kwargs)
     kwargs = {
       'distribution_kwargs': distribution_kwargs,
@@ -195,13 +206,14 @@ class GlowDistribution(_TransformedDistribution):
     images = tf.convert_to_tensor(images, self.dtype)
     if images.shape.rank != 4:
       raise ValueError(f'{self.name}: encode expects images [N, H, W, C], got {images.shape}.')
+    images = self._check_finite(images, 'images')
     flat, n, batch_shape = _at_least_one(images)
     labels = _batch_labels({'labels': labels}, batch_shape, n).get('labels')
     return [z[:n] for z in self.glow.encode(flat, labels)]
 
   def decode(self, latents: Sequence[tf.Tensor], labels: tf.Tensor | None = None) -> tf.Tensor:
     """Per-level latents -> images [N, H, W, C] (see `Glow.decode`); N may be 0."""
-    latents = [tf.convert_to_tensor(z, self.dtype) for z in latents]
+    latents = [self._check_finite(tf.convert_to_tensor(z, self.dtype), 'latents') for z in latents]
     if not latents or latents[0].shape.rank != 4:
       return self.glow.decode(latents, labels)  # its error names the expected shapes
     n = tf.shape(latents[0])[0]

@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfp_glow import checks
 from tfp_glow.bijectors.actnorm import ActNorm
 from tfp_glow.bijectors.base import GlowBijector, LayerGroup, ValueAndLogDet, check_images
 from tfp_glow.bijectors.split import SplitPrior
@@ -69,6 +70,8 @@ class Glow(GlowBijector):
       memory independent of K). The last three step aside to 'autodiff' wherever a higher order or
       forward mode is asked for.
     memory_saving: the older spelling: True or 'inverse' -> gradient='inverse', 'checkpoint'.
+    validate_args: refuse NaN / Inf in images (inverse, encode, initialize) and latents (forward,
+      decode) with an InvalidArgumentError. Never a range check: values are any reals.
 
   Parameters: `glow.layer` is one Keras layer holding every parameter (give it to a Keras model);
   `glow.trainable_variables` lists the same variables for TFP-style training.
@@ -181,8 +184,7 @@ class Glow(GlowBijector):
     sees, which already pass through the initialized layers before it. Idempotent; plain variable
     assignments, so it works eagerly, in `tf.function`, and once in cross-replica context.
     """
-    images = tf.convert_to_tensor(images, dtype=self.dtype)
-    self._check_image_input(images)
+    images = self._check_image_input(tf.convert_to_tensor(images, dtype=self.dtype))
     images, labels = tf.reshape(images, [-1, *self._image_shape]), _flat(labels)
     initialize = lambda x, y: self._encode_4d(x, y, initialize=True).log_det  # noqa: E731
     # Eagerly, as one graph: TensorFlow's per-op dispatch would otherwise run K steps' ops one by one
@@ -193,8 +195,7 @@ class Glow(GlowBijector):
 
   def encode_with_log_det(self, images: tf.Tensor, labels: tf.Tensor | None = None) -> Encoding:
     """Image [N, H, W, C] -> per-level latents, the log-det, and the top activations."""
-    images = tf.convert_to_tensor(images, dtype=self.dtype)
-    self._check_image_input(images)
+    images = self._check_image_input(tf.convert_to_tensor(images, dtype=self.dtype))
     if images.shape.rank != 4:
       raise ValueError(f'{self.name}: encode expects images [N, H, W, C], got {images.shape}.')
     return self._encode_4d(images, labels)
@@ -216,6 +217,7 @@ class Glow(GlowBijector):
           f'{self.name}: expected latents of shapes [N, *{self.latent_shapes}], '
           f'got {[tuple(t.shape) for t in latents]}.'
         )
+    latents = [self._check_finite(z, 'latents') for z in latents]
     return self._decode_4d(latents, labels)[0]
 
   # ---- the two directions on 4-D tensors ---------------------------------------------------------
@@ -279,22 +281,23 @@ class Glow(GlowBijector):
     return [tf.reshape(p, tf.concat([n, s], 0)) for p, s in zip(parts, self.latent_shapes)]
 
   def inverse_and_log_det(self, x, labels=None):
-    self._check_image_input(x)
+    x = self._check_image_input(x)
     enc = self._encode_4d(x, labels)
     return self.join_latents(enc.latents), enc.log_det
 
   def forward_and_log_det(self, eps, labels=None):
-    self._check_image_input(eps, 'latents')
+    eps = self._check_image_input(eps, 'latents')
     return self._decode_4d(self.split_latent(eps), labels)
 
-  def _check_image_input(self, images, what='images'):
+  def _check_image_input(self, images, what='images') -> tf.Tensor:
+    """Shape and dtype errors now; with validate_args, `images` checked finite (no range: any real values)."""
     check_images(images, self.dtype, self.name)
     if tuple(images.shape[-3:]) != self._image_shape:
       raise ValueError(
         f'{self.name}: expected {what} of shape [..., '
         f'{", ".join(map(str, self._image_shape))}], got {images.shape}.'
       )
-    self._check_finite(images)
+    return self._check_finite(images, what)
 
   def _check_labels(self, labels):
     if labels is not None and not self._num_classes:
@@ -302,9 +305,11 @@ class Glow(GlowBijector):
         f'{self.name}: labels were given, but this Glow is not class-conditional (num_classes=None).'
       )
 
-  def _check_finite(self, x):
-    if self.validate_args:
-      tf.debugging.assert_all_finite(x, f'{self.name}: the input contains NaN or Inf.')
+  def _check_finite(self, x, what='images') -> tf.Tensor:
+    """With validate_args, `x` refused (InvalidArgumentError) if it holds NaN or Inf; use the returned tensor."""
+    if not self.validate_args:
+      return x
+    return checks.all_finite(x, f'{self.name}: the {what} contain NaN or Inf.')
 
 
 def _is_layer_class(kind) -> bool:

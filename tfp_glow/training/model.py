@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_glow import atomic
+from tfp_glow import atomic, checks
 from tfp_glow import data as glow_data
 from tfp_glow import dequantization as dequant
 from tfp_glow.distribution import GlowDistribution, bits_per_dim
@@ -434,7 +434,8 @@ class GlowModel(keras.Model):
     return self._tfp.calls.encode(images, per_image)
 
   def decode(self, latents, labels=None) -> tf.Tensor:
-    """Per-level latents -> images [N, H, W, C] (floats, model scale)."""
+    """Per-level latents -> images [N, H, W, C] (floats, model scale). Latents are not data: any real
+    values, not checked (NaN in, NaN out; a diverged model's round trip must still run)."""
     labels = self._check_labels(labels, required=True)
     if use_compiled():
       latents = [tf.convert_to_tensor(z, self.glow.dtype) for z in latents]
@@ -524,10 +525,12 @@ class GlowModel(keras.Model):
   # ---- export ---------------------------------------------------------------------------------
 
   def export(self, filepath, format='tf_saved_model', verbose=True, **kwargs):  # pylint: disable=redefined-builtin
-    """Writes a SavedModel with `log_prob` and `sample` endpoints (loadable with
-    `tf.saved_model.load`, without tfp_glow installed):
-      log_prob(images [None, H, W, C] float32[, labels [None] int32]) -> [None]
-      sample(n [] int32, temperature [] float32[, labels [None] int32]) -> images float32
+    """Writes a SavedModel whose endpoints return what this model's methods return, and check their
+    arguments as they do (loadable with `tf.saved_model.load`, without tfp_glow installed):
+      log_prob(images [None, H, W, C] float32[, labels [None] int32]) -> [None]         = log_prob
+      sample(n [] int32, temperature [] float32[, labels [None] int32]) -> uint8 images   = sample
+      sample_floats(n, temperature[, labels]) -> float32 images        = sample(..., as_uint8=False)
+    See `tfp_glow.training.export.export_saved_model`.
     """
     from tfp_glow.training.export import export_saved_model  # pylint: disable=import-outside-toplevel
 
@@ -605,8 +608,9 @@ def _sample_temperature(temperature) -> float | tf.Tensor:
   if isinstance(temperature, (tf.Tensor, tf.Variable, np.ndarray)):
     if len(temperature.shape) != 0:
       raise ValueError(f'sample: temperature must be a scalar, got shape {tuple(temperature.shape)}.')
-    if not tf.executing_eagerly() and isinstance(temperature, tf.Tensor):
-      return temperature  # symbolic: the distribution checks it (validate_args)
+    if not tf.executing_eagerly() and isinstance(temperature, tf.Tensor):  # symbolic: a graph assertion
+      ok = tf.logical_and(tf.math.is_finite(temperature), temperature > 0)
+      return checks.check(temperature, ok, 'sample: temperature must be > 0 and finite, got', temperature)
     temperature = float(np.asarray(temperature))
   if (
     not isinstance(temperature, (int, float, np.number))
