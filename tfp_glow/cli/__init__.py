@@ -128,7 +128,8 @@ def evaluate(args) -> int:
   ds, info, dataset = _load_matching_split(model, args)
   # One trace for every batch size (the last batch is smaller): reduce_retracing generalizes the shape.
   roundtrip_error = tf.function(
-    lambda x, y: tf.reduce_max(tf.abs(model.decode(model.encode(x, y), y) - x)), reduce_retracing=True
+    lambda x, y: tf.reduce_max(tf.abs(model.decode(model.encode(x, y), y) - tf.cast(x, model.glow.dtype))),
+    reduce_retracing=True,
   )
   errors = []
   for batch in ds:
