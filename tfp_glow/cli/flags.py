@@ -281,6 +281,13 @@ def _add_ood_parser(commands, handler) -> None:
   p.add_argument('--background', help='the background model of likelihood_ratio (train --background-noise)')
   p.add_argument('--samples', type=int, default=1, help='importance samples per image (default: 1)')
   p.add_argument('--typicality-batch', type=int, default=8, help='images per batch of the typicality test')
+  p.add_argument(
+    '--typicality-images',
+    type=int,
+    default=ood.TYPICALITY_IMAGES,
+    help="training images (a shuffled, streamed sample) that estimate the typicality test's training "
+    f'entropy H (default: {ood.TYPICALITY_IMAGES}; see tfp_glow.ood.training_entropy)',
+  )
   p.add_argument('--json', default='ood.json', help='write the table as JSON here (default: ood.json)')
   p.add_argument('--data-dir', help='tensorflow_datasets data directory (data prepared with `tfds build`)')
   p.add_argument('--image-size', type=int, help='resize images to SIZE x SIZE')
