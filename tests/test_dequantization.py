@@ -1,7 +1,10 @@
 """Variational dequantization: q(u|x) is a density on the unit cube, a fresh one is the uniform one, and
 GlowModel(dequantization='variational') trains it with the flow, under the gradient modes and mixed precision."""
 
+import inspect
 import json
+import pathlib
+import re
 
 import keras
 import numpy as np
@@ -127,3 +130,20 @@ def test_cli_trains_a_variational_model_and_evaluates_it_importance_weighted(tmp
   assert weighted < single < np.log2(17)
   assert cli.main(['evaluate', str(out), '--importance-samples', '0']) == 2
   assert '--importance-samples must be >= 1' in capsys.readouterr().err
+
+
+def test_variational_dequantizer_defaults_are_the_documented_ones():
+  signature = inspect.signature(dq.VariationalDequantizer)
+  defaults = {name: signature.parameters[name].default for name in ('steps', 'width')}
+  api = (pathlib.Path(__file__).parents[1] / 'docs' / 'api.md').read_text()
+  documented = re.search(r'VariationalDequantizer\(image_shape, n_bins, steps=(\d+), width=(\d+)\)', api)
+  assert documented, 'docs/api.md no longer shows VariationalDequantizer with its defaults'
+  assert defaults == dict(steps=int(documented[1]), width=int(documented[2]))
+  # the class docstring and docs/design.md say the same
+  docstring = ' '.join(dq.VariationalDequantizer.__doc__.split())
+  assert f'K = {defaults["steps"]} couplings' in docstring and f'width {defaults["width"]}' in docstring
+  design = ' '.join((pathlib.Path(__file__).parents[1] / 'docs' / 'design.md').read_text().split())
+  assert f'default K = {defaults["steps"]}, width {defaults["width"]}' in design
+  # and the model uses them
+  model = tiny_model(dequantization='variational')
+  assert (model.dequantizer.steps, model.dequantizer.width) == (defaults['steps'], defaults['width'])

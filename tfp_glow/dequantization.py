@@ -91,11 +91,13 @@ class VariationalDequantizer(keras.layers.Layer):
 
   Why this design: Flow++ uses a Gaussian base and logistic-mixture couplings with attention; here the
   couplings are plain affine (the same kind as Glow's, so nothing new to verify) and the base is the
-  standard logistic, whose sigmoid is exactly U[0, 1). Small by default (K = 2 couplings, one per
-  checkerboard parity, width 16, one context conv): q works at full resolution, where each conv costs more than
-  one of the flow's (which run on squeezed images), and training time per epoch is a target (BENCHMARKS.md). The last layer of each coupling net starts at zero,
-  so a fresh q is the uniform dequantization exactly (log q = 0): training starts from the paper's bound
-  and can only tighten it. Checkerboard masks (not channel halves) because digits and MNIST have one
+  standard logistic, whose sigmoid is exactly U[0, 1). Small by default (K = 4 couplings, two per
+  checkerboard parity, width 32, one context conv): q works at full resolution, where each conv costs more
+  than one of the flow's (which run on squeezed images), and training time per epoch is a target; these are
+  the settings BENCHMARKS.md's variational figures (bound, importance-weighted, seconds per epoch) were
+  measured with (Flow++'s own q is larger still). The last layer of each coupling net starts at zero, so a
+  fresh q is the uniform dequantization exactly (log q = 0): training starts from the paper's bound and can
+  only tighten it. Checkerboard masks (not channel halves) because digits and MNIST have one
   channel. The layer computes in float32 under any Keras mixed policy: it is small, and log q needs the
   precision.
 
@@ -194,15 +196,33 @@ def _log_prob_fn(distribution) -> LogProb:
 
 
 def dequantize_with(
-  dequantizer: Dequantizer | None, images_or_bins: tf.Tensor, n_bins: int, seed=None, bins: bool = False
+  dequantizer: Dequantizer | None,
+  images_or_bins: tf.Tensor,
+  n_bins: int,
+  seed=None,
+  bins: bool = False,
+  dtype=tf.float32,
 ) -> tuple[tf.Tensor, tf.Tensor]:
   """(x = (b + u) / n_bins - 0.5 [N, H, W, C], log q(u|b) [N]), u ~ q(u|b) (uniform if `dequantizer` is None).
 
   `images_or_bins`: images in [-0.5, 0.5) (their bins are recovered, so already-dequantized images work),
-  or integer bins if `bins=True`."""
+  or integer bins if `bins=True`. `dtype`: of x and log q, the flow's (float32 or float64). The dequantizer
+  draws u and computes log q in float32 whatever the flow's dtype (bins are exact integers there); x is
+  then formed in `dtype`, so a float64 flow gets float64 images of the same u."""
+  dtype = tf.as_dtype(dtype)
   b = tf.cast(images_or_bins, tf.float32) if bins else bins_of(images_or_bins, n_bins)
   u, log_q = (dequantizer or UniformDequantizer()).sample_and_log_prob(b, seed=seed)
-  return (b + u) / n_bins - 0.5, log_q
+  x = (tf.cast(b, dtype) + tf.cast(u, dtype)) / n_bins - 0.5
+  return x, tf.cast(log_q, dtype)
+
+
+def _flow_dtype(distribution, dtype) -> tf.DType:
+  """The dtype the log-density works in: `dtype` if given, else the distribution's own (a `GlowDistribution`
+  has one), else float32 (a plain callable)."""
+  if dtype is not None:
+    return tf.as_dtype(dtype)
+  own = getattr(distribution, 'dtype', None)
+  return tf.as_dtype(own) if own in (tf.float32, tf.float64) else tf.float32
 
 
 def dequantized_log_prob(
@@ -213,14 +233,18 @@ def dequantized_log_prob(
   seed=None,
   bins: bool = False,
   labels=None,
+  dtype=None,
 ) -> tf.Tensor:
   """The single-sample bound's continuous term log p(x) - log q(u|b) [N], u ~ q(u|b): pass it to
   `tfp_glow.distribution.bits_per_dim` (its mean over u is the training loss in bits/dim).
 
   `distribution`: a `GlowDistribution` (or any object with `log_prob`), or a callable images -> [N]
-  (e.g. `lambda x: dist.log_prob(x, labels=y)`); `labels` [N], if given, go to it as `labels=`."""
-  x, log_q = dequantize_with(dequantizer, images_or_bins, n_bins, seed=seed, bins=bins)
-  return tf.cast(_call(_log_prob_fn(distribution), x, labels), tf.float32) - log_q
+  (e.g. `lambda x: dist.log_prob(x, labels=y)`); `labels` [N], if given, go to it as `labels=`.
+  `dtype`: of the images handed to it and of the result; default the distribution's `dtype` (float32 for
+  a callable: pass tf.float64 for a callable around a float64 flow)."""
+  dtype = _flow_dtype(distribution, dtype)
+  x, log_q = dequantize_with(dequantizer, images_or_bins, n_bins, seed=seed, bins=bins, dtype=dtype)
+  return tf.cast(_call(_log_prob_fn(distribution), x, labels), dtype) - log_q
 
 
 def _call(log_prob: LogProb, x, labels):
@@ -237,6 +261,7 @@ def importance_weighted_log_prob(
   bins: bool = False,
   labels=None,
   max_images: int = 4096,
+  dtype=None,
 ) -> tf.Tensor:
   """log (1/S) sum_s exp(log p(x_s) - log q(u_s|b)) [N], u_s ~ q(u|b), s = 1..S (S = `samples`).
 
@@ -246,16 +271,17 @@ def importance_weighted_log_prob(
   images (N * S would be 300k for 300 test digits at S = 1000). Runs eagerly chunk by chunk; wrap the
   flow's log_prob in a `tf.function` for speed (GlowModel.evaluate_bits_per_dim does).
   `seed`: a stateless seed (int [2]) makes the estimate reproducible; `labels` [N] as in
-  `dequantized_log_prob`."""
+  `dequantized_log_prob`; `dtype` as there (the flow's: the images it gets and the result)."""
   if not isinstance(samples, (int, np.integer)) or samples < 1:
     raise ValueError(f'importance_weighted_log_prob: samples must be an integer >= 1, got {samples!r}.')
   if not isinstance(max_images, (int, np.integer)) or max_images < 1:
     raise ValueError(f'importance_weighted_log_prob: max_images must be an integer >= 1, got {max_images!r}.')
   log_prob = _log_prob_fn(distribution)
+  dtype = _flow_dtype(distribution, dtype)
   b = tf.cast(images_or_bins, tf.float32) if bins else bins_of(images_or_bins, n_bins)
   n = int(b.shape[0]) if b.shape[0] is not None else int(tf.shape(b)[0])
   if n == 0:
-    return tf.zeros([0], tf.float32)
+    return tf.zeros([0], dtype)
   per_pass = max(1, min(samples, max_images // max(n, 1)))  # samples per flow pass
   if max_images < n:  # more images than one pass takes: split the images too
     return tf.concat(
@@ -270,20 +296,21 @@ def importance_weighted_log_prob(
           bins=True,
           labels=None if labels is None else labels[i : i + max_images],
           max_images=max_images,
+          dtype=dtype,
         )
         for i in range(0, n, max_images)
       ],
       0,
     )
-  running = tf.fill([n], -np.inf)  # log sum_s w_s so far
+  running = tf.fill([n], tf.constant(-np.inf, dtype))  # log sum_s w_s so far
   done, chunk = 0, 0
   while done < samples:
     s = min(per_pass, samples - done)
     tiled = tf.tile(b, [s, 1, 1, 1])  # [s * N, H, W, C], sample-major
     chunk_seed = None if seed is None else tf.random.experimental.stateless_fold_in(seed, chunk)
-    x, log_q = dequantize_with(dequantizer, tiled, n_bins, seed=chunk_seed, bins=True)
+    x, log_q = dequantize_with(dequantizer, tiled, n_bins, seed=chunk_seed, bins=True, dtype=dtype)
     tiled_labels = None if labels is None else tf.tile(tf.reshape(labels, [-1]), [s])
-    log_w = tf.reshape(tf.cast(_call(log_prob, x, tiled_labels), tf.float32) - log_q, [s, n])
+    log_w = tf.reshape(tf.cast(_call(log_prob, x, tiled_labels), dtype) - log_q, [s, n])
     running = tf.reduce_logsumexp(tf.concat([running[None], log_w], 0), axis=0)
     done, chunk = done + s, chunk + 1
   return running - math.log(samples)

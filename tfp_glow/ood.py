@@ -19,6 +19,15 @@ Both -log2 P(x) and L(x) are code lengths of the same discrete image (its bins; 
 image, a one-to-one map of the bins), so their difference is in consistent units. PNG's fixed overhead
 (about 70 bytes) shifts L by a constant, which no threshold-free metric sees.
 
+Class-conditional models (`num_classes` = K) are scored through their marginal over labels (no label is
+needed at test time, and an OOD input has none):
+
+  log p(x) = logsumexp_y [log p(x|y) + log pi(y)],   pi(y) = 1 / K
+
+pi is uniform because a `GlowModel` learns no class prior (its `class_predictor` is a classifier of the top
+latent, not a prior over labels); this is the density of a model trained on class-balanced data. It costs
+K passes of the flow per image.
+
 Metrics (scikit-learn, OOD = the positive class): AUROC, AUPR, FPR at 95% TPR.
 Images everywhere are in the model's scale [-0.5, 0.5) (as `GlowModel.log_prob` takes them), [N, H, W, C].
 """
@@ -26,6 +35,8 @@ Images everywhere are in the model's scale [-0.5, 0.5) (as `GlowModel.log_prob` 
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import Iterable
 
 import numpy as np
 import tensorflow as tf
@@ -34,6 +45,12 @@ from tfp_glow import data as glow_data
 from tfp_glow.dequantization import bins_of
 
 SCORES = ('bits_per_dim', 'complexity_corrected', 'likelihood_ratio', 'typicality')
+# How many training images estimate typicality's H (see `training_entropy`).
+TYPICALITY_IMAGES = 10_000
+
+
+class NonFiniteError(ValueError):
+  """A score or its input holds NaN or Inf (a diverged model?)."""
 
 
 def _images(images) -> tf.Tensor:
@@ -45,13 +62,89 @@ def _images(images) -> tf.Tensor:
 
 def bits_per_dim(model, images, samples: int = 1, seed: int = 0, batch_size: int = 256) -> np.ndarray:
   """Per-image bits/dim [N] under a `GlowModel`: its dequantization bound with `samples` importance
-  samples (`GlowModel.evaluate_bits_per_dim`), with a fixed seed so that scores are reproducible."""
+  samples (`GlowModel.evaluate_bits_per_dim`), with a fixed seed so that scores are reproducible (the
+  chunk of `batch_size` images starting at image i uses seed + i).
+
+  A class-conditional model is scored through its marginal over the K labels (uniform pi, see the module
+  docstring). In bits/dim, with bpd_y(x) the bound of p(x|y) (the n_bins terms cancel):
+
+    bpd(x) = -log2(sum_y pi(y) 2^(-D bpd_y(x))) / D = -logsumexp_y [log pi(y) - D ln2 bpd_y(x)] / (D ln 2)
+
+  Every class sees the same dequantization draws u_s (same seed), so this is the importance-weighted bound
+  of the marginal: sum_y pi(y) (1/S) sum_s w_sy = (1/S) sum_s p(x_s) / q(u_s|b)."""
   images = _images(images)
   parts = [
-    model.evaluate_bits_per_dim(images[i : i + batch_size], samples=samples, seed=seed + i, per_image=True)
+    _chunk_bits_per_dim(model, images[i : i + batch_size], samples, seed + i)
     for i in range(0, int(images.shape[0]), batch_size)
   ]
   return np.concatenate(parts) if parts else np.zeros([0], np.float32)
+
+
+def _chunk_bits_per_dim(model, images: tf.Tensor, samples: int, seed: int) -> np.ndarray:
+  """bits_per_dim of one chunk [n, H, W, C] -> [n]; the marginal over labels for a conditional model."""
+  kwargs = dict(samples=samples, seed=seed, per_image=True)
+  if not model.num_classes:
+    return np.asarray(model.evaluate_bits_per_dim(images, **kwargs))
+  n, k = int(images.shape[0]), int(model.num_classes)
+  per_class = np.stack(  # [K, n]: bpd_y(x) for every label y
+    [
+      np.asarray(model.evaluate_bits_per_dim((images, tf.fill([n], y)), **kwargs), np.float64)
+      for y in range(k)
+    ]
+  )
+  d_ln2 = model.num_dims * math.log(2.0)
+  terms = -math.log(k) - d_ln2 * per_class  # log pi(y) + log P(b|y) - D log n_bins
+  top = np.max(terms, axis=0)  # a stable logsumexp over y; NaN stays NaN (checked by the scores' users)
+  top = np.where(np.isfinite(top), top, 0.0)
+  return -(top + np.log(np.sum(np.exp(terms - top), axis=0))) / d_ln2
+
+
+def training_entropy(
+  model,
+  train_data,
+  max_images: int = TYPICALITY_IMAGES,
+  samples: int = 1,
+  seed: int = 0,
+  batch_size: int = 256,
+) -> tuple[float, int]:
+  """(H, count): typicality's H, the mean bits/dim of training data, estimated from at most `max_images`
+  of them, streamed: a running sum over batches, so memory holds one batch of images and its per-image
+  values, never the split. Returns the estimate and how many images it used.
+
+  `train_data`: images [N, H, W, C] (more than `max_images` of them: a random subset, drawn with `seed`),
+  or an iterable of batches (a `tf.data.Dataset` of images or of (images, labels); labels are not used,
+  conditional models give the marginal): its first `max_images` images, so pass it shuffled (the CLI does,
+  with a fixed seed). The batch starting at image i is scored with seed + i (as `bits_per_dim`), so a
+  stream of `batch_size` batches gives exactly the mean of `bits_per_dim` over the same images.
+
+  Why 10,000 by default (TYPICALITY_IMAGES): H enters the test as |mean of M images - H|, whose spread over
+  in-distribution batches is sigma / sqrt(M) (sigma: the per-image spread of bits/dim); H's own standard
+  error is sigma / sqrt(N), sqrt(M / N) of that: 3% for the default M = 8, small next to the threshold,
+  while the cost stays that of one pass over a test-set-sized sample (the whole of ImageNet 64's
+  1.28M-image training split would take over a hundred times as long, for no visible change)."""
+  if not isinstance(max_images, (int, np.integer)) or max_images < 1:
+    raise ValueError(f'training_entropy: max_images must be an integer >= 1, got {max_images!r}.')
+  if not isinstance(train_data, (np.ndarray, tf.Tensor)) and isinstance(train_data, Iterable):
+    batches = train_data  # a stream: read batch by batch, up to max_images
+  else:
+    images = _images(train_data)
+    n = int(images.shape[0])
+    if n > max_images:
+      keep = np.sort(np.random.default_rng(seed).choice(n, size=max_images, replace=False))
+      images = tf.gather(images, keep)
+    batches = (images[i : i + batch_size] for i in range(0, int(images.shape[0]), batch_size))
+  total, count = 0.0, 0
+  for batch in batches:
+    images = _images(batch[0] if isinstance(batch, (tuple, list)) else batch)[: max_images - count]
+    if int(images.shape[0]) == 0:
+      continue
+    values = _finite(bits_per_dim(model, images, samples, seed + count, batch_size), 'training bits/dim')
+    total, count = total + float(np.sum(values)), count + values.size
+    if count >= max_images:
+      break  # read no further batch
+  if count == 0:
+    raise ValueError('ood: the training data for typicality holds no images.')
+  return total / count, count
 
 
 def complexity(images, n_bins: int) -> np.ndarray:
@@ -109,6 +202,8 @@ class TypicalityTest:
 
   Use: test = TypicalityTest.fit(train_bpd, heldout_bpd, batch_size=8)
        test.scores(bpd)      # eps of random batches of M images of bpd;  test.is_ood(bpd)
+  or, with H streamed from a large split: H, _ = training_entropy(model, train_ds)
+       test = TypicalityTest.from_entropy(H, heldout_bpd, batch_size=8)
   """
 
   entropy: float  # H, bits/dim
@@ -131,6 +226,24 @@ class TypicalityTest:
     if not 0.0 < alpha < 1.0:
       raise ValueError(f'TypicalityTest: alpha must be in (0, 1), got {alpha!r}.')
     entropy = float(np.mean(_finite(train_bpd, 'train_bpd')))
+    return cls.from_entropy(entropy, heldout_bpd, batch_size, alpha, bootstraps, seed)
+
+  @classmethod
+  def from_entropy(
+    cls,
+    entropy: float,
+    heldout_bpd,
+    batch_size: int = 8,
+    alpha: float = 0.01,
+    bootstraps: int = 1000,
+    seed: int = 0,
+  ) -> TypicalityTest:
+    """As `fit`, with H given (e.g. by `training_entropy`)."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+      raise ValueError(f'TypicalityTest: batch_size must be an integer >= 1, got {batch_size!r}.')
+    if not 0.0 < alpha < 1.0:
+      raise ValueError(f'TypicalityTest: alpha must be in (0, 1), got {alpha!r}.')
+    entropy = float(_finite([entropy], 'entropy')[0])
     eps = _batch_eps(_finite(heldout_bpd, 'heldout_bpd'), entropy, batch_size, bootstraps, seed)
     return cls(entropy, float(np.quantile(eps, 1.0 - alpha)), batch_size, alpha)
 
@@ -148,7 +261,7 @@ def _finite(values, name: str) -> np.ndarray:
   if values.size == 0:
     raise ValueError(f'ood: {name} is empty.')
   if not np.all(np.isfinite(values)):
-    raise ValueError(f'ood: {name} holds NaN or Inf (a diverged model?).')
+    raise NonFiniteError(f'ood: {name} holds NaN or Inf (a diverged model?).')
   return values
 
 
@@ -186,11 +299,13 @@ def score_table(
   samples: int = 1,
   typicality_batch: int = 8,
   seed: int = 0,
+  typicality_images: int = TYPICALITY_IMAGES,
 ) -> list[dict]:
   """Rows {score, out, auroc, aupr, fpr_at_95_tpr} for each score and each OOD set (name -> images), with
   `in_images` (held-out in-distribution images) as the negatives. 'likelihood_ratio' needs `background`
-  (a GlowModel trained on `perturb`ed data); 'typicality' needs `train_images` (for H; `in_images` give
-  the bootstrap threshold and the in-distribution batches)."""
+  (a GlowModel trained on `perturb`ed data); 'typicality' needs `train_images` (images or a stream of
+  batches, of which at most `typicality_images` estimate H: `training_entropy`; `in_images` give the
+  bootstrap threshold and the in-distribution batches). Raises `NonFiniteError` for a non-finite score."""
   unknown = [s for s in scores if s not in SCORES]
   if unknown:
     raise ValueError(f'ood: unknown score(s) {unknown}; accepted: {", ".join(SCORES)}.')
@@ -204,8 +319,9 @@ def score_table(
   typicality = None
   if 'typicality' in scores:
     half = len(raw['in']) // 2  # threshold from one half of the held-out data, in-batches from the other
-    typicality = TypicalityTest.fit(
-      bpd(train_images), raw['in'][:half], batch_size=typicality_batch, seed=seed
+    entropy, _ = training_entropy(model, train_images, typicality_images, samples, seed)
+    typicality = TypicalityTest.from_entropy(
+      entropy, raw['in'][:half], batch_size=typicality_batch, seed=seed
     )
   computed = {}
   for score in scores:
@@ -255,14 +371,23 @@ def shifted(images, shift: str, n_bins: int, seed: int = 0) -> tf.Tensor:
   return (b + 0.5) / n_bins - 0.5
 
 
-def perturbed_dataset(dataset: tf.data.Dataset, fraction: float, n_bins: int) -> tf.data.Dataset:
+def perturbed_dataset(
+  dataset: tf.data.Dataset, fraction: float, n_bins: int, seed: int | None = None
+) -> tf.data.Dataset:
   """A `tf.data.Dataset` of image batches (or (images, labels)) with its images `perturb`ed, fresh noise each
-  pass: the training data of a background model."""
+  pass: the training data of a background model.
+
+  The noise is stateless, seeded per batch from a `tf.data.Dataset.random` stream that re-randomizes on
+  every iteration (as the data pipeline's dequantization noise): each epoch gets new noise, and `seed`
+  makes the sequence of epochs reproducible. (A stateful random op in the map would replay the same noise
+  every epoch under a global seed: the background model would see one fixed perturbation.)"""
   if not 0.0 < fraction <= 1.0:
     raise ValueError(f'the background noise fraction must be in (0, 1], got {fraction!r}.')
+  noise_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
-  def apply(*batch):
-    images = perturb(batch[0], fraction, n_bins)
+  def apply(batch, noise_seed):
+    batch = batch if isinstance(batch, tuple) else (batch,)
+    images = perturb(batch[0], fraction, n_bins, seed=noise_seed)
     return images if len(batch) == 1 else (images, *batch[1:])
 
-  return dataset.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+  return tf.data.Dataset.zip((dataset, noise_seeds)).map(apply, num_parallel_calls=tf.data.AUTOTUNE)

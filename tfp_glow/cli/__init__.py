@@ -69,9 +69,11 @@ def _load_model(path: str, require_finite: bool = True) -> GlowModel:
   return model
 
 
-def _load_matching_split(model: GlowModel, args, split: str = 'test', with_labels: bool | None = None):
+def _load_matching_split(
+  model: GlowModel, args, split: str = 'test', with_labels: bool | None = None, shuffle: bool = False
+):
   """The split of --dataset (default: the model's training data set), in the model's shape and bins;
-  with labels if the model is class-conditional (or `with_labels`)."""
+  with labels if the model is class-conditional (or `with_labels`); shuffled (seed 0) if `shuffle`."""
   model_dir = args.model if tf.io.gfile.isdir(args.model) else os.path.dirname(args.model)
   trained = read_json_dict(os.path.join(model_dir, 'config.json'))  # the `train` config of its --out
   dataset = args.dataset or trained.get('dataset', 'digits')
@@ -87,7 +89,7 @@ def _load_matching_split(model: GlowModel, args, split: str = 'test', with_label
     image_size=image_size,
     pad_to_32=pad_to_32,
     with_labels=bool(model.num_classes) if with_labels is None else with_labels,
-    shuffle=False,
+    shuffle=shuffle,
     data_dir=args.data_dir,
     seed=0,
   )
@@ -128,7 +130,8 @@ def evaluate(args) -> int:
   ds, info, dataset = _load_matching_split(model, args)
   # One trace for every batch size (the last batch is smaller): reduce_retracing generalizes the shape.
   roundtrip_error = tf.function(
-    lambda x, y: tf.reduce_max(tf.abs(model.decode(model.encode(x, y), y) - x)), reduce_retracing=True
+    lambda x, y: tf.reduce_max(tf.abs(model.decode(model.encode(x, y), y) - tf.cast(x, model.glow.dtype))),
+    reduce_retracing=True,
   )
   errors = []
   for batch in ds:

@@ -365,6 +365,13 @@ def _add_ood_parser(commands, handler) -> None:
   p.add_argument(
     '--typicality-batch', type=POSITIVE_INT, default=8, help='images per batch of the typicality test'
   )
+  p.add_argument(
+    '--typicality-images',
+    type=POSITIVE_INT,
+    default=ood.TYPICALITY_IMAGES,
+    help="training images (a shuffled, streamed sample) that estimate the typicality test's training "
+    f'entropy H (default: {ood.TYPICALITY_IMAGES}; see tfp_glow.ood.training_entropy)',
+  )
   p.add_argument('--json', default='ood.json', help='write the table as JSON here (default: ood.json)')
   p.add_argument('--data-dir', help='tensorflow_datasets data directory (data prepared with `tfds build`)')
   p.add_argument('--image-size', type=POSITIVE_INT, help='resize images to SIZE x SIZE')

@@ -1,5 +1,9 @@
 """`tfp-glow ood`: out-of-distribution scores of a trained model on in- and out-of-distribution data, as a
-table (AUROC, AUPR, FPR at 95% TPR per score and OOD set) and JSON (tfp_glow.ood)."""
+table (AUROC, AUPR, FPR at 95% TPR per score and OOD set) and JSON (tfp_glow.ood).
+
+A class-conditional model is scored through its marginal over labels (tfp_glow.ood: uniform class prior);
+the data are read without labels. Typicality's H comes from at most --typicality-images training images,
+streamed from the shuffled training split (fixed seed), never the whole split in memory."""
 
 from __future__ import annotations
 
@@ -22,9 +26,17 @@ def _images(load_split, model, args, dataset: str | None, split: str) -> tf.Tens
   return tf.concat(batches, 0)
 
 
+def _stream(load_split, model, args, dataset: str | None, split: str) -> tf.data.Dataset:
+  """A data set's split as a shuffled (seed 0) stream of image batches, for a bounded sample of it."""
+  ds_args = argparse.Namespace(**{**vars(args), 'dataset': dataset})
+  ds, _, _ = load_split(model, ds_args, split=split, with_labels=False, shuffle=True)
+  return ds
+
+
 def ood(args, load_model, load_split) -> int:
   """Prints the table, writes --json; exits 1 if a score is not finite (a diverged model).
-  `load_model(path)` and `load_split(model, args, split=, with_labels=)` are the other commands' loaders."""
+  `load_model(path)` and `load_split(model, args, split=, with_labels=, shuffle=)` are the other commands'
+  loaders."""
   model = load_model(args.model)
   background = load_model(args.background) if args.background else None
   scores = args.score or [
@@ -41,6 +53,8 @@ def ood(args, load_model, load_split) -> int:
     raise UsageError(f'--samples must be >= 1, got {args.samples}')
   if args.typicality_batch < 1:
     raise UsageError(f'--typicality-batch must be >= 1, got {args.typicality_batch}')
+  if args.typicality_images < 1:
+    raise UsageError(f'--typicality-images must be >= 1, got {args.typicality_images}')
   if background is not None and (
     background.image_shape != model.image_shape or background.n_bins != model.n_bins
   ):
@@ -55,7 +69,7 @@ def ood(args, load_model, load_split) -> int:
       out_sets[name] = glow_ood.shifted(in_images, name, model.n_bins)
     else:
       out_sets[name] = _images(load_split, model, args, name, 'test')
-  train_images = _images(load_split, model, args, args.in_data, 'train') if 'typicality' in scores else None
+  train_images = _stream(load_split, model, args, args.in_data, 'train') if 'typicality' in scores else None
   try:
     rows = glow_ood.score_table(
       model,
@@ -66,8 +80,9 @@ def ood(args, load_model, load_split) -> int:
       train_images=train_images,
       samples=args.samples,
       typicality_batch=args.typicality_batch,
+      typicality_images=args.typicality_images,
     )
-  except ValueError as e:  # the scores' check: NaN or Inf bits/dim
+  except glow_ood.NonFiniteError as e:  # the scores' check: NaN or Inf bits/dim
     raise Diverged(str(e)) from e
   print(f'{"score":<22} {"out":<16} {"AUROC":>7} {"AUPR":>7} {"FPR@95":>7}')
   for r in rows:
@@ -80,6 +95,9 @@ def ood(args, load_model, load_split) -> int:
     num_out={k: int(v.shape[0]) for k, v in out_sets.items()},
     samples=args.samples,
     typicality_batch=args.typicality_batch,
+    typicality_images=args.typicality_images,
+    # a conditional model: scored through p(x) = sum_y p(x|y) / K
+    marginal_over_classes=model.num_classes or None,
     rows=rows,
   )
   atomic.write_json(args.json, result)

@@ -256,7 +256,7 @@ def _train_locked(args, config: dict, out: str, strategy) -> int:
     train_ds, info = _load_split(config, 'train', shuffle=True, data_dir=args.data_dir, worker_shard=mine)
     test_ds, test_info = _load_split(config, 'test', shuffle=False, data_dir=args.data_dir, worker_shard=mine)
     if config['background_noise']:  # a background model (tfp_glow.ood.likelihood_ratio) sees perturbed data
-      train_ds = ood.perturbed_dataset(train_ds, config['background_noise'], info.n_bins)
+      train_ds = ood.perturbed_dataset(train_ds, config['background_noise'], info.n_bins, seed=config['seed'])
     if args.strategy != 'default':
       train_ds = distribute.shard(train_ds, info.sharded_by_file)
       test_ds = distribute.shard(test_ds, test_info.sharded_by_file)

@@ -247,7 +247,7 @@ class GlowModel(keras.Model):
   def _loss_terms_of(self, images, labels):
     log_q = 0.0  # uniform: the images come dequantized, u ~ U[0, 1), log q = 0
     if self.dequantizer is not None:  # variational: the same bins, u ~ q(u|x) instead
-      images, log_q = dequant.dequantize_with(self.dequantizer, images, self.n_bins)
+      images, log_q = dequant.dequantize_with(self.dequantizer, images, self.n_bins, dtype=self.glow.dtype)
     enc = self.glow.encode_with_log_det(images, labels)
     base = self.distribution.distribution
     # The bound's continuous term log p(x + u) - log q(u|x) (tfp_glow.dequantization).
@@ -294,6 +294,7 @@ class GlowModel(keras.Model):
         seed=None if seed is None else tf.constant([seed, i], tf.int32),
         labels=labels,
         max_images=max_images,
+        dtype=self.glow.dtype,
       )
       values.append(self.bits_per_dim(log_p).numpy())
     bpd = np.concatenate(values) if values else np.zeros([0], np.float32)
