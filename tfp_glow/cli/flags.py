@@ -216,7 +216,10 @@ def build_parser(
     p.add_argument('--out', default=out)
   sample_p.add_argument('--n', type=int, default=16)
   sample_p.add_argument('--temperature', type=float, default=SAMPLE_TEMPERATURE)
-  sample_p.add_argument('--label', type=int, help='class of every sample (default: cycle over the classes)')
+  sample_p.add_argument(
+    '--label',
+    help='class of every sample: a class name (class_names.txt) or an id (default: cycle over the classes)',
+  )
   sample_p.add_argument('--seed', type=int, help='fixes the samples (default: random)')
   sample_p.add_argument('--columns', type=int)
   sample_p.add_argument(
@@ -231,19 +234,21 @@ def build_parser(
   interpolate_p.add_argument('image1', help='an image file (PNG/JPEG), or test:I, the I-th test image')
   interpolate_p.add_argument('image2')
   interpolate_p.add_argument('--steps', type=int, default=8)
-  interpolate_p.add_argument('--label', type=int, help='class of image files (conditional models)')
+  interpolate_p.add_argument('--label', help='class of image files (conditional models): a name or an id')
   manipulate_p.add_argument('image', help='an image file (PNG/JPEG), or test:I, the I-th test image')
   manipulate_p.add_argument(
-    '--to-class', type=int, required=True, help='direction: mean latent of this class (the "attribute")'
+    '--to-class',
+    required=True,
+    help='direction: mean latent of this class (the "attribute"): a name or an id',
   )
   manipulate_p.add_argument(
-    '--from-class', type=int, help='minus the mean latent of this class (default: all others)'
+    '--from-class', help='minus the mean latent of this class (default: all others): a name or an id'
   )
   manipulate_p.add_argument('--alphas', type=float, nargs='+', default=[-0.5, 0.0, 0.5, 1.0, 1.5])
   manipulate_p.add_argument(
     '--split', choices=('train', 'test'), default='train', help='images for the direction'
   )
-  manipulate_p.add_argument('--label', type=int, help='class of an image file (conditional models)')
+  manipulate_p.add_argument('--label', help='class of an image file (conditional models): a name or an id')
   evaluate_p.add_argument(
     '--importance-samples',
     type=int,
