@@ -79,7 +79,7 @@ def label_dtype(x, y) -> tf.DType | None:
     spec = x.element_spec
     y = spec[1] if isinstance(spec, tuple) and len(spec) >= 2 else None
     return y.dtype if isinstance(y, tf.TensorSpec) else None
-  if y is None and isinstance(x, (tuple, list)) and len(x) >= 2:
+  if y is None and isinstance(x, (tuple, list)) and len(x) == 2:  # (images, labels), as first_images reads it
     y = x[1]
   if y is None or isinstance(y, (tf.data.Dataset, dict)):
     return None
