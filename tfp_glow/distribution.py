@@ -202,22 +202,37 @@ class GlowDistribution(_TransformedDistribution):
     return tf.reshape(super()._log_prob(flat, **kwargs)[:n], batch_shape)
 
   def encode(self, images: tf.Tensor, labels: tf.Tensor | None = None) -> list[tf.Tensor]:
-    """Images [N, H, W, C] -> per-level latents [eps_1, ..., eps_L] (see `Glow.encode`); N may be 0."""
+    """Images [..., H, W, C] -> per-level latents [eps_1, ..., eps_L], eps_i [..., h_i, w_i, c_i] (see
+    `Glow.encode`): any batch shape, as `log_prob` and `sample` take (N may be 0); `labels` a scalar or
+    of the batch shape."""
     images = tf.convert_to_tensor(images, self.dtype)
-    if images.shape.rank != 4:
-      raise ValueError(f'{self.name}: encode expects images [N, H, W, C], got {images.shape}.')
+    if images.shape.rank is None or images.shape.rank < 3:
+      raise ValueError(f'{self.name}: encode expects images [..., H, W, C], got {images.shape}.')
     images = self._check_finite(images, 'images')
     flat, n, batch_shape = _at_least_one(images)
     labels = _batch_labels({'labels': labels}, batch_shape, n).get('labels')
-    return [z[:n] for z in self.glow.encode(flat, labels)]
+    latents = self.glow.encode(flat, labels)  # its error names a wrong image shape
+    return [tf.reshape(z[:n], tf.concat([batch_shape, tf.shape(z)[1:]], 0)) for z in latents]
 
   def decode(self, latents: Sequence[tf.Tensor], labels: tf.Tensor | None = None) -> tf.Tensor:
-    """Per-level latents -> images [N, H, W, C] (see `Glow.decode`); N may be 0."""
+    """Per-level latents eps_i [..., h_i, w_i, c_i] -> images [..., H, W, C] (see `Glow.decode`): any
+    batch shape, the same for every level (N may be 0); `labels` a scalar or of the batch shape."""
     latents = [self._check_finite(tf.convert_to_tensor(z, self.dtype), 'latents') for z in latents]
-    if not latents or latents[0].shape.rank != 4:
+    ranks = {z.shape.rank for z in latents}
+    if len(latents) != len(self.glow.latent_shapes) or len(ranks) != 1 or None in ranks or min(ranks) < 3:
       return self.glow.decode(latents, labels)  # its error names the expected shapes
-    n = tf.shape(latents[0])[0]
+    batch_shape = tf.shape(latents[0])[:-3]
+    flat = [tf.reshape(z, tf.concat([[-1], tf.shape(z)[-3:]], 0)) for z in latents]
+    if ranks != {4}:  # the 4-D case: Glow.decode checks the shapes; here the leading dims must agree
+      static = [tuple(z.shape[:-3]) for z in latents]
+      if len(set(static)) != 1:
+        raise ValueError(
+          f'{self.name}: decode expects latents of one batch shape (..., then {self.glow.latent_shapes}), '
+          f'got {[tuple(z.shape) for z in latents]}.'
+        )
+    n = tf.shape(flat[0])[0]
     pad = tf.cast(tf.equal(n, 0), tf.int32)
-    padded = [tf.concat([z, tf.zeros(tf.concat([[pad], tf.shape(z)[1:]], 0), z.dtype)], 0) for z in latents]
-    labels = _batch_labels({'labels': labels}, tf.reshape(n, [1]), n).get('labels')
-    return self.glow.decode(padded, labels)[:n]
+    padded = [tf.concat([z, tf.zeros(tf.concat([[pad], tf.shape(z)[1:]], 0), z.dtype)], 0) for z in flat]
+    labels = _batch_labels({'labels': labels}, batch_shape, n).get('labels')
+    images = self.glow.decode(padded, labels)[:n]
+    return tf.reshape(images, tf.concat([batch_shape, self.glow.image_shape], 0))

@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from tfp_glow import data as glow_data
 from tfp_glow import manipulation
-from tfp_glow.cli import ood_command, sample_output
+from tfp_glow.cli import class_labels, ood_command, sample_output
 from tfp_glow.cli.common import (
   Diverged,
   UsageError,
@@ -111,8 +111,7 @@ def sample(args) -> int:
     raise UsageError(f'--batch-size must be >= 1, got {args.batch_size}')
   fmt, path = sample_output.resolve(args.out, args.format, args.n)
   model = _load_model(args.model)
-  if args.label is not None and model.num_classes and not 0 <= args.label < model.num_classes:
-    raise UsageError(f'--label {args.label}: the model has classes 0..{model.num_classes - 1}')
+  _resolve_classes(args, model, '--label')
   n, columns, labels = grid_layout(args.n, None if args.label is not None else model.num_classes)
   if fmt != 'png':  # a grid pads to whole columns of classes; files hold exactly --n
     n = args.n
@@ -182,8 +181,17 @@ def _read_image(spec: str, model: GlowModel, args) -> tuple[tf.Tensor, int | Non
   return (bins + 0.5) / model.n_bins - 0.5, args.label
 
 
+def _resolve_classes(args, model: GlowModel, *flags: str) -> None:
+  """Turns each class flag's value (a class name saved with the model, or an id) into its label id."""
+  names = class_labels.class_names(args.model)
+  for flag in flags:
+    attr = flag.lstrip('-').replace('-', '_')
+    setattr(args, attr, class_labels.class_id(flag, getattr(args, attr), model.num_classes, names))
+
+
 def interpolate(args) -> int:
   model = _load_model(args.model)
+  _resolve_classes(args, model, '--label')
   (a, label_a), (b, label_b) = _read_image(args.image1, model, args), _read_image(args.image2, model, args)
   labels = None
   if model.num_classes:
@@ -199,6 +207,7 @@ def interpolate(args) -> int:
 def manipulate(args) -> int:
   """Moves an image along a class direction: mean latent of --to-class minus that of --from-class."""
   model = _load_model(args.model)
+  _resolve_classes(args, model, '--label')
   image, label = _read_image(args.image, model, args)
   if model.num_classes and label is None:
     raise UsageError('the model is class-conditional: pass --label K for image files')
@@ -206,9 +215,11 @@ def manipulate(args) -> int:
   batches = list(ds)
   images = tf.concat([b[0] for b in batches], 0)
   labels = np.concatenate([b[1].numpy() for b in batches])
-  for flag, value in (('--to-class', args.to_class), ('--from-class', args.from_class)):
-    if value is not None and not 0 <= value < info.num_classes:
-      raise UsageError(f'{flag} {value}: data set {dataset!r} has classes 0..{info.num_classes - 1}')
+  names = class_labels.class_names(args.model) or (list(info.class_names) if info.class_names else None)
+  args.to_class, args.from_class = (  # the data set's classes (also for an unconditional model)
+    class_labels.class_id(flag, value, info.num_classes, names, owner=f'data set {dataset!r}')
+    for flag, value in (('--to-class', args.to_class), ('--from-class', args.from_class))
+  )
   if args.from_class == args.to_class:
     raise UsageError('--from-class and --to-class must differ')
   keep = (

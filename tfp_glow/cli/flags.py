@@ -287,7 +287,8 @@ def build_parser(
   sample_p.add_argument('--n', type=POSITIVE_INT, default=16)
   sample_p.add_argument('--temperature', type=POSITIVE_FLOAT, default=SAMPLE_TEMPERATURE)
   sample_p.add_argument(
-    '--label', type=NON_NEGATIVE_INT, help='class of every sample (default: cycle over the classes)'
+    '--label',
+    help='class of every sample: a class name (class_names.txt) or an id (default: cycle over the classes)',
   )
   sample_p.add_argument('--seed', type=SEED, help='fixes the samples (default: random)')
   sample_p.add_argument('--columns', type=POSITIVE_INT)
@@ -306,26 +307,21 @@ def build_parser(
   interpolate_p.add_argument('image1', help='an image file (PNG/JPEG), or test:I, the I-th test image')
   interpolate_p.add_argument('image2')
   interpolate_p.add_argument('--steps', type=Number(int, 2), default=8)
-  interpolate_p.add_argument(
-    '--label', type=NON_NEGATIVE_INT, help='class of image files (conditional models)'
-  )
+  interpolate_p.add_argument('--label', help='class of image files (conditional models): a name or an id')
   manipulate_p.add_argument('image', help='an image file (PNG/JPEG), or test:I, the I-th test image')
   manipulate_p.add_argument(
     '--to-class',
-    type=NON_NEGATIVE_INT,
     required=True,
-    help='direction: mean latent of this class (the "attribute")',
+    help='direction: mean latent of this class (the "attribute"): a name or an id',
   )
   manipulate_p.add_argument(
-    '--from-class', type=NON_NEGATIVE_INT, help='minus the mean latent of this class (default: all others)'
+    '--from-class', help='minus the mean latent of this class (default: all others): a name or an id'
   )
   manipulate_p.add_argument('--alphas', type=FINITE_FLOAT, nargs='+', default=[-0.5, 0.0, 0.5, 1.0, 1.5])
   manipulate_p.add_argument(
     '--split', choices=('train', 'test'), default='train', help='images for the direction'
   )
-  manipulate_p.add_argument(
-    '--label', type=NON_NEGATIVE_INT, help='class of an image file (conditional models)'
-  )
+  manipulate_p.add_argument('--label', help='class of an image file (conditional models): a name or an id')
   evaluate_p.add_argument(
     '--importance-samples',
     type=POSITIVE_INT,

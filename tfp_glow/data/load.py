@@ -151,6 +151,13 @@ def load_dataset(
       )
     else:
       ds, shape, num_classes, n = arrays.array_bins(path, split, **args)
+  # Streamed sources (an unbatch, interleave or filter) hide their length from tf.data; where the count is
+  # exact, say it, so that Keras knows the batches per epoch. Otherwise Keras reads to the end of the data
+  # and warns "Your input ran out of data; interrupting training" on every epoch of fit and every evaluate.
+  # Not for a folder that skips bad files (fewer than n) nor a worker's own TFRecord shards (n is the split's).
+  exact = n is not None and name != 'digits' and not by_file and (kind != 'folder' or bad_files == 'error')
+  if exact:
+    ds = ds.apply(tf.data.experimental.assert_cardinality(n))
   if pad_to_32:
     unpadded, shape = shape, padded_shape(shape)  # validate before padding
     pad = lambda x: pad_to_32_image(x, unpadded)  # noqa: E731

@@ -1,6 +1,6 @@
 """What `GlowModel` checks and prepares in its inputs, before any of it reaches the flow.
 
-- `check_images` / `check_labels`: shape and dtype errors raised at once (also while tracing), value checks
+- `check_images` / `check_labels` (and `check_label_dtype` of fit's data): shape and dtype errors raised at once (also while tracing), value checks
   (NaN/Inf, range, class ids) as graph assertions when `validate` is on.
 - `first_images`: the first training images of `fit`'s data, for actnorm's data-dependent init.
 - `even_batches`: under N > 1 replicas, batches cut to a multiple of N.
@@ -13,6 +13,7 @@ import warnings
 from typing import Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfp_glow import checks
@@ -55,7 +56,7 @@ def check_labels(labels, num_classes: int | None, required: bool, batch=None, va
     if required:
       raise ValueError(
         f'GlowModel: this model is class-conditional (num_classes={num_classes}); '
-        'pass labels (integer class ids), or (images, labels) pairs to fit.'
+        'pass labels (integer class ids), or (images, labels) pairs to fit, evaluate or predict.'
       )
     return None
   labels = tf.convert_to_tensor(labels)
@@ -69,6 +70,47 @@ def check_labels(labels, num_classes: int | None, required: bool, batch=None, va
       labels, 0, num_classes - 1, f'GlowModel: labels must be in [0, num_classes={num_classes})'
     )
   return labels
+
+
+def label_dtype(x, y) -> tf.DType | None:
+  """The dtype of the labels in `fit`-style data (x, y), without reading any data: `y`, the second part of
+  a tuple `x`, or of a Dataset's elements; None where there are none (or they cannot be told)."""
+  if y is None and isinstance(x, tf.data.Dataset):
+    spec = x.element_spec
+    y = spec[1] if isinstance(spec, tuple) and len(spec) >= 2 else None
+    return y.dtype if isinstance(y, tf.TensorSpec) else None
+  if y is None and isinstance(x, (tuple, list)) and len(x) == 2:  # (images, labels), as first_images reads it
+    y = x[1]
+  if y is None or isinstance(y, (tf.data.Dataset, dict)):
+    return None
+  dtype = getattr(y, 'dtype', None)
+  if dtype is None:  # a list: what numpy makes of it
+    dtype = np.asarray(y).dtype
+  try:
+    return tf.as_dtype(dtype)
+  except TypeError:  # numpy strings (<U5) and objects have no TF dtype
+    return tf.string
+
+
+def check_label_dtype(dtype: tf.DType | None, num_classes: int | None, caller: str) -> None:
+  """Raises (one line) if labels of `dtype` are not integer class ids; class names are not mapped:
+  only the user knows which name is which id."""
+  if dtype is None or dtype.is_integer:
+    return
+  if not num_classes:
+    raise ValueError(
+      f'{caller}: labels were given, but the model is not class-conditional (num_classes=None).'
+    )
+  if dtype != tf.string:
+    raise TypeError(
+      f'{caller}: labels must be integer class ids 0..{num_classes - 1}, got {dtype.name} (one id per image; '
+      "one-hot rows: np.argmax(labels, -1); whole-number floats: labels.astype('int32'))."
+    )
+  raise TypeError(
+    f'{caller}: labels must be integer class ids 0..{num_classes - 1}, got strings (class names?); map names to '
+    'ids first, e.g. names = sorted(set(labels)); ids = np.array([names.index(n) for n in labels]) (keep '
+    '`names`), or tf.keras.layers.StringLookup(vocabulary=names, num_oov_indices=0) in a Dataset.map.'
+  )
 
 
 def first_images(x, y, count: int):

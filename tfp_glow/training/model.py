@@ -56,9 +56,15 @@ class GlowModel(keras.Model):
   (`keras.mixed_precision.set_global_policy('mixed_bfloat16')`) before building the model; the
   coupling and prior networks then compute in that precision, everything else in float32.
 
+  `predict(data)` (and `model(images)`) returns log p(x) per image: float [N], in nats, the continuous
+  density of the dequantized images (no n_bins term). `data`: images, or (images, labels) for a
+  class-conditional model (then log p(x|y)), e.g. the same Dataset as `fit`. Bits/dim per image from it:
+    bits/dim = (-log p(x) + D log(n_bins)) / (D ln 2),  i.e. model.bits_per_dim(model.predict(data))
+
   Use: model = GlowModel((8, 8, 1), levels=2, steps=8, width=64, n_bins=17)
        model.compile(); model.fit(train_ds, validation_data=test_ds, epochs=...)
        model.sample(16, temperature=0.7)    # uint8 images
+       model.predict(test_ds)               # log p(x) [N] in nats
   """
 
   def __init__(
@@ -176,7 +182,8 @@ class GlowModel(keras.Model):
 
     Refuses (ValueError) what a density model cannot honour: `class_weight` and `sample_weight` (every
     image counts once in log p(x)). Labels outside [0, num_classes) are a bug in the data: a ValueError
-    naming the range and the value, not skipped steps."""
+    naming the range and the value, not skipped steps; labels that are not integers (class names) a
+    TypeError, before Keras converts anything."""
     ignored = [k for k in _FIT_ARGS_REFUSED if kwargs.get(k) is not None]
     if ignored:
       raise ValueError(
@@ -184,6 +191,7 @@ class GlowModel(keras.Model):
         '-log p(x) of the images, every image weighted once); leave it out, or repeat / filter examples in '
         'the data instead.'
       )
+    model_inputs.check_label_dtype(model_inputs.label_dtype(x, y), self.num_classes, 'GlowModel.fit')
     if not self.is_initialized:
       images, labels = model_inputs.first_images(x, y, self._glow_config['init_batch_size'])
       self.initialize(images, labels if self.num_classes else None)
@@ -363,8 +371,18 @@ class GlowModel(keras.Model):
   def test_step(self, data):
     return self._record_metrics(*self._loss_terms(data))
 
+  @tf.autograph.experimental.do_not_convert
+  def predict_step(self, data):
+    """log p(x) [N] (nats) of a batch for `predict`: images, or (images, labels) for a conditional model
+    (Keras' own predict_step would drop the labels). Keras hands numpy (images, labels) to us as one
+    input tuple, a Dataset's (images, labels) as x and y: both mean the same."""
+    images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+    if labels is None and isinstance(images, (tuple, list)) and len(images) == 2:
+      images, labels = images
+    return self.log_prob(images, labels)
+
   def call(self, inputs):
-    """log p(x) per image; `inputs` is images, or (images, labels) for a conditional model."""
+    """log p(x) [N] per image (nats); `inputs` is images, or (images, labels) for a conditional model."""
     images, labels = inputs if isinstance(inputs, (tuple, list)) else (inputs, None)
     return self.log_prob(images, labels)
 
