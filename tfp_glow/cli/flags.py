@@ -13,6 +13,7 @@ from typing import Callable
 from tfp_glow import configs, ood
 from tfp_glow import data as glow_data
 from tfp_glow.dequantization import DEQUANTIZATIONS
+from tfp_glow.flow.glow import COUPLINGS
 from tfp_glow.training import distribute
 from tfp_glow.training.precision import PRECISIONS
 
@@ -147,7 +148,12 @@ def build_parser(
       help=f'default: {DEFAULTS["digits"][flag.replace("-", "_")]} for '
       'digits, per data set otherwise (tfp_glow.cli.DEFAULTS)',
     )
-  p.add_argument('--coupling', choices=('affine', 'additive'), help='default: affine')
+  p.add_argument(
+    '--coupling',
+    choices=COUPLINGS,
+    help="the coupling's transform: affine (the paper's), additive, or spline (rational-quadratic, Durkan et "
+    'al. 2019; 4 bins, bound 3). Default: affine',
+  )
   p.add_argument('--permutation', choices=('conv_lu', 'conv', 'shuffle', 'reverse'), help='default: conv_lu')
   p.add_argument(
     '--ema',

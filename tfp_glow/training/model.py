@@ -42,6 +42,9 @@ class GlowModel(keras.Model):
   / (D ln 2), the same bits/dim formula. `evaluate_bits_per_dim(data, samples=S)`: the importance-weighted
   estimate, for either.
 
+  Couplings (`coupling`): 'affine' (the paper's), 'additive', or 'spline' (rational-quadratic, Durkan et al.
+  2019, `tfp_glow.bijectors.transforms.Spline`); see `tfp_glow.Glow` and docs/design.md, "Couplings".
+
   Every parameter of every bijector lives in `self.flow` (one Keras layer), so `fit`,
   `trainable_variables`, `save_weights`, `model.save` and `keras.models.load_model` see them all.
   Actnorm's data-dependent init runs once, before the first training step: call
