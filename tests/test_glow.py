@@ -24,7 +24,7 @@ def small_glow(**kwargs):
     (dict(image_shape=(6, 8, 1), levels=2), 'divisible by 2\\*\\*levels = 4'),
     (dict(image_shape=(8, 8)), 'image_shape must be \\(H, W, C\\)'),
     (dict(levels=0), 'levels must be a positive integer'),
-    (dict(coupling='spline'), 'coupling must be one of'),
+    (dict(coupling='splin'), 'coupling must be one of'),
     (dict(permutation='random'), 'permutation must be one of'),
     (dict(num_classes=1), 'num_classes'),
     (dict(dtype=tf.float16), 'float32 or float64'),

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tfp_glow.bijectors import transforms
 from tfp_glow.bijectors.base import check_channels
-from tfp_glow.bijectors.coupling import AffineCoupling
+from tfp_glow.bijectors.coupling import Coupling
 from tfp_glow.bijectors.nets import ZeroConv2D, network_policy
 
 
-class SplitPrior(AffineCoupling):
+class SplitPrior(Coupling):
   """The multi-scale split (Dinh et al. 2017; Kingma & Dhariwal 2018) as a bijector on `[..., H, W, C]`.
 
   After each level but the last, z = concat(z_a, z_b) with z_a = z[..., :C//2] staying in the flow
@@ -22,7 +23,7 @@ class SplitPrior(AffineCoupling):
   standard-normal density of eps_b plus this log-det. The ZeroConv2D starts at zero, so the prior
   starts as N(0, 1) (TFP's Glow starts at std exp(-2)).
 
-  This is an affine coupling whose network is one ZeroConv2D and whose scale is exp(-log_std).
+  This is a `Coupling` whose network is one ZeroConv2D and whose transform is `transforms.Standardize`.
   """
 
   def __init__(
@@ -30,8 +31,13 @@ class SplitPrior(AffineCoupling):
   ):
     check_channels(channels, 2, name + ' (the split halves the channels)')
     network = ZeroConv2D(2 * (channels - channels // 2), dtype=network_policy(dtype), name=name + '_nn')
-    super().__init__(channels, network=network, dtype=dtype, validate_args=validate_args, name=name)
-
-  def shift_and_scale(self, h):  # h = ZeroConv2D(z_a), in the flow's dtype
-    mean, log_std = tf.split(h, 2, axis=-1)
-    return -mean, tf.exp(-log_std), -log_std
+    parameters = dict(channels=channels, dtype=dtype, validate_args=validate_args, name=name)
+    super().__init__(
+      channels,
+      transform=transforms.Standardize(),
+      network=network,
+      dtype=dtype,
+      validate_args=validate_args,
+      name=name,
+      parameters=parameters,
+    )

@@ -74,6 +74,30 @@ class Additive:
 
 
 @dataclasses.dataclass(frozen=True)
+class Standardize:
+  """The split prior's conditional Gaussian (`tfp_glow.bijectors.split.SplitPrior`) as a transform: h holds
+  the mean and log-std of z_b given z_a,
+
+    mean, log_std = h[..., :C_b], h[..., C_b:]
+    eps_b = (z_b - mean) * exp(-log_std)         log|det| = -sum log_std
+
+  so that a standard-normal eps_b is z_b drawn from N(mean, exp(log_std)). Not a coupling choice (not in
+  `TRANSFORMS`): it is what a level's exit does.
+  """
+
+  name: ClassVar[str] = 'standardize'
+  params_per_channel: ClassVar[int] = 2
+
+  def couple(self, x_b: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    mean, log_std = tf.split(h, 2, axis=-1)
+    return (x_b - mean) * tf.exp(-log_std), -_sum_per_image(log_std)
+
+  def uncouple(self, z_b: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    mean, log_std = tf.split(h, 2, axis=-1)
+    return mean + tf.exp(log_std) * z_b, _sum_per_image(log_std)
+
+
+@dataclasses.dataclass(frozen=True)
 class Spline:
   """The rational-quadratic spline of Durkan et al. 2019 ("Neural Spline Flows"), per element, with identity
   (linear) tails outside [-B, B].
@@ -190,14 +214,14 @@ class Spline:
     return tf.where(inside, x, z_b), _sum_per_image(log_det)
 
 
-Transform = Affine | Additive | Spline
+Transform = Affine | Additive | Spline | Standardize
 # Registry: the names `Glow(coupling=...)`, `GlowModel` and the CLI accept.
 TRANSFORMS: dict[str, type] = {cls.name: cls for cls in (Affine, Additive, Spline)}
 
 
 def transform_from(spec: str | Transform) -> Transform:
   """A transform from its registry name ('affine', 'additive', 'spline') or an instance (returned as is)."""
-  if isinstance(spec, tuple(TRANSFORMS.values())):
+  if isinstance(spec, (*TRANSFORMS.values(), Standardize)):
     return spec
   if isinstance(spec, str) and spec in TRANSFORMS:
     return TRANSFORMS[spec]()

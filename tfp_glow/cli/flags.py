@@ -88,6 +88,15 @@ class Number:
     return x
 
 
+def class_flag(value: str) -> str:
+  """An argparse `type=` for a class flag (`--label`, `--to-class`, `--from-class`): a class name or an id,
+  kept as typed (`tfp_glow.cli.class_labels` resolves it against the model's classes); a negative whole
+  number is refused at parse time like any number flag out of range."""
+  if re.fullmatch(r'\s*-\d+\s*', value):
+    raise argparse.ArgumentTypeError(f'must be a class name or an id >= 0, got {value}')
+  return value
+
+
 POSITIVE_INT = Number(int, 1)  # counts and sizes: >= 1
 NON_NEGATIVE_INT = Number(int, 0)  # class ids
 SEED = Number(int, 0, 2**31 - 1)  # tf.int32 seeds (and NumPy's: 0 .. 2**32 - 1)
@@ -294,6 +303,7 @@ def build_parser(
   sample_p.add_argument('--temperature', type=POSITIVE_FLOAT, default=SAMPLE_TEMPERATURE)
   sample_p.add_argument(
     '--label',
+    type=class_flag,
     help='class of every sample: a class name (class_names.txt) or an id (default: cycle over the classes)',
   )
   sample_p.add_argument('--seed', type=SEED, help='fixes the samples (default: random)')
@@ -313,21 +323,28 @@ def build_parser(
   interpolate_p.add_argument('image1', help='an image file (PNG/JPEG), or test:I, the I-th test image')
   interpolate_p.add_argument('image2')
   interpolate_p.add_argument('--steps', type=Number(int, 2), default=8)
-  interpolate_p.add_argument('--label', help='class of image files (conditional models): a name or an id')
+  interpolate_p.add_argument(
+    '--label', type=class_flag, help='class of image files (conditional models): a name or an id'
+  )
   manipulate_p.add_argument('image', help='an image file (PNG/JPEG), or test:I, the I-th test image')
   manipulate_p.add_argument(
     '--to-class',
+    type=class_flag,
     required=True,
     help='direction: mean latent of this class (the "attribute"): a name or an id',
   )
   manipulate_p.add_argument(
-    '--from-class', help='minus the mean latent of this class (default: all others): a name or an id'
+    '--from-class',
+    type=class_flag,
+    help='minus the mean latent of this class (default: all others): a name or an id',
   )
   manipulate_p.add_argument('--alphas', type=FINITE_FLOAT, nargs='+', default=[-0.5, 0.0, 0.5, 1.0, 1.5])
   manipulate_p.add_argument(
     '--split', choices=('train', 'test'), default='train', help='images for the direction'
   )
-  manipulate_p.add_argument('--label', help='class of an image file (conditional models): a name or an id')
+  manipulate_p.add_argument(
+    '--label', type=class_flag, help='class of an image file (conditional models): a name or an id'
+  )
   evaluate_p.add_argument(
     '--importance-samples',
     type=POSITIVE_INT,
