@@ -9,10 +9,10 @@ import tensorflow as tf
 
 from tfp_glow.data import arrays, folder, tfds_sources, tfrecord
 from tfp_glow.data.digits import DIGITS_BINS, check_split, load_digits
-from tfp_glow.data.info import DatasetInfo
+from tfp_glow.data.info import DatasetInfo, ImageReport
 from tfp_glow.data.pipeline import batch_and_dequantize, check_cache
 from tfp_glow.data.quantize import check_n_bits
-from tfp_glow.data.transforms import pad_to_32_image, padded_shape
+from tfp_glow.data.transforms import fit_conversions, pad_to_32_image, padded_shape
 
 DATASETS = ('digits',) + tfds_sources.TFDS_DATASETS  # plus the path sources below
 PATH_PREFIXES = (folder.FOLDER_PREFIX, tfrecord.TFRECORD_PREFIX) + arrays.ARRAY_PREFIXES
@@ -51,6 +51,7 @@ def load_dataset(
   cache: str | None = None,
   bad_files: str = 'skip',
   worker_shard: tuple[int, int] | None = None,
+  report: ImageReport | None = None,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
   """A batched, dequantized `tf.data.Dataset` of images and its `DatasetInfo`.
 
@@ -77,6 +78,9 @@ def load_dataset(
   worker_shard: (W, i) for worker i of W (`tfp_glow.training.distribute.worker_shard`): a TFRecord set
     of at least W shards is then read by file, this worker's shards only (DatasetInfo.sharded_by_file);
     other sources ignore it (and are sharded by tf.distribute, by data).
+  report: collects the files skipped and the conversions made (`DatasetInfo.skipped`, `.conversions`;
+    a new `ImageReport` if None). Pass one report to every call of a run (both splits, a split loaded
+    again to evaluate): each file is then warned about and counted once, with one total.
 
   Raises ValueError for bad arguments and DatasetUnavailableError when tfds cannot get the data.
   """
@@ -96,6 +100,8 @@ def load_dataset(
     )
   common = dict(shuffle=shuffle, batch_size=batch_size, drop_remainder=drop_remainder, seed=seed)
   n_bins, class_names, num_shards, skipped, by_file = 2**n_bits, None, None, None, False
+  report = report if report is not None else ImageReport()
+  conversions = None  # digits and tfds: nothing reported
 
   if name in tfds_sources.TFDS_DATASETS:
     ds, shape, num_classes, n = tfds_sources.tfds_bins(
@@ -136,14 +142,22 @@ def load_dataset(
     if streamed and source_shuffle:
       common['shuffle'] = False
     if kind == 'folder':
-      ds, shape, class_names, n, skipped = folder.folder_bins(path, split, bad_files=bad_files, **args)
+      ds, shape, class_names, n, skipped = folder.folder_bins(
+        path, split, bad_files=bad_files, report=report, **args
+      )
       num_classes = len(class_names) if class_names else None
     elif kind == 'tfrecord':
+      stored = tuple(tfrecord.read_manifest(path)['image_shape'])
       ds, shape, n_bins, num_classes, class_names, n, num_shards, by_file = tfrecord.tfrecord_bins(
         path, split, worker_shard=worker_shard, **args
       )
     else:
       ds, shape, num_classes, n = arrays.array_bins(path, split, **args)
+      stored = arrays.stored_shape(path, split)
+    if kind != 'folder' and image_size:  # every example alike: counted in bulk
+      kinds = fit_conversions(stored[0], stored[1], image_size, image_size)
+      report.conversions.record_all(f'{name} {split}', kinds, n)
+    conversions = report.conversions
   if pad_to_32:
     unpadded, shape = shape, padded_shape(shape)  # validate before padding
     pad = lambda x: pad_to_32_image(x, unpadded)  # noqa: E731
@@ -151,4 +165,6 @@ def load_dataset(
       lambda *e: (pad(e[0]), e[1]) if len(e) == 2 else pad(e[0]), num_parallel_calls=tf.data.AUTOTUNE
     )
   ds = batch_and_dequantize(ds, n_bins, num_examples=n, cache=cache, **common)
-  return ds, DatasetInfo(shape, n_bins, num_classes, n, class_names, num_shards, skipped, by_file)
+  return ds, DatasetInfo(
+    shape, n_bins, num_classes, n, class_names, num_shards, skipped, by_file, conversions
+  )
