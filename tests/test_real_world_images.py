@@ -13,7 +13,7 @@ from PIL import Image, ImageOps
 
 from tfp_glow import cli, data
 from tfp_glow.data import folder as folder_source
-from tfp_glow.data import transforms
+from tfp_glow.data import tfrecord, transforms
 from tfp_glow.images import read_image, read_image_noting
 
 
@@ -36,6 +36,27 @@ def _every_image(root, **kwargs):
     ds, _ = data.load_dataset(f'folder:{root}', split, batch_size=64, shuffle=False, **kwargs)
     images += [data.to_uint8(x, 256).numpy() for batch in ds for x in batch]
   return sorted(images, key=lambda x: x.tobytes())
+
+
+def _from_shards(tmp_path, files, **kwargs):
+  """The files' bytes as they are (what `tfp-glow prepare` stores for a folder it does not resize) in one
+  TFRecord shard, read back through `tfrecord:` -> uint8 images, sorted by their bytes."""
+  encoded = [open(f, 'rb').read() for f in files]
+  shape = tuple(tf.io.decode_image(encoded[0]).shape)
+  examples = tf.data.Dataset.from_tensor_slices((encoded, np.zeros(len(files), np.int32)))
+  out = str(tmp_path / 'shards')
+  tfrecord.write_shards(
+    out,
+    {'train': examples},
+    shards=1,
+    image_shape=shape,
+    n_bins=256,
+    class_names=None,
+    num_classes=None,
+    source='test',
+  )
+  ds, _ = data.load_dataset(f'tfrecord:{out}', 'train', batch_size=64, shuffle=False, **kwargs)
+  return sorted((data.to_uint8(x, 256).numpy() for batch in ds for x in batch), key=lambda x: x.tobytes())
 
 
 def _quadrants(h, w):
@@ -116,16 +137,12 @@ def test_every_exif_orientation_through_a_folder_and_tfrecord_shards(tmp_path):
   want = sorted(want, key=lambda x: x.tobytes())
   assert len({x.tobytes() for x in want}) == 8  # the orientations really differ
   got = _every_image(root)
-  for a, b in zip(got, want):
-    np.testing.assert_array_equal(a, b)
   # `prepare` stores the JPEG bytes as they are: the TFRecord reader turns them the same way.
-  assert cli.main(['prepare', f'folder:{root}', str(tmp_path / 'shards'), '--shards', '1']) == 0
-  shards = []
-  for split in ('train', 'test'):
-    ds, _ = data.load_dataset(f'tfrecord:{tmp_path / "shards"}', split, batch_size=64, shuffle=False)
-    shards += [data.to_uint8(x, 256).numpy() for batch in ds for x in batch]
-  for a, b in zip(sorted(shards, key=lambda x: x.tobytes()), want):
-    np.testing.assert_array_equal(a, b)
+  shards = _from_shards(tmp_path, [root / f'o{orientation}.jpg' for orientation in range(1, 9)])
+  assert len(got) == len(shards) == 8
+  for a, b, c in zip(got, shards, want):
+    np.testing.assert_array_equal(a, c)
+    np.testing.assert_array_equal(b, c)
 
 
 # --- folders ----------------------------------------------------------------------------------------------
@@ -187,12 +204,8 @@ def test_a_non_square_image_is_cropped_alike_by_folder_tfrecord_arrays_and_the_c
     images.append(x)
   from_folder = _every_image(root, image_size=8)
   assert all(int(x.max()) < 128 for x in from_folder)  # the central 12x12 only
-  assert cli.main(['prepare', f'folder:{root}', str(tmp_path / 'shards'), '--shards', '1']) == 0
-  from_shards, report = [], data.ImageReport()
-  for split in ('train', 'test'):
-    kwargs = dict(batch_size=64, image_size=8, report=report)
-    ds, info = data.load_dataset(f'tfrecord:{tmp_path / "shards"}', split, **kwargs)
-    from_shards += [data.to_uint8(x, 256).numpy() for batch in ds for x in batch]
+  report = data.ImageReport()
+  from_shards = _from_shards(tmp_path, [root / f'{i}.png' for i in range(6)], image_size=8, report=report)
   np.savez(tmp_path / 'wide.npz', data=np.stack(images))
   from_arrays = []
   for split in ('train', 'test'):
@@ -204,7 +217,6 @@ def test_a_non_square_image_is_cropped_alike_by_folder_tfrecord_arrays_and_the_c
     assert len(other) == len(from_folder) == 6
     for a, b in zip(other, from_folder):
       np.testing.assert_array_equal(a, b)
-  assert info.conversions is report.conversions
   assert report.conversions.counts() == {'cropped': 6, 'resized': 6}  # every shard image, once
 
 
@@ -263,16 +275,17 @@ def test_train_and_interpolate_report_conversions_and_skips_once(tmp_path, capsy
   root = _mixed_folder(tmp_path / 'mixed')
   out = tmp_path / 'run'
   with caplog.at_level('WARNING', logger='tfp_glow.data'):
-    assert cli.main(['train', *TINY, '--dataset', f'folder:{root}', '--out', str(out)]) == 0
+    flags = ['--dataset', f'folder:{root}', '--image-size', '8', '--out', str(out)]
+    assert cli.main(['train', *TINY, *flags]) == 0
   printed = capsys.readouterr().out
   # The broken file: one warning and one summary for the whole run (training, then the final evaluation).
   warnings = [r.getMessage() for r in caplog.records if 'broken.png' in r.getMessage()]
   assert len(warnings) == 1, warnings
   assert printed.count('broken.png') == 1 and 'skipped 1 image file(s)' in printed
-  assert 'note: converted image files: 1 grayscale to RGB, 1 alpha dropped' in printed
+  converted = {'grayscale to RGB': 1, 'alpha dropped': 1, 'cropped': 1, 'resized': 1}
+  assert printed.count('note: converted image files: 1 grayscale to RGB, 1 alpha dropped, 1 cropped') == 1
   metrics = json.loads((out / 'metrics.json').read_text())
-  assert metrics['skipped_files'] == 1
-  assert metrics['converted_files'] == {'grayscale to RGB': 1, 'alpha dropped': 1}
+  assert metrics['skipped_files'] == 1 and metrics['converted_files'] == converted
   # Single images of another size and channels: fitted to the model's 8x8x3, with a note saying how.
   _png(tmp_path / 'a.png', _image(40, (16, 12, 4)))
   _png(tmp_path / 'b.png', _image(41, (8, 8, 1)))

@@ -202,7 +202,11 @@ def _decode_all(paths: tf.Tensor, indices: tf.data.Dataset, shape, resize: bool,
     return _decoded(path, shape, resize).map(lambda *e: (index, path, *e))
 
   return indices.interleave(
-    one, cycle_length=16, block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
+    one,
+    cycle_length=tf.data.AUTOTUNE,  # one file per core at a time; each inner dataset is one element
+    block_length=1,
+    num_parallel_calls=tf.data.AUTOTUNE,
+    deterministic=deterministic,
   )
 
 
