@@ -14,8 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_glow import atomic
-from tfp_glow.data.exif import apply_orientation, jpeg_orientation
-from tfp_glow.data.transforms import conversion_names, fit_to_size, to_channels
+from tfp_glow.data.transforms import conversion_names, fit_to_size, orient, to_channels
 
 
 def image_grid(
@@ -84,7 +83,7 @@ def read_image_noting(path: str, shape: Sequence[int] | None = None) -> tuple[tf
     # only the decoder's own sentence is the user's business.
     reason = re.sub(r'\{\{[^}]*\}\}|\[Op:[^\]]*\].*', '', e.message).strip().splitlines()[0].strip()
     raise ValueError(f'cannot read image {path!r}: {reason or type(e).__name__}') from None
-  image = apply_orientation(image, jpeg_orientation(raw))
+  image = orient(raw, image)
   if shape is None:
     return image, []
   height, width, channels = shape

@@ -90,4 +90,5 @@ def apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
     lambda: transposed(image)[::-1, ::-1],  # 7: transverse
     lambda: transposed(image)[::-1],  # 8: rotate 90 counter-clockwise
   ]
-  return tf.switch_case(tf.clip_by_value(orientation, 1, 8) - 1, branches)
+  orientation = tf.clip_by_value(orientation, 1, 8)
+  return tf.cond(tf.equal(orientation, 1), lambda: image, lambda: tf.switch_case(orientation - 1, branches))

@@ -31,11 +31,10 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tfp_glow.data.exif import apply_orientation, jpeg_orientation
 from tfp_glow.data.info import _LOG, NAMED_SKIPS, ImageReport
 from tfp_glow.data.pipeline import shuffled_indices
 from tfp_glow.data.quantize import reduce_bits
-from tfp_glow.data.transforms import decode_image, fit_to_size
+from tfp_glow.data.transforms import convert_decoded, fit_to_size, orient
 
 FOLDER_PREFIX = 'folder:'
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
@@ -43,6 +42,7 @@ BAD_FILES = ('skip', 'error')
 TEST_FRACTION = 0.1
 _HASH_BUCKETS = 2**30
 _PROBES = 16  # files decoded up front for the shape and channels: spread over the sorted listing
+_CYCLE = 16  # AUTOTUNE's default, the number of cores, starves the decoders on small machines
 _NOTE_BATCH = 64  # files whose skips and conversions are recorded by one Python call
 
 
@@ -145,7 +145,7 @@ def _probe(files: list[str], image_size: int | None, bad_files: str) -> tuple[in
     try:
       raw = tf.io.read_file(files[i])
       image = tf.io.decode_image(raw, expand_animations=False)
-      shapes[files[i]] = tuple(apply_orientation(image, jpeg_orientation(raw)).shape)
+      shapes[files[i]] = tuple(orient(raw, image).shape)
     except tf.errors.OpError:
       if bad_files == 'error':
         raise ValueError(f'folder data set: cannot decode image file {files[i]!r}') from None
@@ -170,44 +170,48 @@ def _probe(files: list[str], image_size: int | None, bad_files: str) -> tuple[in
 _UNDECODABLE = 'cannot be decoded as an image'
 
 
-def _decoded(path: tf.Tensor, shape: tuple[int, int, int], resize: bool):
-  """A dataset of ONE element for the file `path`: (raw bytes, uint8 image of `shape`, ok, reason, flags).
+def _decode_all(paths: tf.Tensor, indices: tf.data.Dataset, shape, resize: bool, deterministic: bool):
+  """indices -> (index, path, raw bytes, uint8 image of `shape`, ok, reason, flags) per file, decoded in
+  parallel, in order when `deterministic`; a file that does not decode or fit gives a zero image, ok False.
 
-  "Decodable" is decided by decoding: the attempt runs in a one-element dataset whose errors are
-  ignored, followed by a fallback element (a zero image, ok False), of which the first is taken. tf.data
-  has no in-graph try/except; this is the way to skip a bad file and still know which it was."""
+  "Decodable" is decided by decoding: each file's read and decode run in a one-element dataset whose
+  errors are ignored, followed by a fallback element, of which the first is taken (tf.data has no in-graph
+  try/except; this is the way to skip a bad file and still know which it was). Only the decode runs
+  there: a nested dataset costs per file, more so with branches in it; the rest is an ordinary map."""
   h, w, c = shape
 
-  def attempt(p):
-    raw = tf.io.read_file(p)
-    image, flags = decode_image(raw, c)
-    if resize:
-      image, fit_flags = fit_to_size(image, h, w)
-      return raw, image, tf.constant(True), tf.constant(''), flags | fit_flags
-    fits = tf.reduce_all(tf.equal(tf.shape(image), shape))
-    image = tf.cond(fits, lambda: tf.reshape(image, shape), lambda: tf.zeros(shape, tf.uint8))
-    return raw, image, fits, tf.where(fits, '', f'not {h}x{w} like the others: pass --image-size'), flags
-
-  fallback = (tf.constant(b''), tf.zeros(shape, tf.uint8), tf.constant(False), tf.constant(_UNDECODABLE), 0)
-  tried = tf.data.Dataset.from_tensors(path).map(attempt).ignore_errors()
-  return tried.concatenate(tf.data.Dataset.from_tensors(fallback)).take(1)
-
-
-def _decode_all(paths: tf.Tensor, indices: tf.data.Dataset, shape, resize: bool, deterministic: bool):
-  """indices -> (index, path, raw, image, ok, reason, flags) per file, decoded in parallel, in order
-  when `deterministic`."""
+  def attempt(index, path):
+    raw = tf.io.read_file(path)
+    return index, path, raw, tf.io.decode_image(raw, expand_animations=False), tf.constant(True)
 
   def one(index):
     path = tf.gather(paths, index)
-    return _decoded(path, shape, resize).map(lambda *e: (index, path, *e))
+    fallback = (index, path, tf.constant(b''), tf.zeros([1, 1, c], tf.uint8), False)
+    tried = tf.data.Dataset.from_tensors((index, path)).map(attempt).ignore_errors()
+    return tried.concatenate(tf.data.Dataset.from_tensors(fallback)).take(1)
 
-  return indices.interleave(
+  def convert(index, path, raw, image, decoded):
+    image, flags = convert_decoded(raw, image, c)
+    if resize:
+      image, fit_flags = fit_to_size(image, h, w)
+      return index, path, raw, image, decoded, tf.where(decoded, '', _UNDECODABLE), flags | fit_flags
+    fits = tf.logical_and(decoded, tf.reduce_all(tf.equal(tf.shape(image), shape)))
+    # Cut or pad to `shape` (no tf.cond, which costs per image): unchanged when it fits, dropped if not.
+    image = image[:h, :w]
+    image = tf.pad(image, [[0, h - tf.shape(image)[0]], [0, w - tf.shape(image)[1]], [0, 0]])
+    reason = tf.where(
+      decoded, tf.where(fits, '', f'not {h}x{w} like the others: pass --image-size'), _UNDECODABLE
+    )
+    return index, path, raw, tf.ensure_shape(image, shape), fits, reason, flags
+
+  ds = indices.interleave(
     one,
-    cycle_length=tf.data.AUTOTUNE,  # one file per core at a time; each inner dataset is one element
+    cycle_length=_CYCLE,  # files decoded at a time; each inner dataset is one element
     block_length=1,
     num_parallel_calls=tf.data.AUTOTUNE,
     deterministic=deterministic,
   )
+  return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 
 
 def _check_every_file(files: list[str], shape, resize: bool) -> None:

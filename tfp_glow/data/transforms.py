@@ -38,8 +38,27 @@ def decode_image(raw: tf.Tensor, channels: int) -> tuple[tf.Tensor, tf.Tensor]:
   if channels not in (1, 3):
     raise ValueError(f'decode_image: channels must be 1 or 3, got {channels}')
   image = tf.io.decode_image(raw, expand_animations=False)  # the file's own channels: 1, 2, 3 or 4
-  image = apply_orientation(image, jpeg_orientation(raw))
-  return to_channels(image, channels)
+  return convert_decoded(raw, image, channels)
+
+
+def convert_decoded(raw: tf.Tensor, image: tf.Tensor, channels: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """`decode_image` after the decoding: `image` (uint8 `[H, W, 1..4]`, decoded from `raw`) turned by its EXIF
+  orientation and converted to `channels` -> (image, flags)."""
+  # The common case, a PNG of the data set's channels, skips the work below (a tf.cond costs per image).
+  is_jpeg = tf.equal(tf.strings.substr(raw, 0, 2), b'\xff\xd8')
+  plain = tf.logical_and(tf.logical_not(is_jpeg), tf.equal(tf.shape(image)[-1], channels))
+  return tf.cond(
+    plain,
+    lambda: (tf.ensure_shape(image, [None, None, channels]), tf.constant(0)),
+    lambda: to_channels(orient(raw, image), channels),
+  )
+
+
+def orient(raw: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
+  """The decoded `image` of the bytes `raw` turned by its EXIF orientation (a JPEG's; others as they are).
+  The tag is looked for only in JPEGs (a 2-byte check), so PNGs pay nothing for it."""
+  is_jpeg = tf.equal(tf.strings.substr(raw, 0, 2), b'\xff\xd8')
+  return tf.cond(is_jpeg, lambda: apply_orientation(image, jpeg_orientation(raw)), lambda: image)
 
 
 def to_channels(image: tf.Tensor, channels: int) -> tuple[tf.Tensor, tf.Tensor]:
