@@ -7,12 +7,14 @@ No Pillow or matplotlib: PNGs are encoded with `tf.io.encode_png` and written wi
 from __future__ import annotations
 
 import math
+import re
 from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from tfp_glow import atomic
+from tfp_glow.data.transforms import conversion_names, fit_to_size, orient, to_channels
 
 
 def image_grid(
@@ -62,20 +64,29 @@ def save_png(path: str, image) -> None:
 
 
 def read_image(path: str, shape: Sequence[int] | None = None) -> tf.Tensor:
-  """A PNG / JPEG / BMP / GIF file as uint8 [H, W, C]; with `shape` (H, W, C in {1, 3}) resized
-  (bilinear, antialiased) and converted to C channels (RGB -> luma, gray -> RGB; alpha dropped).
-  Raises ValueError if the file cannot be decoded."""
+  """A PNG / JPEG / BMP / GIF file as uint8 [H, W, C], turned by its EXIF orientation; with `shape`
+  (H, W, C in {1, 3}) fitted to it as the data sources do (see `read_image_noting`). Raises ValueError if
+  the file cannot be decoded."""
+  return read_image_noting(path, shape)[0]
+
+
+def read_image_noting(path: str, shape: Sequence[int] | None = None) -> tuple[tf.Tensor, list[str]]:
+  """(`read_image`'s image, the conversions made: [] or some of 'grayscale to RGB', 'RGB to grayscale',
+  'alpha dropped', 'cropped', 'resized'). With `shape`: C channels (grey repeated to RGB, RGB to luma,
+  alpha dropped), then the central region of the target's aspect ratio, resized to H x W with antialiased
+  bilinear interpolation (`tfp_glow.data.transforms.fit_to_size`, the rule of every data source)."""
   try:
-    image = tf.io.decode_image(tf.io.read_file(path), dtype=tf.uint8, expand_animations=False)
+    raw = tf.io.read_file(path)
+    image = tf.io.decode_image(raw, dtype=tf.uint8, expand_animations=False)
   except tf.errors.OpError as e:
-    raise ValueError(f'cannot read image {path!r}: {e.message.strip().splitlines()[0]}') from None
+    # e.message starts with TensorFlow's graph-node name ({{function_node ...}}) and ends with the op's:
+    # only the decoder's own sentence is the user's business.
+    reason = re.sub(r'\{\{[^}]*\}\}|\[Op:[^\]]*\].*', '', e.message).strip().splitlines()[0].strip()
+    raise ValueError(f'cannot read image {path!r}: {reason or type(e).__name__}') from None
+  image = orient(raw, image)
   if shape is None:
-    return image
+    return image, []
   height, width, channels = shape
-  image = tf.cast(image, tf.float32)
-  if channels == 1 and image.shape[-1] >= 3:
-    image = tf.image.rgb_to_grayscale(image[..., :3])
-  elif channels == 3 and image.shape[-1] < 3:
-    image = tf.tile(image[..., :1], [1, 1, 3])
-  image = tf.image.resize(image[..., :channels], (height, width), antialias=True)
-  return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+  image, flags = to_channels(image, channels)
+  image, fit_flags = fit_to_size(image, height, width)
+  return image, conversion_names(int(flags | fit_flags))

@@ -42,7 +42,7 @@ from tfp_glow.cli.common import (
 from tfp_glow.cli.flags import DEFAULTS, LARGE_DEFAULTS, SAMPLE_TEMPERATURE, build_parser
 from tfp_glow.cli.prepare_command import prepare
 from tfp_glow.cli.train_command import train
-from tfp_glow.images import read_image
+from tfp_glow.images import read_image_noting
 from tfp_glow.training import guard
 from tfp_glow.training.model import GlowModel
 
@@ -176,7 +176,11 @@ def _read_image(spec: str, model: GlowModel, args) -> tuple[tf.Tensor, int | Non
     return (bins + 0.5) / model.n_bins - 0.5, (None if label is None else int(label))
   if not tf.io.gfile.exists(spec):
     raise UsageError(f'image {spec!r} does not exist (give an image file or test:INDEX)')
-  pixels = tf.cast(read_image(spec, model.image_shape), tf.float32)
+  image, conversions = read_image_noting(spec, model.image_shape)
+  if conversions:  # the model's shape and channels, as the data sources fit them (crop, then resize)
+    h, w, c = model.image_shape
+    print(f'note: {spec}: {", ".join(conversions)} to fit the model ({h}x{w}x{c})')
+  pixels = tf.cast(image, tf.float32)
   bins = tf.floor(pixels * model.n_bins / 256.0)  # 0..255 -> n_bins levels
   return (bins + 0.5) / model.n_bins - 0.5, args.label
 

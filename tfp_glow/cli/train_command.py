@@ -93,7 +93,9 @@ def _train_config(args) -> dict:
   return config
 
 
-def _load_split(config: dict, split: str, shuffle: bool, data_dir: str | None, worker_shard=None):
+def _load_split(
+  config: dict, split: str, shuffle: bool, data_dir: str | None, worker_shard=None, report=None
+):
   return glow_data.load_dataset(
     config['dataset'],
     split,
@@ -108,6 +110,7 @@ def _load_split(config: dict, split: str, shuffle: bool, data_dir: str | None, w
     cache=config.get('cache'),
     bad_files=config.get('bad_files', 'skip'),
     worker_shard=worker_shard,
+    report=report,  # one per run: each skipped or converted file is warned about and counted once
   )
 
 
@@ -253,8 +256,10 @@ def _train_locked(args, config: dict, out: str, strategy) -> int:
   # The model is built and compiled in the chosen precision; the process' policy is restored after.
   with flag_errors(), strategy.scope(), global_policy(config.get('precision', 'float32')):
     mine = distribute.worker_shard(strategy)  # (W, i): TFRecord shards are split among the workers
-    train_ds, info = _load_split(config, 'train', shuffle=True, data_dir=args.data_dir, worker_shard=mine)
-    test_ds, test_info = _load_split(config, 'test', shuffle=False, data_dir=args.data_dir, worker_shard=mine)
+    report = glow_data.ImageReport()
+    split = dict(data_dir=args.data_dir, worker_shard=mine, report=report)
+    train_ds, info = _load_split(config, 'train', shuffle=True, **split)
+    test_ds, test_info = _load_split(config, 'test', shuffle=False, **split)
     if config['background_noise']:  # a background model (tfp_glow.ood.likelihood_ratio) sees perturbed data
       train_ds = ood.perturbed_dataset(train_ds, config['background_noise'], info.n_bins, seed=config['seed'])
     if args.strategy != 'default':
@@ -302,7 +307,7 @@ def _train_locked(args, config: dict, out: str, strategy) -> int:
     )
     initial_epoch = _start_state(model, out, state)
     if args.strategy != 'default':  # the same init images on every worker: unshuffled, seeded
-      init_ds, _ = _load_split(config, 'train', shuffle=False, data_dir=args.data_dir)
+      init_ds, _ = _load_split(config, 'train', shuffle=False, data_dir=args.data_dir, report=report)
       init_batch = next(iter(init_ds.unbatch().batch(256).take(1)))
       images, labels = init_batch if config['conditional'] else (init_batch, None)
       distribute.initialize_actnorm(model, images, strategy, labels)
@@ -324,6 +329,7 @@ def _train_locked(args, config: dict, out: str, strategy) -> int:
       sample_grid,
       test_info=test_info,
       worker_shard=mine,
+      report=report,
     )
   except (OSError, tf.errors.OpError, RuntimeError) as e:
     unwritable = _write_error(out, e)
@@ -399,6 +405,7 @@ def _fit_and_finish(
   sample_grid,
   test_info,
   worker_shard,
+  report,
 ) -> int:
   resuming = state in ('resume', 'continue')
   tf.io.gfile.makedirs(wout)
@@ -441,7 +448,7 @@ def _fit_and_finish(
     _diverged(out, f'the loss became NaN or Inf in epoch {initial_epoch + len(losses)}')
   # Never save or report a diverged model as if it were trained: check before writing anything.
   train_eval_ds, _ = _load_split(
-    config, 'train', shuffle=False, data_dir=args.data_dir, worker_shard=worker_shard
+    config, 'train', shuffle=False, data_dir=args.data_dir, worker_shard=worker_shard, report=report
   )
   if args.strategy != 'default':
     train_eval_ds = distribute.shard(train_eval_ds, info.sharded_by_file)
@@ -488,11 +495,13 @@ def _fit_and_finish(
     replicas=strategy.num_replicas_in_sync,
     weights_sha256=distribute.weights_digest(model),
     class_names=list(info.class_names) if info.class_names else None,
-    skipped_files=sum(i.skipped.count for i in (info, test_info) if i.skipped is not None),
+    skipped_files=report.skipped.count,
+    converted_files=report.conversions.counts(),  # {kind: files}: grayscale to RGB, resized, ...
   )
-  for i in (info, test_info):
-    if i.skipped is not None and i.skipped.count:
-      print(f'warning: {i.skipped.summary()}')
+  if report.skipped.count:
+    print(f'warning: {report.skipped.summary()}')
+  if report.conversions.counts():
+    print(f'note: {report.conversions.summary()}')
   if args.strategy != 'default':
     print(f'weights sha256 {metrics["weights_sha256"]} ({metrics["replicas"]} replicas)')
   wrote = (

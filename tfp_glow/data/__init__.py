@@ -19,7 +19,7 @@ Everything here yields float32 images `[B, H, W, C]` in [-0.5, 0.5) (or `(images
 from tfp_glow.data.arrays import ARRAY_PREFIXES
 from tfp_glow.data.digits import DIGITS_BINS, DIGITS_TEST_SIZE, load_digits
 from tfp_glow.data.folder import BAD_FILES, FOLDER_PREFIX, IMAGE_SUFFIXES
-from tfp_glow.data.info import DatasetInfo, DatasetUnavailableError, SkippedFiles
+from tfp_glow.data.info import Conversions, DatasetInfo, DatasetUnavailableError, ImageReport, SkippedFiles
 from tfp_glow.data.load import (
   DATASETS,
   PATH_PREFIXES,
@@ -44,8 +44,10 @@ __all__ = [
   'SOURCES_HELP',
   'TFDS_DATASETS',
   'TFRECORD_PREFIX',
+  'Conversions',
   'DatasetInfo',
   'DatasetUnavailableError',
+  'ImageReport',
   'SkippedFiles',
   'dequantize',
   'is_path_source',

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_glow.data.quantize import reduce_bits
-from tfp_glow.data.transforms import resize_uint8
+from tfp_glow.data.transforms import fit_to_size
 
 ARRAY_PREFIXES = ('npz:', 'npy:')
 IMAGE_KEYS = ('data', 'images', 'image', 'x', 'arr_0')
@@ -92,6 +92,13 @@ def _to_nhwc(images: np.ndarray, hwc: tuple[int, int, int]) -> np.ndarray:
   if images.shape[1:] != hwc:  # NCHW
     return images.transpose(0, 2, 3, 1)
   return images
+
+
+def stored_shape(path: str, split: str) -> tuple[int, int, int]:
+  """(H, W, C) of the images stored for `split`, from the files' headers."""
+  train, test = _files(path)
+  f = (train if split == 'train' else test)[0]
+  return _image_shape(_header(f)[1], f)
 
 
 def array_bins(
@@ -166,7 +173,7 @@ def array_bins(
 
   def prepare(image, label):
     if image_size:
-      image = resize_uint8(image, image_size)
+      image = fit_to_size(image, image_size, image_size)[0]
     bins = tf.cast(reduce_bits(tf.ensure_shape(image, shape), n_bits), tf.uint8)
     return (bins, label) if with_labels else bins
 

@@ -4,7 +4,9 @@ per epoch, never held in memory unless a cache is asked for).
 Layouts (the convention of `keras.utils.image_dataset_from_directory` and tfds' `ImageFolder`):
   PATH/*.png                  unlabeled; images directly in PATH.
   PATH/CLASS/**/*.png         labeled: one subfolder per class, label ids from the sorted names
-                              (class_names[i] is label i); images anywhere below a class folder.
+                              (class_names[i] is label i); images anywhere below a class folder,
+                              symlinked folders followed (a symlink to a folder above it, a loop, is
+                              skipped with a warning naming it).
 A top level holding both image files and subfolders with images is an error (which did you mean?).
 Hidden files and folders (".name") are ignored, as are files of other suffixes.
 
@@ -12,10 +14,14 @@ Split: a file is "test" if Fingerprint64(relative path) read as a fraction is < 
 adding or removing files never moves another file between the splits, and each split reads only its own
 files. (A folder whose hashes put no file in "test" gets the file of the smallest hash: tiny folders only.)
 
-Bad files: a file that is not a complete PNG / JPEG (a cheap check of its signature and end marker, in the
-pipeline) or decodes to another size than the others is skipped and recorded in `DatasetInfo.skipped`
-(the first few are named in warnings); bad_files='error' instead decodes every file of the split once,
-up front, and raises a ValueError naming the bad ones.
+Bad files: a file that does not decode (decided by decoding it, in the pipeline: bytes after the image's
+end, which phones often append, are fine) or decodes to another size than the others is skipped and
+recorded in `DatasetInfo.skipped` (the first few are named in warnings); bad_files='error' instead decodes
+every file of the split once, up front, and raises a ValueError naming the bad ones.
+
+Conversions (`transforms.decode_image`, `fit_to_size`): JPEGs are turned by their EXIF orientation, grey
+files repeated to RGB in a colour set (colour to luma in a grey one), alpha dropped, and with image_size
+every image center-cropped and resized; what was converted is counted per file in `DatasetInfo.conversions`.
 """
 
 from __future__ import annotations
@@ -25,10 +31,10 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tfp_glow.data.info import NAMED_SKIPS, SkippedFiles
+from tfp_glow.data.info import _LOG, NAMED_SKIPS, ImageReport
 from tfp_glow.data.pipeline import shuffled_indices
 from tfp_glow.data.quantize import reduce_bits
-from tfp_glow.data.transforms import center_crop, resize_uint8
+from tfp_glow.data.transforms import convert_decoded, fit_to_size, orient
 
 FOLDER_PREFIX = 'folder:'
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
@@ -36,7 +42,8 @@ BAD_FILES = ('skip', 'error')
 TEST_FRACTION = 0.1
 _HASH_BUCKETS = 2**30
 _PROBES = 16  # files decoded up front for the shape and channels: spread over the sorted listing
-_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+_CYCLE = 16  # AUTOTUNE's default, the number of cores, starves the decoders on small machines
+_NOTE_BATCH = 64  # files whose skips and conversions are recorded by one Python call
 
 
 def _is_image(name: str) -> bool:
@@ -44,20 +51,44 @@ def _is_image(name: str) -> bool:
 
 
 def _walk(root: str):
-  """os.walk for local paths (fast), tf.io.gfile.walk for any other file system TensorFlow reads."""
+  """(directory, subfolders, files) below `root`, hidden entries left out: tf.io.gfile.walk on file systems
+  other than the local one, else a walk that follows symlinked folders (os.walk does not, by default), where
+  a symlink to a folder above it (a loop) is skipped with a warning naming it."""
   if '://' in root:
-    yield from tf.io.gfile.walk(root)
-  else:
-    yield from os.walk(root)
+    for directory, dirs, files in tf.io.gfile.walk(root):
+      if not any(part.startswith('.') for part in os.path.relpath(directory, root).split('/') if part != '.'):
+        yield (
+          directory,
+          [d for d in dirs if not d.startswith('.')],
+          [f for f in files if not f.startswith('.')],
+        )
+    return
+  stack = [(root, frozenset({os.path.realpath(root)}))]  # (folder, real paths of it and its ancestors)
+  while stack:
+    directory, ancestors = stack.pop()
+    dirs, files = [], []
+    with os.scandir(directory) as entries:
+      for entry in entries:
+        if entry.name.startswith('.'):
+          continue
+        if not entry.is_dir():  # follows symlinks: a link to a folder is a folder
+          files.append(entry.name)
+          continue
+        real = os.path.realpath(entry.path)
+        if real in ancestors:
+          _LOG.warning(
+            'tfp_glow: not following %s: a symlink to %s, a folder above it (a loop)', entry.path, real
+          )
+          continue
+        dirs.append(entry.name)
+        stack.append((entry.path, ancestors | {real}))
+    yield directory, dirs, files
 
 
 def _images_below(root: str, top: str) -> list[str]:
   """Relative paths (to `root`) of every image file below root/top, recursively, hidden folders skipped."""
   found = []
-  for directory, dirs, files in _walk(os.path.join(root, top)):
-    dirs[:] = [d for d in dirs if not d.startswith('.')]  # os.walk honours this; gfile.walk lists anyway
-    if any(part.startswith('.') for part in os.path.relpath(directory, root).split(os.sep) if part != '.'):
-      continue
+  for directory, _, files in _walk(os.path.join(root, top)):
     found += [os.path.relpath(os.path.join(directory, f), root) for f in files if _is_image(f)]
   return found
 
@@ -105,34 +136,19 @@ def test_mask(relative_paths: list[str]) -> np.ndarray:
   return mask
 
 
-def complete_image(raw: tf.Tensor) -> tf.Tensor:
-  """True if the bytes `raw` look like a whole PNG (signature ... IEND chunk) or JPEG (SOI ... EOI in the
-  last 64 bytes, which tolerates the padding some writers append). Catches truncated and non-image files
-  without decoding them; a file that passes can still hold corrupt data (see the module docstring)."""
-  n = tf.strings.length(raw)
-  png = tf.logical_and(
-    tf.equal(tf.strings.substr(raw, 0, 8), _PNG_SIGNATURE),
-    tf.equal(tf.strings.substr(raw, tf.maximum(n - 8, 0), 4), b'IEND'),
-  )
-  tail = tf.io.decode_raw(tf.strings.substr(raw, tf.maximum(n - 64, 0), 64), tf.uint8)
-  eoi = tf.reduce_any(tf.logical_and(tf.equal(tail[:-1], 0xFF), tf.equal(tail[1:], 0xD9)))
-  jpeg = tf.logical_and(tf.equal(tf.strings.substr(raw, 0, 2), b'\xff\xd8'), eoi)
-  return tf.logical_and(n >= 16, tf.logical_or(png, jpeg))
-
-
 def _probe(files: list[str], image_size: int | None, bad_files: str) -> tuple[int, int, int]:
   """(H, W, C) of the data set from `files` (up to _PROBES spread over the listing): C is 3 if any probed
-  image has colour, else 1; without image_size, probed images of different sizes are an error."""
+  image has colour, else 1; without image_size, probed images of different sizes are an error. Sizes are
+  after the EXIF orientation (a portrait photo is taller than wide)."""
   shapes = {}
   for i in range(len(files)):
     try:
       raw = tf.io.read_file(files[i])
-      if not bool(complete_image(raw)):
-        raise ValueError('not a complete PNG or JPEG file')
-      shapes[files[i]] = tuple(tf.io.decode_image(raw, expand_animations=False).shape)
-    except (tf.errors.OpError, ValueError) as e:
+      image = tf.io.decode_image(raw, expand_animations=False)
+      shapes[files[i]] = tuple(orient(raw, image).shape)
+    except tf.errors.OpError:
       if bad_files == 'error':
-        raise ValueError(f'folder data set: cannot decode image file {files[i]!r}') from e
+        raise ValueError(f'folder data set: cannot decode image file {files[i]!r}') from None
   if not shapes:
     raise ValueError(
       f'folder data set: none of the {len(files)} files tried can be decoded, e.g. {files[0]!r}'
@@ -151,35 +167,57 @@ def _probe(files: list[str], image_size: int | None, bad_files: str) -> tuple[in
   return h, w, channels
 
 
-def _decode(raw: tf.Tensor, shape: tuple[int, int, int], resize: bool):
-  """(uint8 image of `shape`, ok, reason): a zero image with ok False for a bad file."""
+_UNDECODABLE = 'cannot be decoded as an image'
+
+
+def _decode_all(paths: tf.Tensor, indices: tf.data.Dataset, shape, resize: bool, deterministic: bool):
+  """indices -> (index, path, raw bytes, uint8 image of `shape`, ok, reason, flags) per file, decoded in
+  parallel, in order when `deterministic`; a file that does not decode or fit gives a zero image, ok False.
+
+  "Decodable" is decided by decoding: each file's read and decode run in a one-element dataset whose
+  errors are ignored, followed by a fallback element, of which the first is taken (tf.data has no in-graph
+  try/except; this is the way to skip a bad file and still know which it was). Only the decode runs
+  there: a nested dataset costs per file, more so with branches in it; the rest is an ordinary map."""
   h, w, c = shape
-  complete = complete_image(raw)
 
-  def decoded():
-    image = tf.io.decode_image(raw, channels=c, expand_animations=False)
+  def attempt(index, path):
+    raw = tf.io.read_file(path)
+    return index, path, raw, tf.io.decode_image(raw, expand_animations=False), tf.constant(True)
+
+  def one(index):
+    path = tf.gather(paths, index)
+    fallback = (index, path, tf.constant(b''), tf.zeros([1, 1, c], tf.uint8), False)
+    tried = tf.data.Dataset.from_tensors((index, path)).map(attempt).ignore_errors()
+    return tried.concatenate(tf.data.Dataset.from_tensors(fallback)).take(1)
+
+  def convert(index, path, raw, image, decoded):
+    image, flags = convert_decoded(raw, image, c)
     if resize:
-      image = resize_uint8(center_crop(image), h)
-      return tf.ensure_shape(image, shape), tf.constant(True)
-    fits = tf.reduce_all(tf.equal(tf.shape(image), shape))
-    return tf.cond(fits, lambda: tf.reshape(image, shape), lambda: tf.zeros(shape, tf.uint8)), fits
+      image, fit_flags = fit_to_size(image, h, w)
+      return index, path, raw, image, decoded, tf.where(decoded, '', _UNDECODABLE), flags | fit_flags
+    fits = tf.logical_and(decoded, tf.reduce_all(tf.equal(tf.shape(image), shape)))
+    # Cut or pad to `shape` (no tf.cond, which costs per image): unchanged when it fits, dropped if not.
+    image = image[:h, :w]
+    image = tf.pad(image, [[0, h - tf.shape(image)[0]], [0, w - tf.shape(image)[1]], [0, 0]])
+    reason = tf.where(
+      decoded, tf.where(fits, '', f'not {h}x{w} like the others: pass --image-size'), _UNDECODABLE
+    )
+    return index, path, raw, tf.ensure_shape(image, shape), fits, reason, flags
 
-  image, fits = tf.cond(complete, decoded, lambda: (tf.zeros(shape, tf.uint8), tf.constant(False)))
-  reason = tf.where(complete, f'not {h}x{w} like the others: pass --image-size', 'not a complete PNG/JPEG')
-  return image, fits, reason
+  ds = indices.interleave(
+    one,
+    cycle_length=_CYCLE,  # files decoded at a time; each inner dataset is one element
+    block_length=1,
+    num_parallel_calls=tf.data.AUTOTUNE,
+    deterministic=deterministic,
+  )
+  return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 
 
 def _check_every_file(files: list[str], shape, resize: bool) -> None:
   """bad_files='error': decodes every file once (in parallel) and raises naming the bad ones."""
-  ds = tf.data.Dataset.from_tensor_slices(files)
-  ds = ds.map(
-    lambda p: (p, *_decode(tf.io.read_file(p), shape, resize)[1:]), num_parallel_calls=tf.data.AUTOTUNE
-  )
-  good = set()
-  for path, ok, _ in ds.ignore_errors().as_numpy_iterator():  # a file that still fails to decode: absent
-    if ok:
-      good.add(path.decode())
-  bad = [f for f in files if f not in good]
+  ds = _decode_all(tf.constant(files), tf.data.Dataset.range(len(files)), shape, resize, deterministic=False)
+  bad = sorted(path.decode() for _, path, _, _, ok, _, _ in ds.as_numpy_iterator() if not ok)
   if bad:
     more = f' and {len(bad) - NAMED_SKIPS} more' if len(bad) > NAMED_SKIPS else ''
     raise ValueError(
@@ -200,12 +238,15 @@ def folder_bins(
   seed: int | None,
   bad_files: str = 'skip',
   encoded: bool = False,
+  report: ImageReport | None = None,
 ):
   """The streaming folder source -> (dataset of uint8 bins [, int32 labels], shape, class_names, n, skipped).
 
-  Per element: read the file, check it is complete, decode it (channels forced to C), center-crop and
-  resize if image_size, reduce to n_bits. Shuffling permutes the file list each epoch before decoding.
-  encoded=True (for `tfp-glow prepare`): elements are (the file's bytes, or PNG bytes if resized, label).
+  Per element: read the file, decode it (a file that does not decode is skipped), turn it by its EXIF
+  orientation, convert it to C channels, center-crop and resize if image_size (`transforms.fit_to_size`),
+  reduce to n_bits. Shuffling permutes the file list each epoch before decoding. encoded=True (for
+  `tfp-glow prepare`): elements are (the file's bytes, or PNG bytes if resized, label). Skips and
+  conversions are recorded in `report` (a new one if None); `skipped` is `report.skipped`.
   """
   if bad_files not in BAD_FILES:
     raise ValueError(f'bad_files must be one of {", ".join(BAD_FILES)}, got {bad_files!r}')
@@ -229,30 +270,35 @@ def folder_bins(
   resize = image_size is not None
   if bad_files == 'error':
     _check_every_file([p.decode() for p in paths_t.numpy()], shape, resize)
-  skipped = SkippedFiles()
-
-  def record(path, reason):
-    skipped.record(path.numpy().decode(), reason.numpy().decode())
-    return False
-
+  report = report if report is not None else ImageReport()
   labels_t = tf.constant(split_labels)
+  deterministic = not shuffle or seed is not None
+  ds = _decode_all(paths_t, shuffled_indices(n, shuffle, seed), shape, resize, deterministic)
 
-  def load(index):
-    path = tf.gather(paths_t, index)
-    raw = tf.io.read_file(path)
-    image, ok, reason = _decode(raw, shape, resize)
+  def finish(index, path, raw, image, ok, reason, flags):
     if encoded:
       bins = tf.io.encode_png(image) if resize else raw
     else:
       bins = tf.cast(reduce_bits(image, n_bits), tf.uint8)
-    return bins, tf.gather(labels_t, index), ok, path, reason
+    return bins, tf.gather(labels_t, index), ok, path, reason, flags
 
-  def keep_good(bins, label, ok, path, reason):
-    return tf.cond(ok, lambda: True, lambda: tf.py_function(record, [path, reason], tf.bool))
+  def note(paths, oks, reasons, flags):  # Python: skips and conversions into the report, once per file
+    for path, ok, reason, flag in zip(paths.numpy(), oks.numpy(), reasons.numpy(), flags.numpy()):
+      if not ok:
+        report.skipped.record(path.decode(), reason.decode())
+      else:
+        report.conversions.record(path.decode(), int(flag))
+    return True
 
-  ds = shuffled_indices(n, shuffle, seed)
-  ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle or seed is not None)
-  ds = ds.filter(keep_good).map(lambda bins, label, *_: (bins, label) if with_labels or encoded else bins)
-  if bad_files == 'skip':
-    ds = ds.ignore_errors(log_warning=True)  # last resort (a file deleted mid-run): logged by TensorFlow
-  return ds, shape, class_names, n, skipped
+  def record(bins, label, ok, path, reason, flags):
+    # One Python call per _NOTE_BATCH files, and only when one of them was skipped or converted.
+    news = tf.reduce_any(tf.logical_or(tf.logical_not(ok), tf.not_equal(flags, 0)))
+    done = tf.cond(news, lambda: tf.py_function(note, [path, ok, reason, flags], tf.bool), lambda: True)
+    with tf.control_dependencies([done]):
+      return bins, label, tf.identity(ok)
+
+  ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+  ds = ds.batch(_NOTE_BATCH).map(record).unbatch()
+  ds = ds.filter(lambda bins, label, ok: ok)
+  ds = ds.map(lambda bins, label, ok: (bins, label) if with_labels or encoded else bins)
+  return ds, shape, class_names, n, report.skipped

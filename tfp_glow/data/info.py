@@ -1,10 +1,13 @@
-"""What a loaded data set says about itself: `DatasetInfo`, the `SkippedFiles` it met, and its errors."""
+"""What a loaded data set says about itself: `DatasetInfo`, the `SkippedFiles` it met, the `Conversions`
+it made (an `ImageReport` holds both, for one run), and its errors."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import threading
+
+from tfp_glow.data.transforms import CONVERSIONS, conversion_names
 
 _LOG = logging.getLogger('tfp_glow.data')
 NAMED_SKIPS = 5  # the warnings name this many skipped files; the count covers all
@@ -55,6 +58,55 @@ class SkippedFiles:
     return f'skipped {len(items)} image file(s): {named}{more}'
 
 
+class Conversions:
+  """How many image files a source converted to fit the data set, per kind (`transforms.CONVERSIONS`:
+  grayscale to RGB, RGB to grayscale, alpha dropped, cropped, resized): each file counted once per kind,
+  however many epochs read it. Streaming sources record per file as the pipeline meets it (read it after
+  an epoch); sources that convert every example alike (TFRecord shards, arrays) record them in bulk.
+  """
+
+  def __init__(self) -> None:
+    self._flags: dict[str, int] = {}  # file -> bit flags
+    self._bulk: dict[str, dict[str, int]] = {}  # source and split -> {kind: examples}
+    self._lock = threading.Lock()
+
+  def record(self, path: str, flags: int) -> None:
+    if flags:
+      with self._lock:
+        self._flags[path] = self._flags.get(path, 0) | int(flags)
+
+  def record_all(self, source: str, kinds: list[str], n: int) -> None:
+    """Every one of the `n` examples of `source` (a name for the source and split) had `kinds` done."""
+    with self._lock:
+      self._bulk[source] = {kind: n for kind in kinds}
+
+  def counts(self) -> dict[str, int]:
+    """{kind: files}, kinds with at least one file, in CONVERSIONS order."""
+    with self._lock:
+      per_file = list(self._flags.values())
+      bulk = list(self._bulk.values())
+    counts = {
+      k: sum(k in conversion_names(f) for f in per_file) + sum(b.get(k, 0) for b in bulk) for k in CONVERSIONS
+    }
+    return {k: n for k, n in counts.items() if n}
+
+  def summary(self) -> str:
+    """One line ('' when nothing was converted), e.g. 'converted image files: 3 grayscale to RGB, 40 resized'."""
+    counts = self.counts()
+    if not counts:
+      return ''
+    return 'converted image files: ' + ', '.join(f'{n} {kind}' for kind, n in counts.items())
+
+
+class ImageReport:
+  """The skipped files and conversions of one run: pass the same report to every `load_dataset` call of a
+  run (both splits, a split loaded again to evaluate) and each file is warned about and counted once."""
+
+  def __init__(self) -> None:
+    self.skipped = SkippedFiles()
+    self.conversions = Conversions()
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
   """What `load_dataset` yields.
@@ -69,6 +121,8 @@ class DatasetInfo:
   num_shards:   files the split is stored in (TFRecord shards), None for other sources.
   sharded_by_file: True when this worker reads only its own shards (load_dataset's worker_shard).
   skipped:      the files a folder source skips while streaming (see `SkippedFiles`), None otherwise.
+  conversions:  what the source converted to fit (grey to RGB, alpha dropped, cropped, resized; see
+                `Conversions`), None for sources that never convert (digits).
   """
 
   image_shape: tuple[int, int, int]
@@ -79,3 +133,4 @@ class DatasetInfo:
   num_shards: int | None = dataclasses.field(default=None, compare=False)
   skipped: SkippedFiles | None = dataclasses.field(default=None, compare=False, repr=False)
   sharded_by_file: bool = dataclasses.field(default=False, compare=False)
+  conversions: Conversions | None = dataclasses.field(default=None, compare=False, repr=False)

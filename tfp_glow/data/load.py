@@ -10,10 +10,10 @@ import tensorflow as tf
 from tfp_glow.data import arrays, folder, tfds_sources, tfrecord
 from tfp_glow.data.cache import cache_prefix, prepare_file_cache, source_stamp
 from tfp_glow.data.digits import DIGITS_BINS, check_split, load_digits
-from tfp_glow.data.info import DatasetInfo
+from tfp_glow.data.info import DatasetInfo, ImageReport
 from tfp_glow.data.pipeline import batch_and_dequantize, check_cache
 from tfp_glow.data.quantize import check_n_bits
-from tfp_glow.data.transforms import pad_to_32_image, padded_shape
+from tfp_glow.data.transforms import fit_conversions, pad_to_32_image, padded_shape
 
 DATASETS = ('digits',) + tfds_sources.TFDS_DATASETS  # plus the path sources below
 PATH_PREFIXES = (folder.FOLDER_PREFIX, tfrecord.TFRECORD_PREFIX) + arrays.ARRAY_PREFIXES
@@ -52,6 +52,7 @@ def load_dataset(
   cache: str | None = None,
   bad_files: str = 'skip',
   worker_shard: tuple[int, int] | None = None,
+  report: ImageReport | None = None,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
   """A batched, dequantized `tf.data.Dataset` of images and its `DatasetInfo`.
 
@@ -80,6 +81,9 @@ def load_dataset(
   worker_shard: (W, i) for worker i of W (`tfp_glow.training.distribute.worker_shard`): a TFRecord set
     of at least W shards is then read by file, this worker's shards only (DatasetInfo.sharded_by_file);
     other sources ignore it (and are sharded by tf.distribute, by data).
+  report: collects the files skipped and the conversions made (`DatasetInfo.skipped`, `.conversions`;
+    a new `ImageReport` if None). Pass one report to every call of a run (both splits, a split loaded
+    again to evaluate): each file is then warned about and counted once, with one total.
 
   Raises ValueError for bad arguments and DatasetUnavailableError when tfds cannot get the data.
   """
@@ -101,6 +105,8 @@ def load_dataset(
   # What changes the cached bins besides the source (tfp_glow.data.cache): one cache per split and settings.
   settings = dict(n_bits=n_bits, image_size=image_size, with_labels=with_labels, worker_shard=worker_shard)
   n_bins, class_names, num_shards, skipped, by_file = 2**n_bits, None, None, None, False
+  report = report if report is not None else ImageReport()
+  conversions = None  # digits and tfds: nothing reported
 
   if name in tfds_sources.TFDS_DATASETS:
     ds, shape, num_classes, n = tfds_sources.tfds_bins(
@@ -143,14 +149,22 @@ def load_dataset(
     if streamed and source_shuffle:
       common['shuffle'] = False
     if kind == 'folder':
-      ds, shape, class_names, n, skipped = folder.folder_bins(path, split, bad_files=bad_files, **args)
+      ds, shape, class_names, n, skipped = folder.folder_bins(
+        path, split, bad_files=bad_files, report=report, **args
+      )
       num_classes = len(class_names) if class_names else None
     elif kind == 'tfrecord':
+      stored = tuple(tfrecord.read_manifest(path)['image_shape'])
       ds, shape, n_bins, num_classes, class_names, n, num_shards, by_file = tfrecord.tfrecord_bins(
         path, split, worker_shard=worker_shard, **args
       )
     else:
       ds, shape, num_classes, n = arrays.array_bins(path, split, **args)
+      stored = arrays.stored_shape(path, split)
+    if kind != 'folder' and image_size:  # every example alike: counted in bulk
+      kinds = fit_conversions(stored[0], stored[1], image_size, image_size)
+      report.conversions.record_all(f'{name} {split}', kinds, n)
+    conversions = report.conversions
   # Streamed sources (an unbatch, interleave or filter) hide their length from tf.data; where the count is
   # exact, say it, so that Keras knows the batches per epoch. Otherwise Keras reads to the end of the data
   # and warns "Your input ran out of data; interrupting training" on every epoch of fit and every evaluate.
@@ -169,7 +183,9 @@ def load_dataset(
     identity = dict(source=dict(kind=kind, path=where, stamp=source_stamp(path)), pad_to_32=pad_to_32)
     cache = _split_cache(cache, split, identity, settings, shape, n_bins, n, class_names)
   ds = batch_and_dequantize(ds, n_bins, num_examples=n, cache=cache, **common)
-  return ds, DatasetInfo(shape, n_bins, num_classes, n, class_names, num_shards, skipped, by_file)
+  return ds, DatasetInfo(
+    shape, n_bins, num_classes, n, class_names, num_shards, skipped, by_file, conversions
+  )
 
 
 def _split_cache(cache, split, identity, settings, shape, n_bins, n, class_names) -> str | None:

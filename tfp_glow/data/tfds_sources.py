@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 
 from tfp_glow.data.info import DatasetUnavailableError
 from tfp_glow.data.quantize import reduce_bits
-from tfp_glow.data.transforms import center_crop, pad_to_32_image, padded_shape, resize_uint8
+from tfp_glow.data.transforms import center_crop, fit_to_size, pad_to_32_image, padded_shape
 
 TFDS_DATASETS = (
   'mnist',
@@ -82,7 +82,7 @@ def tfds_bins(
     if crop is not None:
       image = center_crop(image, crop)
     if size is not None:
-      image = resize_uint8(image, size)
+      image = fit_to_size(image, size, size)[0]
     if pad_to_32:
       image = pad_to_32_image(image, (h, w, c))
     bins = tf.cast(reduce_bits(tf.ensure_shape(image, shape), n_bits), tf.uint8)

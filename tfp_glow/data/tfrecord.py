@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_glow.data.quantize import reduce_bits
-from tfp_glow.data.transforms import resize_uint8
+from tfp_glow.data.transforms import decode_image, fit_to_size
 
 TFRECORD_PREFIX = 'tfrecord:'
 MANIFEST = 'manifest.json'
@@ -159,10 +159,10 @@ def tfrecord_bins(
 
   def decode(record):
     example = tf.io.parse_single_example(record, spec)
-    image = tf.io.decode_image(example['image'], channels=stored_shape[2], expand_animations=False)
-    image = tf.ensure_shape(image, stored_shape)
+    # A folder's JPEGs are stored as they were: EXIF orientation and channels are applied here.
+    image = tf.ensure_shape(decode_image(example['image'], stored_shape[2])[0], stored_shape)
     if image_size and shape != stored_shape:
-      image = resize_uint8(image, image_size)
+      image = fit_to_size(image, image_size, image_size)[0]  # the rule of every source: crop, never squash
     bins = image if stored_bins != 256 else reduce_bits(image, n_bits)  # e.g. digits: stored as bins
     bins = tf.cast(bins, tf.uint8)
     return (bins, tf.cast(example['label'], tf.int32)) if with_labels else bins
