@@ -3,13 +3,12 @@
 - `check_images` / `check_labels`: shape and dtype errors raised at once (also while tracing), value checks
   (NaN/Inf, range, class ids) as graph assertions when `validate` is on.
 - `first_images`: the first training images of `fit`'s data, for actnorm's data-dependent init.
-- `even_batches`: under N > 1 replicas, batches cut to a multiple of N.
+- `pad_batches`: under N > 1 replicas, batches padded to a multiple of N, the padding weighted 0.
 - `set_monitor_direction`: tells 'auto'-mode callbacks which way our own metrics improve.
 """
 
 from __future__ import annotations
 
-import warnings
 from typing import Sequence
 
 import keras
@@ -93,28 +92,42 @@ def first_images(x, y, count: int):
   return x[:count], (None if y is None else y[:count])
 
 
-def even_batches(data, replicas: int):
-  """Under N = `replicas` > 1, a tf.data.Dataset's batches cut to a multiple of N images (with a
-  warning): Keras (3.15) cannot split an uneven batch across replicas ('Inputs to operation AddN
-  must have the same size'). Other data, and single-device runs, pass unchanged."""
+def pad_batches(data, replicas: int):
+  """Under N = `replicas` > 1, a tf.data.Dataset whose batches are padded to a multiple of N images, with
+  per-image weights: each element becomes {'images': [n + pad, H, W, C], 'weights': [n + pad]} (or that
+  and labels [n + pad]), pad = (-n) mod N; weights 1 for the data's images (or the data's own weights) and
+  0 for the padding, which is zero images (label 0). `unpack` reads either form.
+
+  Keras (3.15) cannot split an uneven batch across replicas ('Inputs to operation AddN must have the
+  same size'); cutting the batch would leave images out, padding keeps every one, and GlowModel's loss
+  and metrics give the padding weight 0 (the mean over the real images; padded images never move a
+  weight). Other data, and single-device runs, pass unchanged."""
   if replicas == 1 or not isinstance(data, tf.data.Dataset):
     return data
   batch = tf.nest.flatten(data.element_spec)[0].shape[0]
   if batch is not None and batch % replicas == 0:
     return data
-  warnings.warn(
-    f'GlowModel: {replicas} replicas: a batch whose size is not a multiple of {replicas} is cut to '
-    f'one (up to {replicas - 1} of its images left out). Batch sizes that are multiples of '
-    f'{replicas} (and drop_remainder=True) keep every image.',
-    stacklevel=4,
-  )
 
-  def cut(*parts):
-    n = tf.shape(tf.nest.flatten(parts)[0])[0]
-    kept = tf.nest.map_structure(lambda t: t[: n - n % replicas], parts)
-    return kept if len(kept) > 1 else kept[0]
+  def pad(*parts):
+    images, labels, weights = unpack(parts if len(parts) > 1 else parts[0])
+    n = tf.shape(images)[0]
+    extra = (replicas - n % replicas) % replicas
+    weights = tf.ones([n], tf.float32) if weights is None else tf.cast(weights, tf.float32)
+    padded = lambda t: tf.pad(t, [[0, extra]] + [[0, 0]] * (t.shape.rank - 1))  # noqa: E731  (zeros)
+    x = {'images': padded(images), 'weights': padded(weights)}
+    return x if labels is None else (x, padded(labels))
 
-  return data.map(cut).filter(lambda *parts: tf.shape(tf.nest.flatten(parts)[0])[0] > 0)
+  return data.map(pad)
+
+
+def unpack(data):
+  """(images, labels or None, per-image weights or None) of one element of fit's or evaluate's data:
+  images, (images, labels), (images, labels, weights), or `pad_batches`' padded form. (A distributed
+  dataset cannot hold None, hence the dict rather than (images, None, weights).)"""
+  images, labels, weights = keras.utils.unpack_x_y_sample_weight(data)
+  if isinstance(images, dict):
+    images, weights = images['images'], images['weights']
+  return images, labels, weights
 
 
 def set_monitor_direction(callback, metrics) -> None:
