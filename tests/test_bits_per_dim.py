@@ -145,7 +145,8 @@ def cli_run(setup, tmp_path_factory):
   return root, f'npz:{data_dir}', per_image
 
 
-@pytest.mark.parametrize('batch_size', BATCH_SIZES)
+# A fresh model load and trace per run: the sizes without a remainder run with --slow.
+@pytest.mark.parametrize('batch_size', [16, 13, *(pytest.param(b, marks=pytest.mark.slow) for b in (65, 64))])
 def test_cli_evaluate_single_sample_and_importance_weighted_agree_at_any_batch_size(
   cli_run, capsys, batch_size
 ):
@@ -209,6 +210,7 @@ def mirrored():
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # a fresh process with 2 logical devices (about 20 s)
 def test_two_replicas_evaluate_every_image_once_at_any_batch_size(mirrored):
   assert mirrored['replicas'] == 2
   for batch_size, value in mirrored['evaluated'].items():
@@ -216,12 +218,14 @@ def test_two_replicas_evaluate_every_image_once_at_any_batch_size(mirrored):
     np.testing.assert_allclose(mirrored['loss'][batch_size], mirrored['reference'], rtol=1e-5)
 
 
+@pytest.mark.slow  # a fresh process with 2 logical devices (about 20 s)
 def test_two_replicas_train_on_the_mean_over_real_images_and_padding_moves_nothing(mirrored):
   assert mirrored['moved'] > 1e-3  # the steps did move the weights
   assert mirrored['weights_diff'] < 1e-5 * max(1.0, mirrored['moved'])
   np.testing.assert_allclose(mirrored['fitted']['mirrored'], mirrored['fitted']['single'], rtol=1e-5)
 
 
+@pytest.mark.slow  # a fresh process with 2 logical devices (about 20 s)
 def test_pad_batches_pads_to_a_multiple_of_the_replicas_with_zero_weights(mirrored):
   # 5 images at batch 3 on 2 replicas: 3 -> 4 images, the padding weighted 0; 2 stays 2.
   assert [(b['images'], b['weights']) for b in mirrored['padded']] == [(4, [1, 1, 1, 0]), (2, [1, 1])]

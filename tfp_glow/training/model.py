@@ -273,7 +273,8 @@ class GlowModel(keras.Model):
     q is the model's dequantization (uniform: log q = 0). `data`: images [N, H, W, C] in [-0.5, 0.5)
     (their bins are used, so dequantized images work), or a `tf.data.Dataset` of such batches (or of
     (images, labels)). Memory is bounded: each flow pass sees at most `max_images` images.
-    `seed` makes it reproducible. Returns the mean, or per-image values [N] if `per_image`.
+    `seed` makes it reproducible. Returns the mean over images (whatever the batching), or per-image values
+    [N] if `per_image`.
     """
     if not isinstance(samples, (int, np.integer)) or samples < 1:
       raise ValueError(f'evaluate_bits_per_dim: samples must be an integer >= 1, got {samples!r}.')
