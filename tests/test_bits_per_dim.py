@@ -229,3 +229,13 @@ def test_two_replicas_train_on_the_mean_over_real_images_and_padding_moves_nothi
 def test_pad_batches_pads_to_a_multiple_of_the_replicas_with_zero_weights(mirrored):
   # 5 images at batch 3 on 2 replicas: 3 -> 4 images, the padding weighted 0; 2 stays 2.
   assert [(b['images'], b['weights']) for b in mirrored['padded']] == [(4, [1, 1, 1, 0]), (2, [1, 1])]
+
+
+def test_sample_weights_in_the_data_are_refused_as_fit_refuses_sample_weight(setup):
+  """Every image counts once: a weight in the data would change what bits/dim means (before: ignored)."""
+  model, images, _ = setup
+  weighted = tf.data.Dataset.from_tensor_slices((images, np.zeros([N_IMAGES], np.int32), np.ones([N_IMAGES])))
+  with pytest.raises(ValueError, match='sample weights'):
+    model.evaluate(weighted.batch(16), verbose=0)
+  with pytest.raises(ValueError, match='sample_weight cannot be honoured'):
+    model.evaluate(images, sample_weight=np.ones([N_IMAGES]), batch_size=16, verbose=0)

@@ -112,7 +112,9 @@ def pad_batches(data, replicas: int):
     images, labels, weights = unpack(parts if len(parts) > 1 else parts[0])
     n = tf.shape(images)[0]
     extra = (replicas - n % replicas) % replicas
-    weights = tf.ones([n], tf.float32) if weights is None else tf.cast(weights, tf.float32)
+    weights = (
+      tf.ones([n], tf.float32) if weights is None else tf.cast(weights, tf.float32)
+    )  # already padded (fit pads validation data, then evaluate)
     padded = lambda t: tf.pad(t, [[0, extra]] + [[0, 0]] * (t.shape.rank - 1))  # noqa: E731  (zeros)
     x = {'images': padded(images), 'weights': padded(weights)}
     return x if labels is None else (x, padded(labels))
@@ -122,9 +124,17 @@ def pad_batches(data, replicas: int):
 
 def unpack(data):
   """(images, labels or None, per-image weights or None) of one element of fit's or evaluate's data:
-  images, (images, labels), (images, labels, weights), or `pad_batches`' padded form. (A distributed
-  dataset cannot hold None, hence the dict rather than (images, None, weights).)"""
+  images, (images, labels), or `pad_batches`' padded form (weights: 1 for an image, 0 for padding; a
+  distributed dataset cannot hold None, hence a dict rather than (images, None, weights)). Sample weights
+  of the user's own ((images, labels, weights), `evaluate(sample_weight=...)`) are refused, as `fit`
+  refuses `sample_weight`: every image counts once in the mean -log p(x)."""
   images, labels, weights = keras.utils.unpack_x_y_sample_weight(data)
+  if weights is not None:
+    raise ValueError(
+      'GlowModel: the data holds sample weights (images, labels, weights); a density model cannot honour '
+      'them (bits/dim is the mean -log p(x) over images, every image counted once): leave them out, or '
+      'repeat / filter examples instead.'
+    )
   if isinstance(images, dict):
     images, weights = images['images'], images['weights']
   return images, labels, weights

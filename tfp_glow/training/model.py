@@ -35,8 +35,7 @@ class GlowModel(keras.Model):
   Every figure (`fit`'s and `evaluate`'s metrics, `val_*`, what callbacks monitor) is this mean over all the
   images seen (per-image values, so a short last batch weighs by its size, not as one whole batch); under a
   distribution strategy a batch that does not split evenly is padded and the padding weighted 0
-  (`tfp_glow.training.inputs.pad_batches`). A per-image weight w_n in the data ((images, labels, weights))
-  makes it sum_n w_n bpd_n / sum_n w_n.
+  (`tfp_glow.training.inputs.pad_batches`).
   Class-conditional (`num_classes`): data is (images, labels); the top prior depends on the label,
   and a zero-initialized linear classifier on the mean of the top activations adds
   `class_loss_weight` * cross-entropy in bits (the reference's ycond and weight_y = 0.01).
@@ -216,7 +215,13 @@ class GlowModel(keras.Model):
 
   def evaluate(self, x=None, y=None, *args, **kwargs):
     """`keras.Model.evaluate`: bits/dim and loss are means over images (under a distribution strategy,
-    a batch that does not split evenly is padded, the padding weighted 0)."""
+    a batch that does not split evenly is padded, the padding weighted 0). Refuses `sample_weight`, as `fit`
+    does (Keras would drop it silently without y)."""
+    if kwargs.get('sample_weight') is not None:
+      raise ValueError(
+        'GlowModel.evaluate: sample_weight cannot be honoured by a density model (bits/dim is the mean '
+        '-log p(x) over images, every image counted once); leave it out.'
+      )
     return super().evaluate(self._pad_batches(x), y, *args, **kwargs)
 
   def _pad_batches(self, data):
@@ -319,7 +324,7 @@ class GlowModel(keras.Model):
     return {m.name: _result_over_replicas(m) for m in self._step_metrics()}
 
   def _image_weights(self, weights, images) -> tf.Tensor:
-    """The data's per-image weights [N] (1 for each image when the data has none; 0 for padding)."""
+    """Per-image weights [N]: 1 for each image, 0 for `pad_batches`' padding (None: no padding, all 1)."""
     if weights is None:
       return tf.ones(tf.shape(images)[:1], self.glow.dtype)
     weights = tf.cast(tf.convert_to_tensor(weights), self.glow.dtype)
