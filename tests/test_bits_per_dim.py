@@ -193,8 +193,21 @@ STRATEGY_SCRIPT = textwrap.dedent("""
   weights_diff = max(float(np.max(np.abs(a.numpy() - b.numpy())))
                      for a, b in zip(single.trainable_variables, mirrored.trainable_variables))
   moved = max(float(np.max(np.abs(a.numpy() - b))) for a, b in zip(single.trainable_variables, before))
-  padded = [dict(images=int(b['images'].shape[0]), weights=b['weights'].numpy().tolist()) for b in inputs.pad_batches(tf.data.Dataset.from_tensor_slices(images[:5]).batch(3), 2)]
-  print(json.dumps(dict(replicas=strategy.num_replicas_in_sync, reference=reference,
+  padded = []
+  for packed in inputs.pad_batches(tf.data.Dataset.from_tensor_slices(images[:5]).batch(3), 2):
+    x, labels, weights = inputs.unpack(packed, (8, 8, 1))
+    padded.append(dict(images=int(x.shape[0]), weights=weights.numpy().tolist(), labels=labels is None,
+                       same=bool(np.array_equal(x.numpy()[weights.numpy() > 0], images[:5][len(padded) * 3 :][:3]))))
+  # A conditional model: its labels travel through the padding too.
+  labels = (np.arange(65) % 3).astype(np.int32)
+  with strategy.scope():
+    cond = perturbed_model(images, num_classes=3, class_loss_weight=1.0)
+  cond_single = perturbed_model(images, num_classes=3, class_loss_weight=1.0)
+  cond_single.set_weights(cond.get_weights())
+  cond_data = lambda b: tf.data.Dataset.from_tensor_slices((images, labels)).batch(b)
+  conditional = dict(mirrored=cond.evaluate(cond_data(13), verbose=0, return_dict=True),
+                     single=cond_single.evaluate(cond_data(65), verbose=0, return_dict=True))
+  print(json.dumps(dict(replicas=strategy.num_replicas_in_sync, reference=reference, conditional=conditional,
                         evaluated={{b: r['bits_per_dim'] for b, r in evaluated.items()}},
                         loss={{b: r['loss'] for b, r in evaluated.items()}},
                         fitted={{n: h['bits_per_dim'][-1] for n, h in fitted.items()}},
@@ -219,6 +232,12 @@ def test_two_replicas_evaluate_every_image_once_at_any_batch_size(mirrored):
 
 
 @pytest.mark.slow  # a fresh process with 2 logical devices (about 20 s)
+def test_two_replicas_evaluate_a_conditional_model_as_one_device_does(mirrored):
+  for name, value in mirrored['conditional']['single'].items():
+    np.testing.assert_allclose(mirrored['conditional']['mirrored'][name], value, rtol=1e-5, err_msg=name)
+
+
+@pytest.mark.slow  # a fresh process with 2 logical devices (about 20 s)
 def test_two_replicas_train_on_the_mean_over_real_images_and_padding_moves_nothing(mirrored):
   assert mirrored['moved'] > 1e-3  # the steps did move the weights
   assert mirrored['weights_diff'] < 1e-5 * max(1.0, mirrored['moved'])
@@ -229,6 +248,7 @@ def test_two_replicas_train_on_the_mean_over_real_images_and_padding_moves_nothi
 def test_pad_batches_pads_to_a_multiple_of_the_replicas_with_zero_weights(mirrored):
   # 5 images at batch 3 on 2 replicas: 3 -> 4 images, the padding weighted 0; 2 stays 2.
   assert [(b['images'], b['weights']) for b in mirrored['padded']] == [(4, [1, 1, 1, 0]), (2, [1, 1])]
+  assert all(b['labels'] and b['same'] for b in mirrored['padded'])  # the images come back unchanged
 
 
 def test_sample_weights_in_the_data_are_refused_as_fit_refuses_sample_weight(setup):

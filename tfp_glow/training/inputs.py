@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import keras
@@ -93,41 +94,56 @@ def first_images(x, y, count: int):
 
 
 def pad_batches(data, replicas: int):
-  """Under N = `replicas` > 1, a tf.data.Dataset whose batches are padded to a multiple of N images, with
-  per-image weights: each element becomes {'images': [n + pad, H, W, C], 'weights': [n + pad]} (or that
-  and labels [n + pad]), pad = (-n) mod N; weights 1 for the data's images (or the data's own weights) and
-  0 for the padding, which is zero images (label 0). `unpack` reads either form.
+  """Under N = `replicas` > 1, a tf.data.Dataset whose batches are padded to a multiple of N images, each
+  element packed into one tensor [n + pad, D + 1 (+ 1)], pad = (-n) mod N: per row the image's D pixels
+  (flattened), its weight (1 for the data's images, 0 for the padding), and its label for (images, labels)
+  data; padding rows are all zeros. `unpack` reads it back.
 
   Keras (3.15) cannot split an uneven batch across replicas ('Inputs to operation AddN must have the
   same size'); cutting the batch would leave images out, padding keeps every one, and GlowModel's loss
   and metrics give the padding weight 0 (the mean over the real images; padded images never move a
-  weight). Other data, and single-device runs, pass unchanged."""
+  weight). One tensor rather than a nest: Keras reduces the first batch of a distributed dataset with
+  `strategy.reduce`, which takes no nest under MultiWorkerMirroredStrategy. Labels are stored as floats
+  (exact for class ids below 2**24). Other data, and single-device runs, pass unchanged."""
   if replicas == 1 or not isinstance(data, tf.data.Dataset):
     return data
   batch = tf.nest.flatten(data.element_spec)[0].shape[0]
   if batch is not None and batch % replicas == 0:
     return data
+  spec = data.element_spec
+  packed_already = isinstance(spec, tf.TensorSpec) and spec.shape.rank == 2  # fit's validation data, again
 
   def pad(*parts):
-    images, labels, weights = unpack(parts if len(parts) > 1 else parts[0])
-    n = tf.shape(images)[0]
-    extra = (replicas - n % replicas) % replicas
-    weights = (
-      tf.ones([n], tf.float32) if weights is None else tf.cast(weights, tf.float32)
-    )  # already padded (fit pads validation data, then evaluate)
-    padded = lambda t: tf.pad(t, [[0, extra]] + [[0, 0]] * (t.shape.rank - 1))  # noqa: E731  (zeros)
-    x = {'images': padded(images), 'weights': padded(weights)}
-    return x if labels is None else (x, padded(labels))
+    element = parts if len(parts) > 1 else parts[0]
+    packed = element if packed_already else _pack(element)
+    if packed is None:  # not images the model takes: its own checks name the problem
+      return element
+    extra = (replicas - tf.shape(packed)[0] % replicas) % replicas
+    return tf.pad(packed, [[0, extra], [0, 0]])  # zero rows: weight 0
 
   return data.map(pad)
 
 
-def unpack(data):
+def _pack(element) -> tf.Tensor | None:
+  """images [n, H, W, C] (and labels [n]) -> [n, D + 1 (+ 1)]: pixels, weight 1, (label); None for
+  anything else."""
+  images, labels, _ = unpack(element)
+  images = tf.convert_to_tensor(images)
+  if not images.dtype.is_floating or images.shape.rank != 4 or not images.shape[1:].is_fully_defined():
+    return None
+  n = tf.shape(images)[0]
+  columns = [tf.reshape(images, [n, math.prod(images.shape[1:])]), tf.ones([n, 1], images.dtype)]
+  if labels is not None:
+    columns.append(tf.cast(tf.reshape(labels, [n, 1]), images.dtype))
+  return tf.concat(columns, axis=1)
+
+
+def unpack(data, image_shape: Sequence[int] | None = None):
   """(images, labels or None, per-image weights or None) of one element of fit's or evaluate's data:
-  images, (images, labels), or `pad_batches`' padded form (weights: 1 for an image, 0 for padding; a
-  distributed dataset cannot hold None, hence a dict rather than (images, None, weights)). Sample weights
-  of the user's own ((images, labels, weights), `evaluate(sample_weight=...)`) are refused, as `fit`
-  refuses `sample_weight`: every image counts once in the mean -log p(x)."""
+  images, (images, labels), or `pad_batches`' packed form [n, D + 1 (+ 1)] (read when `image_shape` is
+  given; weights 1 for an image, 0 for padding). Sample weights of the user's own ((images, labels,
+  weights), `evaluate(sample_weight=...)`) are refused, as `fit` refuses `sample_weight`: every image
+  counts once in the mean -log p(x)."""
   images, labels, weights = keras.utils.unpack_x_y_sample_weight(data)
   if weights is not None:
     raise ValueError(
@@ -135,9 +151,15 @@ def unpack(data):
       'them (bits/dim is the mean -log p(x) over images, every image counted once): leave them out, or '
       'repeat / filter examples instead.'
     )
-  if isinstance(images, dict):
-    images, weights = images['images'], images['weights']
-  return images, labels, weights
+  if image_shape is None or labels is not None or not isinstance(images, tf.Tensor) or images.shape.rank != 2:
+    return images, labels, None
+  d = math.prod(image_shape)
+  if images.shape[1] not in (d + 1, d + 2):
+    return images, labels, None  # not packed: check_images names the wrong shape
+  packed = images
+  images = tf.reshape(packed[:, :d], [-1, *image_shape])
+  labels = tf.cast(tf.round(packed[:, d + 1]), tf.int32) if packed.shape[1] == d + 2 else None
+  return images, labels, packed[:, d]
 
 
 def set_monitor_direction(callback, metrics) -> None:

@@ -124,7 +124,7 @@ class GlowModel(keras.Model):
     self.class_tracker = keras.metrics.SparseCategoricalAccuracy(name='class_accuracy')
     self.skip_tracker = guard.Count(name='skipped_steps')  # per epoch, see train_step
     # Why steps were skipped (for the message when too many are); not a weight, not saved.
-    self._guard_state = _Untracked(skip_causes=guard.SkipCauses())
+    self._guard_state = _Untracked(skip_causes=guard.SkipCauses(), packed_inputs={})
     self.built = True
 
   def get_config(self):
@@ -193,9 +193,9 @@ class GlowModel(keras.Model):
       self.initialize(images, labels if self.num_classes else None)
     if isinstance(x, tf.data.Dataset):
       kwargs.setdefault('shuffle', False)  # a Dataset shuffles itself; Keras warns otherwise
-    x = self._pad_batches(x)
+    x = self._pad_batches(x, 'train_function')
     if 'validation_data' in kwargs:
-      kwargs['validation_data'] = self._pad_batches(kwargs['validation_data'])
+      kwargs['validation_data'] = self._pad_batches(kwargs['validation_data'], 'test_function')
     callbacks = list(kwargs.get('callbacks') or [])
     for callback in callbacks:
       model_inputs.set_monitor_direction(callback, self._step_metrics() + [self.skip_tracker])
@@ -222,10 +222,20 @@ class GlowModel(keras.Model):
         'GlowModel.evaluate: sample_weight cannot be honoured by a density model (bits/dim is the mean '
         '-log p(x) over images, every image counted once); leave it out.'
       )
-    return super().evaluate(self._pad_batches(x), y, *args, **kwargs)
+    return super().evaluate(self._pad_batches(x, 'test_function'), y, *args, **kwargs)
 
-  def _pad_batches(self, data):
-    return model_inputs.pad_batches(data, self.distribute_strategy.num_replicas_in_sync)
+  def _pad_batches(self, data, function: str):
+    """`inputs.pad_batches` for the step that `function` ('train_function' / 'test_function') runs. When the
+    data's form changes between packed (padded) and plain images, the step is traced afresh: its cached
+    tf.function (reduce_retracing) would otherwise generalize to an input of unknown rank."""
+    replicas = self.distribute_strategy.num_replicas_in_sync
+    padded = model_inputs.pad_batches(data, replicas)
+    if replicas > 1:
+      packed, forms = padded is not data, self._guard_state.packed_inputs
+      if forms.get(function, packed) != packed:
+        setattr(self, function, None)  # Keras makes a new one
+      forms[function] = packed
+    return padded
 
   def compile(self, optimizer=None, **kwargs):
     """`keras.Model.compile`; the default optimizer is Adamax, lr 1e-3, with linear warmup."""
@@ -327,10 +337,7 @@ class GlowModel(keras.Model):
     """Per-image weights [N]: 1 for each image, 0 for `pad_batches`' padding (None: no padding, all 1)."""
     if weights is None:
       return tf.ones(tf.shape(images)[:1], self.glow.dtype)
-    weights = tf.cast(tf.convert_to_tensor(weights), self.glow.dtype)
-    if weights.shape.rank != 1:
-      raise ValueError(f'GlowModel: per-image weights must have shape [N], got {weights.shape}.')
-    return weights
+    return tf.cast(weights, self.glow.dtype)
 
   def _step_metrics(self):
     trackers = [self.loss_tracker, self.bpd_tracker]
@@ -348,7 +355,7 @@ class GlowModel(keras.Model):
     LossScaleOptimizer does, not zeroed gradients, which would still move Adam's moments).
     Skips are counted in the `skipped_steps` metric (per epoch); `fit` stops with
     `TrainingDivergedError` after `max_consecutive_skips` skips in a row."""
-    images, labels, weights = model_inputs.unpack(data)
+    images, labels, weights = model_inputs.unpack(data, self.image_shape)
     weights = self._image_weights(weights, images)
     images = self._check_images(images, check_values=False)  # static checks raise at trace time
     labels = self._check_labels(labels, required=True, check_values=False)
@@ -388,7 +395,7 @@ class GlowModel(keras.Model):
 
   @tf.autograph.experimental.do_not_convert
   def test_step(self, data):
-    images, labels, weights = model_inputs.unpack(data)
+    images, labels, weights = model_inputs.unpack(data, self.image_shape)
     weights = self._image_weights(weights, images)
     images = self._check_images(images)
     labels = self._check_labels(labels, required=True)
