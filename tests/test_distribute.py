@@ -45,7 +45,7 @@ SCRIPT = textwrap.dedent("""
     images[40, 0, 0, 0] = np.nan
     bad = model.fit(images, batch_size=64, epochs=1, verbose=0).history
     untouched = all(np.array_equal(a, b) for a, b in zip(kept, state()))
-    # README's example under the strategy: a validation batch of 297 does not split in two.
+    # README's example under the strategy: a validation batch of 297 does not split in two (padded).
     test, _ = data.load_dataset("digits", "test", batch_size=297, shuffle=False)
     uneven = model.fit(train.take(2), validation_data=test, epochs=1, verbose=0).history["val_bits_per_dim"][-1]
     print(json.dumps(dict(replicas=strategy.num_replicas_in_sync, initialized=model.is_initialized,
@@ -78,7 +78,7 @@ def test_a_bad_batch_on_one_replica_is_skipped_on_all(result):
 
 
 @pytest.mark.slow  # the module's mirrored-strategy run costs about 20 s
-def test_a_batch_that_does_not_split_evenly_is_cut_to_one_that_does(result):
+def test_a_batch_that_does_not_split_evenly_is_padded(result):
   assert 0 < result['uneven'] < 10
 
 

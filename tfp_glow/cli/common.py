@@ -54,6 +54,7 @@ def save_grid(path: str, images, columns: int, zoom: int | None = None) -> None:
 
 
 def bits_per_dim(model: GlowModel, dataset) -> float:
+  """The model's bits/dim on `dataset`: the mean over its images, whatever the batch size (`model.evaluate`)."""
   return float(model.evaluate(dataset, verbose=0, return_dict=True)['bits_per_dim'])
 
 

@@ -3,13 +3,13 @@
 - `check_images` / `check_labels` (and `check_label_dtype` of fit's data): shape and dtype errors raised at once (also while tracing), value checks
   (NaN/Inf, range, class ids) as graph assertions when `validate` is on.
 - `first_images`: the first training images of `fit`'s data, for actnorm's data-dependent init.
-- `even_batches`: under N > 1 replicas, batches cut to a multiple of N.
+- `pad_batches`: under N > 1 replicas, batches padded to a multiple of N, the padding weighted 0.
 - `set_monitor_direction`: tells 'auto'-mode callbacks which way our own metrics improve.
 """
 
 from __future__ import annotations
 
-import warnings
+import math
 from typing import Sequence
 
 import keras
@@ -135,28 +135,73 @@ def first_images(x, y, count: int):
   return x[:count], (None if y is None else y[:count])
 
 
-def even_batches(data, replicas: int):
-  """Under N = `replicas` > 1, a tf.data.Dataset's batches cut to a multiple of N images (with a
-  warning): Keras (3.15) cannot split an uneven batch across replicas ('Inputs to operation AddN
-  must have the same size'). Other data, and single-device runs, pass unchanged."""
+def pad_batches(data, replicas: int):
+  """Under N = `replicas` > 1, a tf.data.Dataset whose batches are padded to a multiple of N images, each
+  element packed into one tensor [n + pad, D + 1 (+ 1)], pad = (-n) mod N: per row the image's D pixels
+  (flattened), its weight (1 for the data's images, 0 for the padding), and its label for (images, labels)
+  data; padding rows are all zeros. `unpack` reads it back.
+
+  Keras (3.15) cannot split an uneven batch across replicas ('Inputs to operation AddN must have the
+  same size'); cutting the batch would leave images out, padding keeps every one, and GlowModel's loss
+  and metrics give the padding weight 0 (the mean over the real images; padded images never move a
+  weight). One tensor rather than a nest: Keras reduces the first batch of a distributed dataset with
+  `strategy.reduce`, which takes no nest under MultiWorkerMirroredStrategy. Labels are stored as floats
+  (exact for class ids below 2**24). Other data, and single-device runs, pass unchanged."""
   if replicas == 1 or not isinstance(data, tf.data.Dataset):
     return data
   batch = tf.nest.flatten(data.element_spec)[0].shape[0]
   if batch is not None and batch % replicas == 0:
     return data
-  warnings.warn(
-    f'GlowModel: {replicas} replicas: a batch whose size is not a multiple of {replicas} is cut to '
-    f'one (up to {replicas - 1} of its images left out). Batch sizes that are multiples of '
-    f'{replicas} (and drop_remainder=True) keep every image.',
-    stacklevel=4,
-  )
+  spec = data.element_spec
+  packed_already = isinstance(spec, tf.TensorSpec) and spec.shape.rank == 2  # fit's validation data, again
 
-  def cut(*parts):
-    n = tf.shape(tf.nest.flatten(parts)[0])[0]
-    kept = tf.nest.map_structure(lambda t: t[: n - n % replicas], parts)
-    return kept if len(kept) > 1 else kept[0]
+  def pad(*parts):
+    element = parts if len(parts) > 1 else parts[0]
+    packed = element if packed_already else _pack(element)
+    if packed is None:  # not images the model takes: its own checks name the problem
+      return element
+    extra = (replicas - tf.shape(packed)[0] % replicas) % replicas
+    return tf.pad(packed, [[0, extra], [0, 0]])  # zero rows: weight 0
 
-  return data.map(cut).filter(lambda *parts: tf.shape(tf.nest.flatten(parts)[0])[0] > 0)
+  return data.map(pad)
+
+
+def _pack(element) -> tf.Tensor | None:
+  """images [n, H, W, C] (and labels [n]) -> [n, D + 1 (+ 1)]: pixels, weight 1, (label); None for
+  anything else."""
+  images, labels, _ = unpack(element)
+  images = tf.convert_to_tensor(images)
+  if not images.dtype.is_floating or images.shape.rank != 4 or not images.shape[1:].is_fully_defined():
+    return None
+  n = tf.shape(images)[0]
+  columns = [tf.reshape(images, [n, math.prod(images.shape[1:])]), tf.ones([n, 1], images.dtype)]
+  if labels is not None:
+    columns.append(tf.cast(tf.reshape(labels, [n, 1]), images.dtype))
+  return tf.concat(columns, axis=1)
+
+
+def unpack(data, image_shape: Sequence[int] | None = None):
+  """(images, labels or None, per-image weights or None) of one element of fit's or evaluate's data:
+  images, (images, labels), or `pad_batches`' packed form [n, D + 1 (+ 1)] (read when `image_shape` is
+  given; weights 1 for an image, 0 for padding). Sample weights of the user's own ((images, labels,
+  weights), `evaluate(sample_weight=...)`) are refused, as `fit` refuses `sample_weight`: every image
+  counts once in the mean -log p(x)."""
+  images, labels, weights = keras.utils.unpack_x_y_sample_weight(data)
+  if weights is not None:
+    raise ValueError(
+      'GlowModel: the data holds sample weights (images, labels, weights); a density model cannot honour '
+      'them (bits/dim is the mean -log p(x) over images, every image counted once): leave them out, or '
+      'repeat / filter examples instead.'
+    )
+  if image_shape is None or labels is not None or not isinstance(images, tf.Tensor) or images.shape.rank != 2:
+    return images, labels, None
+  d = math.prod(image_shape)
+  if images.shape[1] not in (d + 1, d + 2):
+    return images, labels, None  # not packed: check_images names the wrong shape
+  packed = images
+  images = tf.reshape(packed[:, :d], [-1, *image_shape])
+  labels = tf.cast(tf.round(packed[:, d + 1]), tf.int32) if packed.shape[1] == d + 2 else None
+  return images, labels, packed[:, d]
 
 
 def set_monitor_direction(callback, metrics) -> None:

@@ -29,9 +29,13 @@ from tfp_glow.training.optim import default_optimizer
 class GlowModel(keras.Model):
   """A Keras model around the Glow distribution over images x in [-0.5, 0.5) (dequantized).
 
-  Loss (per batch, in bits per dimension, D = H * W * C):
+  Loss (in bits per dimension, D = H * W * C), the mean over images:
     bits_per_dim = mean_n (-log p(x_n) + D * log(n_bins)) / (D * ln 2)
   which is the discrete data's negative log-likelihood bound; a uniform model scores log2(n_bins).
+  Every figure (`fit`'s and `evaluate`'s metrics, `val_*`, what callbacks monitor) is this mean over all the
+  images seen (per-image values, so a short last batch weighs by its size, not as one whole batch); under a
+  distribution strategy a batch that does not split evenly is padded and the padding weighted 0
+  (`tfp_glow.training.inputs.pad_batches`).
   Class-conditional (`num_classes`): data is (images, labels); the top prior depends on the label,
   and a zero-initialized linear classifier on the mean of the top activations adds
   `class_loss_weight` * cross-entropy in bits (the reference's ycond and weight_y = 0.01).
@@ -129,7 +133,7 @@ class GlowModel(keras.Model):
     self.class_tracker = keras.metrics.SparseCategoricalAccuracy(name='class_accuracy')
     self.skip_tracker = guard.Count(name='skipped_steps')  # per epoch, see train_step
     # Why steps were skipped (for the message when too many are); not a weight, not saved.
-    self._guard_state = _Untracked(skip_causes=guard.SkipCauses())
+    self._guard_state = _Untracked(skip_causes=guard.SkipCauses(), packed_inputs={})
     self.built = True
 
   def get_config(self):
@@ -200,9 +204,9 @@ class GlowModel(keras.Model):
       self.initialize(images, labels if self.num_classes else None)
     if isinstance(x, tf.data.Dataset):
       kwargs.setdefault('shuffle', False)  # a Dataset shuffles itself; Keras warns otherwise
-    x = self._even_batches(x)
+    x = self._pad_batches(x, 'train_function')
     if 'validation_data' in kwargs:
-      kwargs['validation_data'] = self._even_batches(kwargs['validation_data'])
+      kwargs['validation_data'] = self._pad_batches(kwargs['validation_data'], 'test_function')
     callbacks = list(kwargs.get('callbacks') or [])
     for callback in callbacks:
       model_inputs.set_monitor_direction(callback, self._step_metrics() + [self.skip_tracker])
@@ -221,11 +225,28 @@ class GlowModel(keras.Model):
       ) from None
 
   def evaluate(self, x=None, y=None, *args, **kwargs):
-    """`keras.Model.evaluate` (under a distribution strategy, with batches cut to split evenly)."""
-    return super().evaluate(self._even_batches(x), y, *args, **kwargs)
+    """`keras.Model.evaluate`: bits/dim and loss are means over images (under a distribution strategy,
+    a batch that does not split evenly is padded, the padding weighted 0). Refuses `sample_weight`, as `fit`
+    does (Keras would drop it silently without y)."""
+    if kwargs.get('sample_weight') is not None:
+      raise ValueError(
+        'GlowModel.evaluate: sample_weight cannot be honoured by a density model (bits/dim is the mean '
+        '-log p(x) over images, every image counted once); leave it out.'
+      )
+    return super().evaluate(self._pad_batches(x, 'test_function'), y, *args, **kwargs)
 
-  def _even_batches(self, data):
-    return model_inputs.even_batches(data, self.distribute_strategy.num_replicas_in_sync)
+  def _pad_batches(self, data, function: str):
+    """`inputs.pad_batches` for the step that `function` ('train_function' / 'test_function') runs. When the
+    data's form changes between packed (padded) and plain images, the step is traced afresh: its cached
+    tf.function (reduce_retracing) would otherwise generalize to an input of unknown rank."""
+    replicas = self.distribute_strategy.num_replicas_in_sync
+    padded = model_inputs.pad_batches(data, replicas)
+    if replicas > 1:
+      packed, forms = padded is not data, self._guard_state.packed_inputs
+      if forms.get(function, packed) != packed:
+        setattr(self, function, None)  # Keras makes a new one
+      forms[function] = packed
+    return padded
 
   def compile(self, optimizer=None, **kwargs):
     """`keras.Model.compile`; the default optimizer is Adamax, lr 1e-3, with linear warmup."""
@@ -249,13 +270,9 @@ class GlowModel(keras.Model):
     """(-log p(x) + D log(n_bins)) / (D ln 2), per image (see `tfp_glow.distribution.bits_per_dim`)."""
     return bits_per_dim(log_prob, self.num_dims, self.n_bins)
 
-  def _loss_terms(self, data):
-    images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
-    images = self._check_images(images)
-    labels = self._check_labels(labels, required=True)
-    return self._loss_terms_of(images, labels)
-
   def _loss_terms_of(self, images, labels):
+    """Per-image terms of the loss: (loss [N], bits/dim [N], labels, logits or None); loss_n = bpd_n, plus
+    class_loss_weight * cross-entropy_n / ln 2 for a conditional model. Callers take the (weighted) mean."""
     log_q = 0.0  # uniform: the images come dequantized, u ~ U[0, 1), log q = 0
     if self.dequantizer is not None:  # variational: the same bins, u ~ q(u|x) instead
       images, log_q = dequant.dequantize_with(self.dequantizer, images, self.n_bins, dtype=self.glow.dtype)
@@ -263,12 +280,12 @@ class GlowModel(keras.Model):
     base = self.distribution.distribution
     # The bound's continuous term log p(x + u) - log q(u|x) (tfp_glow.dequantization).
     log_prob = base.log_prob(self.glow.join_latents(enc.latents)) + enc.log_det - log_q
-    bpd = tf.reduce_mean(self.bits_per_dim(log_prob))
+    bpd = self.bits_per_dim(log_prob)
     loss, logits = bpd, None
     if self.classifier is not None:
       logits = self.classifier(tf.reduce_mean(enc.top, axis=[1, 2]))
       xent = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-      loss = loss + self._glow_config['class_loss_weight'] * tf.reduce_mean(xent) / math.log(2.0)
+      loss = loss + self._glow_config['class_loss_weight'] * tf.cast(xent, loss.dtype) / math.log(2.0)
     return loss, bpd, labels, logits
 
   def evaluate_bits_per_dim(
@@ -282,7 +299,8 @@ class GlowModel(keras.Model):
     q is the model's dequantization (uniform: log q = 0). `data`: images [N, H, W, C] in [-0.5, 0.5)
     (their bins are used, so dequantized images work), or a `tf.data.Dataset` of such batches (or of
     (images, labels)). Memory is bounded: each flow pass sees at most `max_images` images.
-    `seed` makes it reproducible. Returns the mean, or per-image values [N] if `per_image`.
+    `seed` makes it reproducible. Returns the mean over images (whatever the batching), or per-image values
+    [N] if `per_image`.
     """
     if not isinstance(samples, (int, np.integer)) or samples < 1:
       raise ValueError(f'evaluate_bits_per_dim: samples must be an integer >= 1, got {samples!r}.')
@@ -311,16 +329,27 @@ class GlowModel(keras.Model):
     bpd = np.concatenate(values) if values else np.zeros([0], np.float32)
     return bpd if per_image else float(np.mean(bpd))
 
-  def _record_metrics(self, loss, bpd, labels, logits, weight=None):
-    # `weight` 0 (a skipped step) leaves the means as they were; the values are zeroed first,
-    # since 0 * NaN would still be NaN.
-    keep = (lambda v: v) if weight is None else (lambda v: tf.where(weight > 0, v, tf.zeros_like(v)))
-    self.loss_tracker.update_state(keep(loss), sample_weight=weight)
-    self.bpd_tracker.update_state(keep(bpd), sample_weight=weight)
+  def _record_metrics(self, loss, bpd, labels, logits, weights):
+    """Adds one batch's per-image values (loss, bpd [N], logits [N, classes]) with their weights [N] to the
+    trackers, which hold sum_n w_n v_n and sum_n w_n over the epoch (summed over replicas): their result
+    is the mean over images, whatever the batch sizes. Weight 0 (padding, a skipped step) leaves the
+    means as they were; those values are zeroed first, since 0 * NaN would still be NaN."""
+
+    def keep(v):
+      kept = tf.reshape(weights > 0, [-1] + [1] * (v.shape.rank - 1))
+      return tf.where(kept, v, tf.zeros_like(v))
+
+    self.loss_tracker.update_state(keep(loss), sample_weight=weights)
+    self.bpd_tracker.update_state(keep(bpd), sample_weight=weights)
     if logits is not None:
-      batch_weight = None if weight is None else tf.fill(tf.shape(labels), weight)
-      self.class_tracker.update_state(labels, keep(logits), sample_weight=batch_weight)
-    return {m.name: m.result() for m in self._step_metrics()}
+      self.class_tracker.update_state(labels, keep(logits), sample_weight=weights)
+    return {m.name: _result_over_replicas(m) for m in self._step_metrics()}
+
+  def _image_weights(self, weights, images) -> tf.Tensor:
+    """Per-image weights [N]: 1 for each image, 0 for `pad_batches`' padding (None: no padding, all 1)."""
+    if weights is None:
+      return tf.ones(tf.shape(images)[:1], self.glow.dtype)
+    return tf.cast(weights, self.glow.dtype)
 
   def _step_metrics(self):
     trackers = [self.loss_tracker, self.bpd_tracker]
@@ -338,7 +367,8 @@ class GlowModel(keras.Model):
     LossScaleOptimizer does, not zeroed gradients, which would still move Adam's moments).
     Skips are counted in the `skipped_steps` metric (per epoch); `fit` stops with
     `TrainingDivergedError` after `max_consecutive_skips` skips in a row."""
-    images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+    images, labels, weights = model_inputs.unpack(data, self.image_shape)
+    weights = self._image_weights(weights, images)
     images = self._check_images(images, check_values=False)  # static checks raise at trace time
     labels = self._check_labels(labels, required=True, check_values=False)
     finite, in_range, labels_ok = guard.batch_checks(
@@ -352,13 +382,18 @@ class GlowModel(keras.Model):
     images = tf.where(valid, images, tf.zeros_like(images))
     labels = None if labels is None else tf.where(valid, labels, tf.zeros_like(labels))
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    # The global batch's number of (weighted) images, over all replicas (padding weighs 0).
+    images_in_batch = _sum_over_replicas(tf.reduce_sum(weights))
     # Only first-order parameter gradients are taken here: the fast level gradient needs no questions.
     with tf.GradientTape() as tape, first_order_training(self._training_gradient):
-      loss, bpd, labels, logits = self._loss_terms_of(images, labels)
-      # The optimizer sums the replicas' gradients: each replica's mean loss is divided by their
-      # number, so the sum is the gradient of the global batch's mean (as Keras' own train_step does).
+      losses, bpd, labels, logits = self._loss_terms_of(images, labels)
+      # The optimizer sums the replicas' gradients: each replica's weighted sum is divided by the global
+      # batch's weight, so the sum is the gradient of the global batch's mean over images,
+      # sum_n w_n loss_n / sum_n w_n (padded images: w = 0, zeroed, so they never move a weight).
       # Then mixed precision loss scaling (the identity otherwise).
-      scaled = self.optimizer.scale_loss(loss / replicas)
+      masked = tf.where(weights > 0, losses, tf.zeros_like(losses))
+      loss = tf.reduce_sum(tf.cast(weights, losses.dtype) * masked) / tf.cast(images_in_batch, losses.dtype)
+      scaled = self.optimizer.scale_loss(loss)
     grads = tape.gradient(scaled, self.trainable_variables)
     # A LossScaleOptimizer must see its overflowing (non-finite) gradients: it skips that step
     # itself and lowers its loss scale. Other optimizers get only finite gradients.
@@ -367,12 +402,16 @@ class GlowModel(keras.Model):
     guard.apply_if(self.optimizer, ok, grads, self.trainable_variables)
     self.skip_causes.update(finite, in_range, labels_ok, ok)
     self.skip_tracker.update_state(tf.cast(~ok, tf.float32) / replicas)  # the Sum adds up over replicas
-    logs = self._record_metrics(loss, bpd, labels, logits, weight=tf.cast(ok, loss.dtype))
+    logs = self._record_metrics(losses, bpd, labels, logits, weights * tf.cast(ok, weights.dtype))
     return {**logs, 'skipped_steps': self.skip_tracker.result()}
 
   @tf.autograph.experimental.do_not_convert
   def test_step(self, data):
-    return self._record_metrics(*self._loss_terms(data))
+    images, labels, weights = model_inputs.unpack(data, self.image_shape)
+    weights = self._image_weights(weights, images)
+    images = self._check_images(images)
+    labels = self._check_labels(labels, required=True)
+    return self._record_metrics(*self._loss_terms_of(images, labels), weights)
 
   @tf.autograph.experimental.do_not_convert
   def predict_step(self, data):
@@ -589,6 +628,29 @@ _GLOW_ARGS = (
 _FIT_ARGS_REFUSED = ('class_weight', 'sample_weight')
 # The train step's assertion on labels; fit turns it into one ValueError.
 _LABEL_ERROR = 'GlowModel: label outside [0, num_classes):'
+
+
+def _sum_over_replicas(value: tf.Tensor) -> tf.Tensor:
+  """`value` summed over the replicas of a distribution strategy (itself on one device)."""
+  context = tf.distribute.get_replica_context()
+  if context is None or context.num_replicas_in_sync == 1:
+    return value
+  return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def _result_over_replicas(metric: keras.metrics.Mean) -> tf.Tensor:
+  """A Mean metric's result sum(total) / sum(count) over all replicas (NaN over no values). In a replica
+  context a metric reads only its own replica's share, and Keras re-reads the metrics across replicas only
+  when a step's logs name every metric, which `test_step`'s do not (no skipped_steps)."""
+  context = tf.distribute.get_replica_context()
+  if context is None or context.num_replicas_in_sync == 1:
+    return metric.result()
+  total, count = tf.unstack(
+    _sum_over_replicas(
+      tf.stack([tf.convert_to_tensor(metric.total.value), tf.convert_to_tensor(metric.count.value)])
+    )
+  )
+  return tf.where(count > 0, tf.math.divide_no_nan(total, count), tf.constant(float('nan'), total.dtype))
 
 
 @contextlib.contextmanager
