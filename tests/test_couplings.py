@@ -113,7 +113,14 @@ def test_bad_spline_settings_are_refused(settings, message):
     transforms.Spline(**settings)
 
 
-@pytest.mark.parametrize('coupling', ['spline', transforms.Spline(bins=3, bound=2.0), 'additive'])
+@pytest.mark.parametrize(
+  'coupling',
+  [
+    'spline',
+    pytest.param(transforms.Spline(bins=3, bound=2.0), marks=pytest.mark.slow),
+    pytest.param('additive', marks=pytest.mark.slow),
+  ],
+)
 def test_glow_with_a_composed_coupling_passes_the_contract(coupling):
   glow = tg.Glow((4, 4, 2), levels=2, steps=2, width=8, coupling=coupling, dtype=tf.float64, seed=1)
   assert type(glow.levels[0].steps).__name__ == 'StepStack'
