@@ -88,6 +88,15 @@ def test_string_labels_in_fit_are_refused_naming_labels_and_how_to_map_them(form
   assert 'StringLookup' in message and 'Invalid dtype' not in message
 
 
+def test_string_labels_in_evaluate_are_refused_as_in_fit():
+  model = _conditional_model()
+  images, names = _string_label_data()
+  with pytest.raises(
+    TypeError, match='^GlowModel.evaluate: labels must be integer class ids 0..9, got strings'
+  ):
+    model.evaluate(images, names, verbose=0)
+
+
 def test_float_labels_and_labels_for_an_unconditional_model_are_refused():
   model = _conditional_model()
   images, _ = _string_label_data()

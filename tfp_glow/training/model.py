@@ -233,6 +233,7 @@ class GlowModel(keras.Model):
         'GlowModel.evaluate: sample_weight cannot be honoured by a density model (bits/dim is the mean '
         '-log p(x) over images, every image counted once); leave it out.'
       )
+    model_inputs.check_label_dtype(model_inputs.label_dtype(x, y), self.num_classes, 'GlowModel.evaluate')
     return super().evaluate(self._pad_batches(x, 'test_function'), y, *args, **kwargs)
 
   def _pad_batches(self, data, function: str):
