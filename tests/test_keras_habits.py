@@ -187,6 +187,27 @@ def test_fit_and_evaluate_on_a_streamed_source_do_not_run_out_of_data(tmp_path):
   assert not [str(w.message) for w in caught if 'ran out of data' in str(w.message)]
 
 
+def test_data_of_unknown_length_runs_out_quietly_unless_a_step_count_asks_for_more():
+  """A Dataset whose length tf.data cannot know (a folder that skips undecodable files; here a filter):
+  without a step count Keras only learns the epoch's length, so no warning; with steps_per_epoch larger
+  than the data the warning means what it says and is shown."""
+  images = np.random.default_rng(0).uniform(-0.5, 0.5, (24, 8, 8, 1)).astype('float32')
+  data = tf.data.Dataset.from_tensor_slices(images).batch(8).filter(lambda x: True)
+  assert int(data.cardinality()) == tf.data.UNKNOWN_CARDINALITY
+  model = tiny_model(n_bins=16)
+
+  def ran_out(**kwargs):
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter('always')
+      model.fit(data, validation_data=data, epochs=1, verbose=0, **kwargs)
+      if not kwargs:
+        model.evaluate(data, verbose=0)
+    return [str(w.message) for w in caught if 'ran out of data' in str(w.message)]
+
+  assert not ran_out()
+  assert ran_out(steps_per_epoch=10)
+
+
 # ---- class names on the command line -----------------------------------------------------------------------
 
 NAMES = ['zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine']

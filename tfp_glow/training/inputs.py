@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Sequence
+import warnings
+from typing import Iterator, Sequence
 
 import keras
 import numpy as np
@@ -111,6 +113,21 @@ def check_label_dtype(dtype: tf.DType | None, num_classes: int | None, caller: s
     'ids first, e.g. names = sorted(set(labels)); ids = np.array([names.index(n) for n in labels]) (keep '
     '`names`), or tf.keras.layers.StringLookup(vocabulary=names, num_oov_indices=0) in a Dataset.map.'
   )
+
+
+@contextlib.contextmanager
+def epoch_length_unknown_is_fine(steps_given: bool) -> Iterator[None]:
+  """Inside `fit` / `evaluate` when the user set no step count (`steps_per_epoch`, `validation_steps`,
+  `steps`): Keras then reads a Dataset of unknown length (a folder whose undecodable files are skipped)
+  to its end, learns the epoch's length, and still warns "Your input ran out of data; interrupting
+  training" once per call, a warning meant for a step count the data cannot fill. Here it can only be
+  that, so it is not shown; with a step count given it is (it then means what it says)."""
+  if steps_given:
+    yield
+    return
+  with warnings.catch_warnings():
+    warnings.filterwarnings('ignore', message='Your input ran out of data', category=UserWarning)
+    yield
 
 
 def first_images(x, y, count: int):

@@ -213,8 +213,10 @@ class GlowModel(keras.Model):
     limit = self._glow_config['max_consecutive_skips']
     kwargs['callbacks'] = [*callbacks, guard.StopAfterConsecutiveSkips(limit)]
     self.skip_causes.reset()
+    steps_given = any(kwargs.get(k) is not None for k in ('steps_per_epoch', 'validation_steps'))
     try:
-      return super().fit(x, y, **kwargs)
+      with model_inputs.epoch_length_unknown_is_fine(steps_given):
+        return super().fit(x, y, **kwargs)
     except tf.errors.InvalidArgumentError as e:
       found = re.search(re.escape(_LABEL_ERROR) + r'\]?\s*\[(-?\d+)', e.message)
       if not found:
@@ -234,7 +236,8 @@ class GlowModel(keras.Model):
         '-log p(x) over images, every image counted once); leave it out.'
       )
     model_inputs.check_label_dtype(model_inputs.label_dtype(x, y), self.num_classes, 'GlowModel.evaluate')
-    return super().evaluate(self._pad_batches(x, 'test_function'), y, *args, **kwargs)
+    with model_inputs.epoch_length_unknown_is_fine(bool(args) or kwargs.get('steps') is not None):
+      return super().evaluate(self._pad_batches(x, 'test_function'), y, *args, **kwargs)
 
   def _pad_batches(self, data, function: str):
     """`inputs.pad_batches` for the step that `function` ('train_function' / 'test_function') runs. When the
