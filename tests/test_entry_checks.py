@@ -61,6 +61,11 @@ def dist(validate_args=False):
   return GlowDistribution(glow(), validate_args=validate_args)
 
 
+def sample_in_a_function(m, temperature):
+  """m.sample inside a user's tf.function (the model built before, eagerly, as a user's is)."""
+  return tf.function(lambda t: m.sample(2, temperature=t, labels=LABELS[:2]))(tf.constant(temperature))
+
+
 @functools.cache
 def model():
   """A class-conditional GlowModel (3 classes): its rows and its SavedModel's."""
@@ -146,9 +151,9 @@ CALLS = {
   ('GlowModel.encode', 'Inf pixel'): lambda tmp: model().encode(INF, LABELS),
   ('GlowModel.decode', 'NaN latent'): lambda tmp: model().decode(bad_latents(np.nan), LABELS),
   ('GlowModel.sample', 'temperature 0'): lambda tmp: model().sample(2, temperature=0.0, labels=LABELS[:2]),
-  ('GlowModel.sample in a tf.function', 'temperature tensor 0'): lambda tmp: tf.function(
-    lambda t: model().sample(2, temperature=t, labels=LABELS[:2])
-  )(tf.constant(0.0)),
+  ('GlowModel.sample in a tf.function', 'temperature tensor 0'): lambda tmp: sample_in_a_function(
+    model(), 0.0
+  ),
   ('tf.saved_model.load(...).log_prob', 'NaN pixel'): lambda tmp: saved(tmp).log_prob(NAN, labels_for(3)),
   ('tf.saved_model.load(...).log_prob', '0..255 floats'): lambda tmp: saved(tmp).log_prob(RAW, labels_for(3)),
   ('tf.saved_model.load(...).log_prob', 'uint8 pixels'): lambda tmp: saved(tmp).log_prob(

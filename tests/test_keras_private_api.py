@@ -6,6 +6,7 @@ import inspect
 import keras
 import pytest
 
+import tfp_glow
 from tfp_glow.training import callbacks, distribute, optim
 
 # (class, private name, who relies on it)
@@ -14,7 +15,10 @@ HOOKS = [
   (keras.optimizers.Optimizer, '_update_model_variables_moving_average', 'optim.py: the fused weight EMA'),
   (keras.optimizers.Optimizer, '_get_variable_index', 'optim.py: the fused Adam(ax) kernels find slots'),
   (keras.callbacks.BackupAndRestore, '_save_model', 'distribute.py: workers write backups elsewhere'),
+  (keras.Model, '_maybe_symbolic_build', "model.py: no first-batch reduce across workers' own shards"),
 ]
+# The attributes GlowModel._maybe_symbolic_build reads to decide that nothing needs building.
+MODEL_ATTRIBUTES = ('_compile_metrics', '_compile_loss')
 
 
 @pytest.mark.parametrize('cls, name, user', HOOKS, ids=[h[1] for h in HOOKS])
@@ -22,6 +26,13 @@ def test_keras_still_has_the_hook(cls, name, user):
   assert callable(getattr(cls, name, None)), (
     f'Keras {keras.__version__} has no {cls.__name__}.{name}, which tfp_glow overrides or calls ({user}).'
   )
+
+
+def test_the_model_attributes_we_read_exist():
+  model = tfp_glow.GlowModel((4, 4, 1), levels=1, steps=1, width=4, n_bins=4)
+  model.compile()
+  missing = [name for name in MODEL_ATTRIBUTES if not hasattr(model, name)]
+  assert not missing, f'Keras {keras.__version__} models lack {missing} (GlowModel._maybe_symbolic_build)'
 
 
 def test_the_backup_paths_we_redirect_exist():
@@ -39,6 +50,7 @@ OVERRIDES = [
   (optim.WarmupAdam, keras.optimizers.Adam, '_update_model_variables_moving_average'),
   (callbacks.AtomicBackupAndRestore, keras.callbacks.BackupAndRestore, '_save_model'),
   (distribute.MultiWorkerBackupAndRestore, keras.callbacks.BackupAndRestore, '_save_model'),
+  (tfp_glow.GlowModel, keras.Model, '_maybe_symbolic_build'),
 ]
 
 

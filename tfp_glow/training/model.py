@@ -252,6 +252,17 @@ class GlowModel(keras.Model):
       forms[function] = packed
     return padded
 
+  def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+    # Keras' TF trainer (3.15), under a distribution strategy, takes the first batch of every fit/evaluate
+    # and averages it elementwise over the replicas (`strategy.reduce(MEAN, axis=None)`) only to build what
+    # is unbuilt: workers reading their own TFRecord shards then fail on first batches of different sizes.
+    # A GlowModel is built at construction and its optimizer in `compile`; with no compiled loss or metrics
+    # there is nothing to build, so nothing is read (docs/design.md, private APIs).
+    unbuilt = [m for m in (self._compile_metrics, self._compile_loss) if m is not None and not m.built]
+    if unbuilt or self.optimizer is None or not self.optimizer.built:
+      return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+    return None
+
   def compile(self, optimizer=None, **kwargs):
     """`keras.Model.compile`; the default optimizer is Adamax, lr 1e-3, with linear warmup."""
     kwargs.setdefault('loss', None)
@@ -438,6 +449,7 @@ class GlowModel(keras.Model):
   # cached tf.function (`tfp_glow.training.compiled`: traced once, reused for any n, batch, temperature
   # or labels). Inside a graph (a Keras `predict`, the user's own tf.function) it runs inline instead.
 
+  @tf.autograph.experimental.do_not_convert  # inside a user's tf.function: no tensor-dependent Python here
   def log_prob(self, images, labels=None) -> tf.Tensor:
     """log p(x) [N] of images [N, H, W, C] in [-0.5, 0.5) (continuous density)."""
     images = self._check_images(images)
@@ -447,6 +459,7 @@ class GlowModel(keras.Model):
       return self.distribution.log_prob(images, labels=labels)
     return self._tfp.calls.log_prob(images, per_image)
 
+  @tf.autograph.experimental.do_not_convert  # inside a user's tf.function: no tensor-dependent Python here
   def sample(
     self,
     n: int | tf.Tensor,
@@ -489,6 +502,7 @@ class GlowModel(keras.Model):
     at most 1024 (a 32x32x3 model: 1024; 256x256x3: 21)."""
     return max(1, min(1024, 2**22 // self.num_dims))
 
+  @tf.autograph.experimental.do_not_convert  # inside a user's tf.function: no tensor-dependent Python here
   def encode(self, images, labels=None) -> list[tf.Tensor]:
     """Images [N, H, W, C] -> per-level latents [eps_1, ..., eps_L]."""
     images = self._check_images(images)
@@ -498,6 +512,7 @@ class GlowModel(keras.Model):
       return self.distribution.encode(images, labels)
     return self._tfp.calls.encode(images, per_image)
 
+  @tf.autograph.experimental.do_not_convert  # inside a user's tf.function: no tensor-dependent Python here
   def decode(self, latents, labels=None) -> tf.Tensor:
     """Per-level latents -> images [N, H, W, C] (floats, model scale). Latents are not data: any real
     values, not checked (NaN in, NaN out; a diverged model's round trip must still run)."""
@@ -512,6 +527,7 @@ class GlowModel(keras.Model):
         return self._tfp.calls.decode(latents, per_image)
     return self.distribution.decode(latents, labels)  # any error names the expected shapes
 
+  @tf.autograph.experimental.do_not_convert  # inside a user's tf.function: no tensor-dependent Python here
   def interpolate(self, image_a, image_b, steps: int = 8, labels=None) -> tf.Tensor:
     """Decodes `steps` points on the straight line between the latents of two images [H, W, C]."""
     if not isinstance(steps, int) or steps < 2:
