@@ -221,11 +221,7 @@ class TypicalityTest:
     bootstraps: int = 1000,
     seed: int = 0,
   ) -> TypicalityTest:
-    if not isinstance(batch_size, int) or batch_size < 1:
-      raise ValueError(f'TypicalityTest: batch_size must be an integer >= 1, got {batch_size!r}.')
-    if not 0.0 < alpha < 1.0:
-      raise ValueError(f'TypicalityTest: alpha must be in (0, 1), got {alpha!r}.')
-    entropy = float(np.mean(_finite(train_bpd, 'train_bpd')))
+    entropy = float(np.mean(_finite(train_bpd, 'train_bpd')))  # the arguments are checked by from_entropy
     return cls.from_entropy(entropy, heldout_bpd, batch_size, alpha, bootstraps, seed)
 
   @classmethod

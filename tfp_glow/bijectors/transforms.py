@@ -188,7 +188,7 @@ class Spline:
     both = xi * (1 - xi)
     denominator = slope + (d0 + d1 - 2 * slope) * both
     y = y_k + t * (slope * xi**2 + d0 * both) / denominator
-    derivative = slope**2 * (d1 * xi**2 + 2 * slope * both + d0 * (1 - xi) ** 2) / denominator**2
+    derivative = _spline_derivative(slope, xi, d0, d1)
     log_det = tf.where(inside, tf.math.log(derivative), tf.zeros_like(derivative))
     return tf.where(inside, y, x_b), _sum_per_image(log_det)
 
@@ -207,11 +207,17 @@ class Spline:
     discriminant = tf.maximum(b**2 - 4 * a * c, 0.0)  # >= 0 in exact arithmetic; rounding may dip below
     xi = (2 * c) / (-b - tf.sqrt(discriminant))
     x = x_k + xi * w
-    both = xi * (1 - xi)
-    denominator = slope + curvature * both
-    derivative = slope**2 * (d1 * xi**2 + 2 * slope * both + d0 * (1 - xi) ** 2) / denominator**2
+    derivative = _spline_derivative(slope, xi, d0, d1)
     log_det = tf.where(inside, -tf.math.log(derivative), tf.zeros_like(derivative))
     return tf.where(inside, x, z_b), _sum_per_image(log_det)
+
+
+def _spline_derivative(slope: Tensor, xi: Tensor, d0: Tensor, d1: Tensor) -> Tensor:
+  """dy/dx of the rational-quadratic bin at xi (see `Spline`):
+  S^2 (d1 xi^2 + 2 S xi (1 - xi) + d0 (1 - xi)^2) / (S + (d0 + d1 - 2 S) xi (1 - xi))^2."""
+  both = xi * (1 - xi)
+  denominator = slope + (d0 + d1 - 2 * slope) * both
+  return slope**2 * (d1 * xi**2 + 2 * slope * both + d0 * (1 - xi) ** 2) / denominator**2
 
 
 Transform = Affine | Additive | Spline | Standardize
