@@ -116,7 +116,9 @@ def test_bad_spline_settings_are_refused(settings, message):
 @pytest.mark.parametrize(
   'coupling',
   [
-    'spline',
+    pytest.param(
+      'spline', marks=pytest.mark.slow
+    ),  # the default run: the spline's math above, its autodiff modes
     pytest.param(transforms.Spline(bins=3, bound=2.0), marks=pytest.mark.slow),
     pytest.param('additive', marks=pytest.mark.slow),
   ],
@@ -159,6 +161,7 @@ def custom_network(in_channels, out_channels):
   )
 
 
+@pytest.mark.slow
 def test_a_custom_network_feeds_the_chosen_transform():
   glow = tg.Glow(
     (4, 4, 2),
