@@ -91,9 +91,7 @@ class Coupling(GlowBijector):
     """K = `steps` couplings with default networks whose weights are one stack of variables
     (`tfp_glow.bijectors.nets.StackedCouplingNetworks`, see `GlowBijector.index`): what a Glow level uses."""
     transform = transforms.transform_from(transform)
-    split = channels // 2
-    out = (channels - split) * transform.params_per_channel
-    layer = StackedCouplingNetworks(split, out, width, steps, network_policy(dtype), name=name + '_nn')
+    layer = _stacked_networks(channels, steps, width, transform, dtype, name)
     return [
       Coupling(channels, width, transform, dtype=dtype, name=f'{name}_{k}', stack=(layer, k))
       for k in range(steps)
@@ -198,12 +196,18 @@ class AffineCoupling(Coupling):
     name: str = 'affine_coupling',
   ) -> list:
     """K = `steps` affine (or additive) couplings sharing one `StackedCouplingNetworks` (see `Coupling.stacked`)."""
-    split = channels // 2
-    out = (channels - split) * (1 if additive else 2)
-    layer = StackedCouplingNetworks(split, out, width, steps, network_policy(dtype), name=name + '_nn')
+    transform = transforms.transform_from('additive' if additive else 'affine')
+    layer = _stacked_networks(channels, steps, width, transform, dtype, name)
     return [
       cls(channels, width, additive, dtype=dtype, name=f'{name}_{k}', stack=(layer, k)) for k in range(steps)
     ]
+
+
+def _stacked_networks(channels, steps, width, transform, dtype, name) -> StackedCouplingNetworks:
+  """The K default networks of a level's couplings as one stack: x_a [.., C//2] -> h [.., (C - C//2) * P]."""
+  split = channels // 2
+  out = (channels - split) * transform.params_per_channel
+  return StackedCouplingNetworks(split, out, width, steps, network_policy(dtype), name=name + '_nn')
 
 
 def _build(network: keras.layers.Layer, in_channels: int, out_channels: int, who: str) -> None:
