@@ -145,6 +145,33 @@ def test_every_exif_orientation_through_a_folder_and_tfrecord_shards(tmp_path):
     np.testing.assert_array_equal(b, c)
 
 
+def _png_with_orientation(pixels, orientation):
+  """A PNG whose `eXIf` chunk (written by Pillow, before the image data) carries `orientation`."""
+  exif = Image.Exif()
+  exif[0x0112] = orientation
+  buffer = io.BytesIO()
+  Image.fromarray(pixels).save(buffer, 'PNG', exif=exif.tobytes())
+  return buffer.getvalue()
+
+
+@pytest.mark.parametrize('orientation', [3, 6])
+def test_png_exif_orientation_is_applied_as_pillow_applies_it(tmp_path, orientation):
+  raw = _png_with_orientation(_quadrants(16, 24), orientation)
+  assert b'eXIf' in raw
+  want = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(raw))).convert('RGB'))
+  assert want.shape == ((16, 24, 3) if orientation <= 4 else (24, 16, 3))
+  (tmp_path / 'photo.png').write_bytes(raw)
+  np.testing.assert_array_equal(read_image(str(tmp_path / 'photo.png')).numpy(), want)
+  # the folder source too (square, so that the data set has one shape)
+  root = tmp_path / 'photos'
+  os.makedirs(root)
+  for i in range(4):
+    (root / f'{i}.png').write_bytes(_png_with_orientation(_quadrants(16, 16), orientation))
+  want = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO((root / '0.png').read_bytes()))))
+  for got in _every_image(root):
+    np.testing.assert_array_equal(got, want)
+
+
 # --- folders ----------------------------------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfp_glow.data.exif import apply_orientation, jpeg_orientation
+from tfp_glow.data.exif import apply_orientation, may_have_orientation, orientation
 
 # What a source may do to an image to make it fit, as bit flags: flag 2**i is CONVERSIONS[i].
 CONVERSIONS = ('grayscale to RGB', 'RGB to grayscale', 'alpha dropped', 'cropped', 'resized')
@@ -44,9 +44,8 @@ def decode_image(raw: tf.Tensor, channels: int) -> tuple[tf.Tensor, tf.Tensor]:
 def convert_decoded(raw: tf.Tensor, image: tf.Tensor, channels: int) -> tuple[tf.Tensor, tf.Tensor]:
   """`decode_image` after the decoding: `image` (uint8 `[H, W, 1..4]`, decoded from `raw`) turned by its EXIF
   orientation and converted to `channels` -> (image, flags)."""
-  # The common case, a PNG of the data set's channels, skips the work below (a tf.cond costs per image).
-  is_jpeg = tf.equal(tf.strings.substr(raw, 0, 2), b'\xff\xd8')
-  plain = tf.logical_and(tf.logical_not(is_jpeg), tf.equal(tf.shape(image)[-1], channels))
+  # The common case, a PNG without EXIF of the data set's channels, skips the work below.
+  plain = tf.logical_and(tf.logical_not(may_have_orientation(raw)), tf.equal(tf.shape(image)[-1], channels))
   return tf.cond(
     plain,
     lambda: (tf.ensure_shape(image, [None, None, channels]), tf.constant(0)),
@@ -55,10 +54,9 @@ def convert_decoded(raw: tf.Tensor, image: tf.Tensor, channels: int) -> tuple[tf
 
 
 def orient(raw: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
-  """The decoded `image` of the bytes `raw` turned by its EXIF orientation (a JPEG's; others as they are).
-  The tag is looked for only in JPEGs (a 2-byte check), so PNGs pay nothing for it."""
-  is_jpeg = tf.equal(tf.strings.substr(raw, 0, 2), b'\xff\xd8')
-  return tf.cond(is_jpeg, lambda: apply_orientation(image, jpeg_orientation(raw)), lambda: image)
+  """The decoded `image` of the bytes `raw` turned by its EXIF orientation (a JPEG's or a PNG's `eXIf`
+  chunk; others as they are). The tag is looked for only where `may_have_orientation` says it may be."""
+  return tf.cond(may_have_orientation(raw), lambda: apply_orientation(image, orientation(raw)), lambda: image)
 
 
 def to_channels(image: tf.Tensor, channels: int) -> tuple[tf.Tensor, tf.Tensor]:
