@@ -279,6 +279,15 @@ def test_conversions_are_counted_once_per_file(tmp_path):
   assert report.skipped.count == 1
 
 
+def test_prepare_says_what_it_converted_and_skipped_once(tmp_path, capsys):
+  root = _mixed_folder(tmp_path / 'mixed')
+  assert cli.main(['prepare', str(root), str(tmp_path / 'shards'), '--image-size', '8']) == 0
+  out = capsys.readouterr().out
+  want = 'note: converted image files: 1 grayscale to RGB, 1 alpha dropped, 1 cropped, 1 resized (stored converted)'
+  assert want in out, out
+  assert out.count('broken.png') == 1, out
+
+
 def test_read_image_says_what_it_converted(tmp_path):
   _png(tmp_path / 'rgba.png', _image(1, (10, 12, 4)))
   image, notes = read_image_noting(str(tmp_path / 'rgba.png'), (8, 8, 3))

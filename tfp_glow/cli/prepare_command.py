@@ -18,10 +18,12 @@ import tensorflow as tf
 from tfp_glow import data as glow_data
 from tfp_glow.cli.common import UsageError
 from tfp_glow.data import arrays, folder, tfds_sources, tfrecord
+from tfp_glow.data.info import ImageReport
 
 
-def _split_examples(src: str, split: str, args):
-  """(dataset of (encoded bytes, int32 label), shape, n_bins, num_classes, class_names, skipped) of one split."""
+def _split_examples(src: str, split: str, args, report: ImageReport):
+  """(dataset of (encoded bytes, int32 label), shape, n_bins, num_classes, class_names, skipped) of one split;
+  a folder's skipped and converted files go into `report`."""
   if src == 'digits':
     bins, labels = glow_data.load_digits(split)
     if args.image_size:
@@ -40,7 +42,7 @@ def _split_examples(src: str, split: str, args):
   if kind == 'folder':
     ds, shape, class_names, _, skipped = folder.folder_bins(
       path, split, n_bits=8, image_size=args.image_size, with_labels=False, shuffle=False, seed=None,
-      bad_files=args.bad_files, encoded=True,
+      bad_files=args.bad_files, encoded=True, report=report,
     )  # fmt: skip
     return ds, shape, 256, len(class_names) if class_names else None, class_names, skipped
   if kind == 'npz':
@@ -70,9 +72,9 @@ def prepare(args) -> int:
     raise UsageError(f'--shards {args.shards}: give at least 1')
   if tf.io.gfile.exists(out) and (not tf.io.gfile.isdir(out) or tf.io.gfile.listdir(out)):
     raise UsageError(f'OUT {out!r} exists and is not an empty folder; give a new one')
-  splits, meta = {}, None
+  splits, meta, report = {}, None, ImageReport()
   for split in ('train', 'test'):
-    ds, shape, n_bins, num_classes, class_names, skipped = _split_examples(src, split, args)
+    ds, shape, n_bins, num_classes, class_names, skipped = _split_examples(src, split, args, report)
     splits[split] = (ds, skipped)
     meta = meta or (shape, n_bins, num_classes, class_names)
   shape, n_bins, num_classes, class_names = meta
@@ -99,6 +101,11 @@ def prepare(args) -> int:
   for _, skipped in splits.values():
     if skipped is not None and skipped.count:
       print(f'warning: {skipped.summary()}')
+      break  # one report for both splits
+  if report.conversions.counts():
+    # Without --image-size the files' bytes are stored as they are and converted alike when read.
+    when = 'stored converted' if args.image_size else 'stored as they are, converted alike when read'
+    print(f'note: {report.conversions.summary()} ({when})')
   classes = f', classes {", ".join(class_names)}' if class_names else ''
   print(
     f'wrote {out}: {counts["train"]} train images in {shards["train"]} shards, {counts["test"]} test images '
