@@ -82,14 +82,18 @@ def test_tf_log_level_defaults_to_errors_and_an_explicit_one_wins(explicit):
 
 @pytest.mark.slow
 def test_a_command_that_loads_tensorflow_prints_only_its_own_lines(tmp_path):
-  """No absl preamble, CUDA stub or CPU-feature lines around the command's one error line; the package's
-  names are loaded (Keras-registered) by the time the command runs."""
+  """No absl preamble, CUDA stub or CPU-feature lines around the command's one error line, also when an
+  earlier `main` call of the same process (here --help) set the log level."""
   env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
   missing = str(tmp_path / 'missing.keras')
-  result = subprocess.run(
-    [sys.executable, '-m', 'tfp_glow.cli', 'sample', missing], capture_output=True, text=True, env=env
+  code = AS_SCRIPT + (
+    'import contextlib, io\nfrom tfp_glow.cli import main\n'
+    'with contextlib.redirect_stdout(io.StringIO()):\n'
+    '  assert main(["--help"]) == 0\n'
+    f'assert main(["sample", {missing!r}]) == 2'
   )
-  assert result.returncode == 2
+  result = _python(code, env)
+  assert result.returncode == 0, result.stderr[-2000:]
   assert result.stderr.splitlines() == [f'tfp-glow sample: error: model file {missing!r} does not exist']
 
 

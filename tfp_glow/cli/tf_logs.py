@@ -28,11 +28,18 @@ _NOISE = re.compile(
 )
 
 
+_set_here = (
+  False  # this process's TF_CPP_MIN_LOG_LEVEL is ours (an earlier `main` call set it), not the user's
+)
+
+
 def quiet_by_default() -> bool:
   """Sets TF_CPP_MIN_LOG_LEVEL=2 for this process unless the user set it; True if it was set here."""
+  global _set_here  # noqa: PLW0603
   if LEVEL_VARIABLE in os.environ:
-    return False
+    return _set_here and os.environ[LEVEL_VARIABLE] == QUIET_LEVEL
   os.environ[LEVEL_VARIABLE] = QUIET_LEVEL
+  _set_here = True
   return True
 
 
