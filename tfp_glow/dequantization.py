@@ -33,7 +33,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-DEQUANTIZATIONS = ('uniform', 'variational')
+from tfp_glow.names import DEQUANTIZATIONS as DEQUANTIZATIONS  # re-exported: its home before
+
 # u = sigmoid(y) rounds to 1.0 in float32 for y > ~17; kept below 1 so that x stays inside its bin.
 _BELOW_ONE = 1.0 - 2.0**-24
 

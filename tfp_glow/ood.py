@@ -43,10 +43,9 @@ import tensorflow as tf
 
 from tfp_glow import data as glow_data
 from tfp_glow.dequantization import bins_of
-
-SCORES = ('bits_per_dim', 'complexity_corrected', 'likelihood_ratio', 'typicality')
-# How many training images estimate typicality's H (see `training_entropy`).
-TYPICALITY_IMAGES = 10_000
+from tfp_glow.names import OOD_SCORES as SCORES
+from tfp_glow.names import OOD_SHIFTS as SHIFTS
+from tfp_glow.names import TYPICALITY_IMAGES
 
 
 class NonFiniteError(ValueError):
@@ -338,9 +337,6 @@ def score_table(
     for score in scores
     for name in out_sets
   ]
-
-
-SHIFTS = ('noise', 'constant', 'inverted', 'upside_down', 'half_contrast')
 
 
 def shifted(images, shift: str, n_bins: int, seed: int = 0) -> tf.Tensor:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-MIXED_POLICIES = ('mixed_bfloat16', 'mixed_float16')
+from tfp_glow.names import MIXED_POLICIES
+
 # exp(LOGSCALE_FACTOR * logs) scales the zero-initialized last layers' outputs (the reference's value)
 LOGSCALE_FACTOR = 3.0
 

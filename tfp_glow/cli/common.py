@@ -1,4 +1,5 @@
-"""What the `tfp-glow` commands share: their errors (one line, exit code 2 or 1) and sample-grid helpers."""
+"""What the `tfp-glow` commands share: their errors (tfp_glow.cli.errors), turning flag errors into them,
+sample-grid helpers and reading a run's JSON."""
 
 from __future__ import annotations
 
@@ -10,16 +11,20 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tfp_glow.cli.errors import Diverged, UsageError
 from tfp_glow.images import image_grid, save_png
 from tfp_glow.training.model import GlowModel
 
-
-class UsageError(Exception):
-  """A problem with the user's flags or files: reported as one line, exit code 2."""
-
-
-class Diverged(Exception):
-  """Training diverged, or a model is not finite: reported as one line, exit code 1."""
+__all__ = [  # the errors are re-exported: the commands import them from here with the helpers
+  'Diverged',
+  'UsageError',
+  'bits_per_dim',
+  'display_zoom',
+  'flag_errors',
+  'grid_layout',
+  'read_json_dict',
+  'save_grid',
+]
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """The `tfp-glow` command line: its flags and the per-data-set defaults of `train`.
 
-`tfp_glow.cli` holds what each command does; this module only declares what a user can type.
+`tfp_glow.cli` holds what each command does; this module only declares what a user can type. It imports no
+TensorFlow (its choice lists come from tfp_glow.names), so `--help` and argument errors answer at once.
 """
 
 from __future__ import annotations
@@ -10,12 +11,9 @@ import math
 import re
 from typing import Callable
 
-from tfp_glow import configs, ood
-from tfp_glow import data as glow_data
-from tfp_glow.dequantization import DEQUANTIZATIONS
-from tfp_glow.flow.glow import COUPLINGS
-from tfp_glow.training import distribute
-from tfp_glow.training.precision import PRECISIONS
+from tfp_glow import configs
+from tfp_glow import names as glow_names
+from tfp_glow.names import COUPLINGS, DEQUANTIZATIONS, PERMUTATIONS, PRECISIONS
 
 LARGE_DEFAULTS = dict(
   levels=3,
@@ -122,7 +120,7 @@ def _add_data_flags(p: argparse.ArgumentParser, default_dataset: str | None) -> 
   p.add_argument(
     '--dataset',
     default=default_dataset,
-    help=f'{", ".join(glow_data.DATASETS)}, or {glow_data.SOURCES_HELP} (default: {fallback})',
+    help=f'{", ".join(glow_names.DATASETS)}, or {glow_names.SOURCES_HELP} (default: {fallback})',
   )
   p.add_argument('--data-dir', help='tensorflow_datasets data directory (data prepared with `tfds build`)')
   p.add_argument('--image-size', type=POSITIVE_INT, help='resize images to SIZE x SIZE')
@@ -163,7 +161,7 @@ def build_parser(
     help="the coupling's transform: affine (the paper's), additive, or spline (rational-quadratic, Durkan et "
     'al. 2019; 4 bins, bound 3). Default: affine',
   )
-  p.add_argument('--permutation', choices=('conv_lu', 'conv', 'shuffle', 'reverse'), help='default: conv_lu')
+  p.add_argument('--permutation', choices=PERMUTATIONS, help='default: conv_lu')
   p.add_argument(
     '--ema',
     action=argparse.BooleanOptionalAction,
@@ -183,7 +181,7 @@ def build_parser(
   )
   p.add_argument(
     '--bad-files',
-    choices=glow_data.BAD_FILES,
+    choices=glow_names.BAD_FILES,
     default='skip',
     help='folder:PATH images that cannot be decoded: skip them (named, counted in metrics.json), or error '
     'before training (decodes every file once)',
@@ -234,7 +232,7 @@ def build_parser(
   )
   p.add_argument(
     '--strategy',
-    choices=distribute.STRATEGIES,
+    choices=glow_names.STRATEGIES,
     default='default',
     help='tf.distribute strategy: one device, every GPU of this host, every host in TF_CONFIG, or a TPU; '
     '--batch-size is the global batch',
@@ -260,7 +258,7 @@ def build_parser(
     'prepare', help='write a data set as TFRecord shards + manifest (for many hosts: --dataset tfrecord:OUT)'
   )
   prepare_p.add_argument(
-    'src', help=f'a data set name (digits, cifar10, ...), a folder, or {glow_data.SOURCES_HELP}'
+    'src', help=f'a data set name (digits, cifar10, ...), a folder, or {glow_names.SOURCES_HELP}'
   )
   prepare_p.add_argument('out', help='a new folder (any path TensorFlow writes, e.g. gs://...)')
   prepare_p.add_argument(
@@ -270,7 +268,7 @@ def build_parser(
     '--image-size', type=POSITIVE_INT, help='center-crop and resize images to SIZE x SIZE'
   )
   prepare_p.add_argument('--data-dir', help='tensorflow_datasets data directory (tfds sources)')
-  prepare_p.add_argument('--bad-files', choices=glow_data.BAD_FILES, default='skip', help='as for train')
+  prepare_p.add_argument('--bad-files', choices=glow_names.BAD_FILES, default='skip', help='as for train')
   prepare_p.set_defaults(handler=handlers['prepare'])
 
   sample_p = commands.add_parser('sample', help='write a grid of samples as PNG')
@@ -371,12 +369,12 @@ def _add_ood_parser(commands, handler) -> None:
     nargs='+',
     required=True,
     metavar='DATA',
-    help=f'OOD data: data sets (their test split), or shifts of the --in images: {", ".join(ood.SHIFTS)}',
+    help=f'OOD data: data sets (their test split), or shifts of the --in images: {", ".join(glow_names.OOD_SHIFTS)}',
   )
   p.add_argument(
     '--score',
     nargs='+',
-    choices=ood.SCORES,
+    choices=glow_names.OOD_SCORES,
     help='default: bits_per_dim complexity_corrected typicality, and likelihood_ratio with --background',
   )
   p.add_argument('--background', help='the background model of likelihood_ratio (train --background-noise)')
@@ -387,9 +385,9 @@ def _add_ood_parser(commands, handler) -> None:
   p.add_argument(
     '--typicality-images',
     type=POSITIVE_INT,
-    default=ood.TYPICALITY_IMAGES,
+    default=glow_names.TYPICALITY_IMAGES,
     help="training images (a shuffled, streamed sample) that estimate the typicality test's training "
-    f'entropy H (default: {ood.TYPICALITY_IMAGES}; see tfp_glow.ood.training_entropy)',
+    f'entropy H (default: {glow_names.TYPICALITY_IMAGES}; see tfp_glow.ood.training_entropy)',
   )
   p.add_argument('--json', default='ood.json', help='write the table as JSON here (default: ood.json)')
   p.add_argument('--data-dir', help='tensorflow_datasets data directory (data prepared with `tfds build`)')

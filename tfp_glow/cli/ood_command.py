@@ -14,29 +14,28 @@ import tensorflow as tf
 from tfp_glow import atomic
 from tfp_glow import ood as glow_ood
 from tfp_glow.cli.common import Diverged, UsageError
+from tfp_glow.cli.loading import load_matching_split, load_model
 
 
-def _images(load_split, model, args, dataset: str | None, split: str) -> tf.Tensor:
+def _images(model, args: argparse.Namespace, dataset: str | None, split: str) -> tf.Tensor:
   """All images of a data set's split, in the model's shape and bins (the first element of labeled batches)."""
   ds_args = argparse.Namespace(**{**vars(args), 'dataset': dataset})
-  ds, _, _ = load_split(model, ds_args, split=split, with_labels=False)
+  ds, _, _ = load_matching_split(model, ds_args, split=split, with_labels=False)
   batches = [b[0] if isinstance(b, tuple) else b for b in ds]
   if not batches:
     raise UsageError(f'data set {dataset!r} has no {split} images')
   return tf.concat(batches, 0)
 
 
-def _stream(load_split, model, args, dataset: str | None, split: str) -> tf.data.Dataset:
+def _stream(model, args: argparse.Namespace, dataset: str | None, split: str) -> tf.data.Dataset:
   """A data set's split as a shuffled (seed 0) stream of image batches, for a bounded sample of it."""
   ds_args = argparse.Namespace(**{**vars(args), 'dataset': dataset})
-  ds, _, _ = load_split(model, ds_args, split=split, with_labels=False, shuffle=True)
+  ds, _, _ = load_matching_split(model, ds_args, split=split, with_labels=False, shuffle=True)
   return ds
 
 
-def ood(args, load_model, load_split) -> int:
-  """Prints the table, writes --json; exits 1 if a score is not finite (a diverged model).
-  `load_model(path)` and `load_split(model, args, split=, with_labels=, shuffle=)` are the other commands'
-  loaders."""
+def ood(args: argparse.Namespace) -> int:
+  """Prints the table, writes --json; exits 1 if a score is not finite (a diverged model)."""
   model = load_model(args.model)
   background = load_model(args.background) if args.background else None
   scores = args.score or [
@@ -62,14 +61,14 @@ def ood(args, load_model, load_split) -> int:
       f'--background {args.background!r} models images {background.image_shape} with {background.n_bins} '
       f'levels, the model {model.image_shape} with {model.n_bins}'
     )
-  in_images = _images(load_split, model, args, args.in_data, 'test')
+  in_images = _images(model, args, args.in_data, 'test')
   out_sets = {}
   for name in args.out_data:
     if name in glow_ood.SHIFTS:
       out_sets[name] = glow_ood.shifted(in_images, name, model.n_bins)
     else:
-      out_sets[name] = _images(load_split, model, args, name, 'test')
-  train_images = _stream(load_split, model, args, args.in_data, 'train') if 'typicality' in scores else None
+      out_sets[name] = _images(model, args, name, 'test')
+  train_images = _stream(model, args, args.in_data, 'train') if 'typicality' in scores else None
   try:
     rows = glow_ood.score_table(
       model,

@@ -35,10 +35,10 @@ from tfp_glow.data.info import _LOG, NAMED_SKIPS, ImageReport
 from tfp_glow.data.pipeline import shuffled_indices
 from tfp_glow.data.quantize import reduce_bits
 from tfp_glow.data.transforms import convert_decoded, fit_to_size, orient
+from tfp_glow.names import BAD_FILES
 
 FOLDER_PREFIX = 'folder:'
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
-BAD_FILES = ('skip', 'error')
 TEST_FRACTION = 0.1
 _HASH_BUCKETS = 2**30
 _PROBES = 16  # files decoded up front for the shape and channels: spread over the sorted listing

@@ -14,10 +14,9 @@ from tfp_glow.data.info import DatasetInfo, ImageReport
 from tfp_glow.data.pipeline import batch_and_dequantize, check_cache
 from tfp_glow.data.quantize import check_n_bits
 from tfp_glow.data.transforms import fit_conversions, pad_to_32_image, padded_shape
+from tfp_glow.names import DATASETS, SOURCES_HELP
 
-DATASETS = ('digits',) + tfds_sources.TFDS_DATASETS  # plus the path sources below
 PATH_PREFIXES = (folder.FOLDER_PREFIX, tfrecord.TFRECORD_PREFIX) + arrays.ARRAY_PREFIXES
-SOURCES_HELP = 'folder:PATH (PNG/JPEG files, class subfolders), tfrecord:PATH (tfp-glow prepare), npz:PATH'
 
 
 def is_path_source(name: str) -> bool:

@@ -11,15 +11,8 @@ import tensorflow_datasets as tfds
 from tfp_glow.data.info import DatasetUnavailableError
 from tfp_glow.data.quantize import reduce_bits
 from tfp_glow.data.transforms import center_crop, fit_to_size, pad_to_32_image, padded_shape
+from tfp_glow.names import TFDS_DATASETS as TFDS_DATASETS  # re-exported: its home before
 
-TFDS_DATASETS = (
-  'mnist',
-  'fashion_mnist',
-  'cifar10',
-  'celeb_a',
-  'downsampled_imagenet/32x32',  # deprecated by tfds (its source is gone); works with prepared data only
-  'downsampled_imagenet/64x64',
-)
 LABELED = ('mnist', 'fashion_mnist', 'cifar10')
 MAX_CACHE_BYTES = 2 * 2**30  # ImageNet 64x64 bins are ~15 GB: read those from disk every epoch instead
 

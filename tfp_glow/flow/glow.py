@@ -17,10 +17,9 @@ from tfp_glow.bijectors.top_prior import TopPrior
 from tfp_glow.bijectors.transforms import TRANSFORMS
 from tfp_glow.flow.gradients import check_gradient, encode_level
 from tfp_glow.flow.level import Level, NetworkFn, build_steps
+from tfp_glow.names import COUPLINGS, PERMUTATIONS
 
 # The coupling transforms by name (`tfp_glow.bijectors.transforms`): 'affine', 'additive', 'spline'.
-COUPLINGS = tuple(TRANSFORMS)
-PERMUTATIONS = ('conv_lu', 'conv', 'shuffle', 'reverse')
 
 
 @dataclasses.dataclass(frozen=True)

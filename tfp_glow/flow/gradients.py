@@ -36,8 +36,8 @@ import tensorflow as tf
 
 from tfp_glow.flow import kernels, tape_state
 from tfp_glow.flow.stack import Steps, StepStack
+from tfp_glow.names import GRADIENTS
 
-GRADIENTS = ('autodiff', 'stored', 'checkpoint', 'inverse')
 _training = threading.local()  # the gradient GlowModel's training step asks for (per thread: replicas)
 
 

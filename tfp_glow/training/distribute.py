@@ -33,9 +33,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfp_glow.names import STRATEGIES
 from tfp_glow.training.callbacks import AtomicBackupAndRestore
-
-STRATEGIES = ('default', 'mirrored', 'multi-worker', 'tpu')
 
 
 def make_strategy(name: str = 'default', tpu: str | None = None, devices=None) -> tf.distribute.Strategy:

@@ -11,9 +11,8 @@ from typing import Iterator
 
 import keras
 
-from tfp_glow.bijectors.nets import MIXED_POLICIES
-
-PRECISIONS = ('float32', *MIXED_POLICIES)
+from tfp_glow.names import MIXED_POLICIES as MIXED_POLICIES  # re-exported: imported from here before
+from tfp_glow.names import PRECISIONS as PRECISIONS
 
 
 @contextlib.contextmanager
