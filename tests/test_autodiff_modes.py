@@ -34,10 +34,16 @@ def custom_network(in_channels, out_channels):
   )
 
 
+# The transformer conditioner at SHAPE's levels (2x2 and 1x1): one-pixel patches.
+VIT = {'depth': 1, 'width': 8, 'heads': 2, 'patch_size': 1}
+
+
 @functools.cache
-def flows(network: str, gradient: str, coupling: str = 'affine'):
+def flows(network: str, gradient: str, coupling: str = 'affine', conditioner: str = 'conv'):
   """(reference, flow): two Glows with equal values, the reference differentiated by TensorFlow alone."""
   kwargs = dict(levels=2, steps=2, width=8, seed=0, dtype=tf.float64, num_classes=None, coupling=coupling)
+  if conditioner == 'transformer':
+    kwargs.update(conditioner='transformer', conditioner_settings=VIT)
   if network == 'list':
     kwargs['coupling_network'] = custom_network
   reference = tg.Glow(SHAPE, gradient='autodiff', **kwargs)
@@ -194,6 +200,24 @@ OTHER_COUPLINGS = [
 ]
 
 
+# The transformer conditioner (no hand-built kernels: the generic per-step VJP) pairwise: every gradient with the
+# affine and the spline transform, graph and XLA once each; the default run: 'stored' and 'inverse' eagerly.
+TRANSFORMER = [
+  pytest.param(
+    coupling, gradient, mode, marks=[] if (mode, coupling) == ('gradient eager', 'affine') else SLOW
+  )
+  for coupling, gradient, mode in (
+    ('affine', 'stored', 'gradient eager'),
+    ('affine', 'inverse', 'gradient eager'),
+    ('spline', 'autodiff', 'gradient eager'),
+    ('spline', 'stored', 'gradient tf.function'),
+    ('spline', 'inverse', 'gradient xla'),
+    ('affine', 'checkpoint', 'hvp input'),
+    ('spline', 'inverse', 'jvp input'),
+  )
+]
+
+
 @pytest.mark.parametrize('gradient, network, mode', CASES)
 def test_every_mode_through_every_path_equals_plain_autodiff(gradient, network, mode):
   check_mode(flows(network, gradient), mode)
@@ -202,6 +226,11 @@ def test_every_mode_through_every_path_equals_plain_autodiff(gradient, network, 
 @pytest.mark.parametrize('coupling, gradient, network, mode', OTHER_COUPLINGS)
 def test_other_couplings_equal_plain_autodiff(coupling, gradient, network, mode):
   check_mode(flows(network, gradient, coupling), mode)
+
+
+@pytest.mark.parametrize('coupling, gradient, mode', TRANSFORMER)
+def test_the_transformer_conditioner_equals_plain_autodiff(coupling, gradient, mode):
+  check_mode(flows('stack', gradient, coupling, 'transformer'), mode)
 
 
 def check_mode(flows_pair, mode):

@@ -6,11 +6,10 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfp_glow.bijectors import transforms
+from tfp_glow.bijectors import conditioners, transforms
 from tfp_glow.bijectors.base import GlowBijector, check_channels
 from tfp_glow.bijectors.nets import (
   StackedCouplingNetworks,
-  apply_coupling_network,
   coupling_network,
   coupling_network_weights,
   network_policy,
@@ -28,9 +27,13 @@ class Coupling(GlowBijector):
 
   `transform` (`tfp_glow.bijectors.transforms`): 'affine' (the paper's, scale = sigmoid(raw + 2)),
   'additive' (NICE), 'spline' (rational-quadratic, Durkan et al. 2019), or an instance with settings
-  (`transforms.Spline(bins=8)`). The conditioner NN: by default `tfp_glow.bijectors.nets.coupling_network(width)`,
-  whose last layer is zero-initialized (h = 0 at the start); or your own Keras layer as `network` (built for
-  inputs (None, None, None, C//2) if it is not built), which must output (C - C//2) * P channels.
+  (`transforms.Spline(bins=8)`). The conditioner NN (`tfp_glow.bijectors.conditioners`): by default 'conv',
+  `tfp_glow.bijectors.nets.coupling_network(width)`; 'transformer' (or `conditioners.Transformer(depth=...)`), a
+  ViT on p x p patches that needs the input's `spatial` size (h, w); both end in a zero-initialized layer (h = 0
+  at the start). Or your own Keras layer as `network` (built for inputs (None, None, None, C//2) if it is not
+  built), which must output (C - C//2) * P channels. A `context` ([N, E], e.g. a class embedding) reaches the
+  conditioner through `inverse_and_log_det(x, context=...)` (TFP: `bijector.inverse(x, context=...)`): the
+  transformer adds it to its tokens when built with `context_size=E`.
 
   The network runs once per transform-plus-log-det (see `GlowBijector`). Under a Keras mixed policy the
   default network computes in bfloat16/float16 and its output is cast back to the flow's dtype, so the
@@ -48,14 +51,21 @@ class Coupling(GlowBijector):
     dtype: tf.DType = tf.float32,
     validate_args: bool = False,
     name: str = 'coupling',
-    stack: tuple[StackedCouplingNetworks, int] | None = None,
+    stack: tuple[keras.layers.Layer, int] | None = None,
     *,
+    conditioner: str | conditioners.Conditioner = 'conv',
+    spatial: tuple[int, int] | None = None,
     parameters: dict | None = None,
   ):
     # `parameters`: a subclass's constructor arguments, for TFP's `copy()` (as TFP's own bijectors pass them).
     parameters = dict(locals()) if parameters is None else parameters
     check_channels(channels, 2, name + ' (the coupling splits channels in two)')
     self._transform = transforms.transform_from(transform)
+    self._conditioner = conditioners.conditioner_from(conditioner)
+    if network is not None and self._conditioner.name != 'conv':
+      raise ValueError(
+        f'{name}: network= replaces the conditioner; conditioner={conditioner!r} cannot take it.'
+      )
     self._split = channels // 2  # size of x_a
     out = (channels - self._split) * self._transform.params_per_channel
     # The default network also runs with its weights as arguments (`parameter_variables`), which lets
@@ -64,9 +74,13 @@ class Coupling(GlowBijector):
     index = None
     if stack is not None:
       network, index = stack
+    elif network is None and self._conditioner.name != 'conv':  # a stack of one: the same code as a level's
+      self._conditioner.check_spatial(spatial, name)
+      stack_of_one = (self._transform, dtype, name, self._conditioner, spatial)
+      network, index = _stacked_networks(channels, 1, width, *stack_of_one), 0
     elif network is None:
       network = coupling_network(self._split, out, width, network_policy(dtype), name=name + '_nn')
-    if stack is None:
+    if index is None:
       _build(network, self._split, out, name)
     super().__init__(
       layer=network,
@@ -87,13 +101,21 @@ class Coupling(GlowBijector):
     transform: str | transforms.Transform = 'affine',
     dtype: tf.DType = tf.float32,
     name: str = 'coupling',
+    *,
+    conditioner: str | conditioners.Conditioner = 'conv',
+    spatial: tuple[int, int] | None = None,
   ) -> list:
-    """K = `steps` couplings with default networks whose weights are one stack of variables
-    (`tfp_glow.bijectors.nets.StackedCouplingNetworks`, see `GlowBijector.index`): what a Glow level uses."""
+    """K = `steps` couplings with default conditioners whose weights are one stack of variables
+    (e.g. `tfp_glow.bijectors.nets.StackedCouplingNetworks`, see `GlowBijector.index`): what a Glow level uses.
+    `spatial`: the input's (h, w), which the transformer conditioner needs (and checks against its patch size)."""
     transform = transforms.transform_from(transform)
-    layer = _stacked_networks(channels, steps, width, transform, dtype, name)
+    conditioner = conditioners.conditioner_from(conditioner)
+    conditioner.check_spatial(spatial, name)
+    layer = _stacked_networks(channels, steps, width, transform, dtype, name, conditioner, spatial)
     return [
-      Coupling(channels, width, transform, dtype=dtype, name=f'{name}_{k}', stack=(layer, k))
+      Coupling(
+        channels, width, transform, dtype=dtype, name=f'{name}_{k}', stack=(layer, k), conditioner=conditioner
+      )
       for k in range(steps)
     ]
 
@@ -103,32 +125,40 @@ class Coupling(GlowBijector):
     return self._transform
 
   @property
+  def conditioner(self) -> conditioners.Conditioner:
+    """The conditioner's spec (`tfp_glow.bijectors.conditioners`); a custom `network` is called as given."""
+    return self._conditioner
+
+  @property
   def network(self) -> keras.layers.Layer:
     """The coupling network (for a step of a stack: the stacked networks' weights)."""
     return self.layer
 
   @property
   def has_network_kernels(self) -> bool:
-    """True where the conditioner is the default network stacked over a level's steps: the hand-built
-    gradients then take its VJP from stored activations (`tfp_glow.flow.kernels`)."""
-    return isinstance(self.network, StackedCouplingNetworks)
+    """True where the conditioner has hand-built kernels (the conv, `conditioners.Conv.has_kernels`) and is
+    stacked over a level's steps: the hand-built gradients then take its VJP from stored activations
+    (`tfp_glow.flow.kernels`). Else they take each step's VJP under a tape (the generic path)."""
+    return self._conditioner.has_kernels and isinstance(self.network, StackedCouplingNetworks)
 
   def parameter_variables(self) -> list | None:
-    """The default network's weights (see `tfp_glow.bijectors.nets.apply_coupling_network`); None for a custom one."""
-    if isinstance(self.network, StackedCouplingNetworks):
+    """The default conditioner's weights (in the order its `apply` takes them); None for a custom network."""
+    if self.index is not None:  # a stack (of one, for an unstacked transformer)
       return self.network.weights_in_order()
     return coupling_network_weights(self.network) if self._default_network else None
 
   def _network_compute_dtype(self) -> str:
-    if isinstance(self.network, StackedCouplingNetworks):
+    if self.index is not None:
       return self.network.compute_dtype
     return self.network.get_layer('conv_out').compute_dtype
 
-  def _network_output(self, parameters, x_a: tf.Tensor) -> tf.Tensor:
+  def _network_output(self, parameters, x_a: tf.Tensor, context=None) -> tf.Tensor:
     if parameters is None:
+      if context is not None:
+        raise ValueError(f'{self.name}: a custom coupling network takes no context.')
       h = self.network(x_a)
     else:
-      h = apply_coupling_network(parameters, x_a, self._network_compute_dtype())
+      h = self._conditioner.apply(parameters, x_a, self._network_compute_dtype(), context)
     return tf.cast(h, self.dtype)  # a mixed-precision network computes in bf16/fp16
 
   def couple(self, x_b: tf.Tensor, h: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -146,21 +176,21 @@ class Coupling(GlowBijector):
     # full-size zero-padded tensor, added up afterwards.
     return tuple(tf.split(x, [self._split, self.channels - self._split], axis=-1))
 
-  def inverse_and_log_det_with(self, parameters, x):
+  def inverse_and_log_det_with(self, parameters, x, context=None):
     x_a, x_b = self.split(x)
-    z_b, log_det = self.couple(x_b, self._network_output(parameters, x_a))
+    z_b, log_det = self.couple(x_b, self._network_output(parameters, x_a, context))
     return tf.concat([x_a, z_b], axis=-1), log_det
 
-  def forward_and_log_det_with(self, parameters, z):
+  def forward_and_log_det_with(self, parameters, z, context=None):
     z_a, z_b = self.split(z)
-    x_b, log_det = self.uncouple(z_b, self._network_output(parameters, z_a))
+    x_b, log_det = self.uncouple(z_b, self._network_output(parameters, z_a, context))
     return tf.concat([z_a, x_b], axis=-1), log_det
 
-  def inverse_and_log_det(self, x):
-    return self.inverse_and_log_det_with(self.current_parameters(), x)
+  def inverse_and_log_det(self, x, context=None):
+    return self.inverse_and_log_det_with(self.current_parameters(), x, context)
 
-  def forward_and_log_det(self, z):
-    return self.forward_and_log_det_with(self.current_parameters(), z)
+  def forward_and_log_det(self, z, context=None):
+    return self.forward_and_log_det_with(self.current_parameters(), z, context)
 
 
 class AffineCoupling(Coupling):
@@ -203,11 +233,14 @@ class AffineCoupling(Coupling):
     ]
 
 
-def _stacked_networks(channels, steps, width, transform, dtype, name) -> StackedCouplingNetworks:
-  """The K default networks of a level's couplings as one stack: x_a [.., C//2] -> h [.., (C - C//2) * P]."""
+def _stacked_networks(
+  channels, steps, width, transform, dtype, name, conditioner=None, spatial=None
+) -> keras.layers.Layer:
+  """The K default conditioners of a level's couplings as one stack: x_a [.., C//2] -> h [.., (C - C//2) * P]."""
+  conditioner = conditioners.Conv() if conditioner is None else conditioner
   split = channels // 2
   out = (channels - split) * transform.params_per_channel
-  return StackedCouplingNetworks(split, out, width, steps, network_policy(dtype), name=name + '_nn')
+  return conditioner.stacked(split, out, steps, width, spatial, network_policy(dtype), name + '_nn')
 
 
 def _build(network: keras.layers.Layer, in_channels: int, out_channels: int, who: str) -> None:

@@ -163,6 +163,12 @@ def build_parser(
   )
   p.add_argument('--permutation', choices=PERMUTATIONS, help='default: conv_lu')
   p.add_argument(
+    '--conditioner',
+    choices=('conv', 'transformer'),  # tfp_glow.bijectors.conditioners.CONDITIONERS
+    help="the coupling's network: conv (the paper's) or transformer (a ViT on 2x2 patches, depth 2, width 128, "
+    '4 heads). Default: conv',
+  )
+  p.add_argument(
     '--ema',
     action=argparse.BooleanOptionalAction,
     help='Polyak-average the weights (EMA, momentum 0.99), used after training; it lags a short '

@@ -82,7 +82,7 @@ def _train_config(args) -> dict:
       )
     },
   }
-  fallback = dict(coupling='affine', permutation='conv_lu', conditional=False)
+  fallback = dict(coupling='affine', permutation='conv_lu', conditional=False, conditioner='conv')
   for key, default in {**DEFAULTS.get(dataset, LARGE_DEFAULTS), **fallback, **preset}.items():
     config[key] = default if getattr(args, key) is None else getattr(args, key)
   if not 0.0 <= config['background_noise'] <= 1.0:
@@ -276,6 +276,7 @@ def _train_locked(args, config: dict, out: str, strategy) -> int:
       steps=config['steps'],
       width=config['width'],
       coupling=config['coupling'],
+      conditioner=config['conditioner'],
       permutation=config['permutation'],
       num_classes=info.num_classes if config['conditional'] else None,
       n_bins=info.n_bins,

@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_glow import checks
+from tfp_glow.bijectors import conditioners
 from tfp_glow.bijectors.actnorm import ActNorm
 from tfp_glow.bijectors.base import GlowBijector, LayerGroup, ValueAndLogDet, check_images
 from tfp_glow.bijectors.split import SplitPrior
@@ -61,6 +62,11 @@ class Glow(GlowBijector):
     num_classes: if set, the top prior is class-conditional: pass `labels=` (int [...]) to
       forward/inverse/log_prob/sample.
     coupling_network: optional (in_channels, out_channels) -> Keras layer, replacing the default.
+    conditioner: the built-in coupling's network (`tfp_glow.bijectors.conditioners`): 'conv' (the paper's,
+      `width` hidden channels) or 'transformer' (a ViT on patches, Jet-style), or an instance with settings.
+    conditioner_settings: a named conditioner's settings as one dict, e.g. {'depth': 2, 'width': 128,
+      'heads': 4, 'patch_size': 2} (`conditioners.Transformer`); each level's size must be divisible by
+      patch_size.
     seed: seeds the random rotations / shuffles.
     dtype: tf.float32 or tf.float64.
     gradient: how each level is differentiated image -> latent (`tfp_glow.flow.gradients`): 'autodiff'
@@ -93,9 +99,13 @@ class Glow(GlowBijector):
     memory_saving: bool | str = False,
     validate_args: bool = False,
     name: str = 'glow',
+    *,
+    conditioner: str | conditioners.Conditioner = 'conv',
+    conditioner_settings: dict | None = None,
   ):
     parameters = dict(locals())
     dtype = tf.as_dtype(dtype)
+    self._conditioner = conditioners.conditioner_from(conditioner, conditioner_settings)
     self._gradient = check_gradient(gradient, memory_saving)
     self._image_shape = _check_config(
       image_shape, levels, steps, width, coupling, permutation, num_classes, dtype
@@ -106,7 +116,9 @@ class Glow(GlowBijector):
     h, w, c = self._image_shape
     for l in range(levels):
       h, w, c = h // 2, w // 2, c * 4
-      steps_l = build_steps(l, c, steps, width, coupling, permutation, coupling_network, rng, dtype)
+      steps_l = build_steps(
+        l, c, steps, width, coupling, permutation, coupling_network, rng, dtype, self._conditioner, (h, w)
+      )
       if l < levels - 1:
         exit_ = SplitPrior(c, dtype=dtype, name=f'level{l}_split_prior')
         latent_shape = (h, w, c - c // 2)
@@ -144,6 +156,11 @@ class Glow(GlowBijector):
   @property
   def num_classes(self) -> int | None:
     return self._num_classes
+
+  @property
+  def conditioner(self) -> conditioners.Conditioner:
+    """The built-in coupling's conditioner spec (`tfp_glow.bijectors.conditioners`)."""
+    return self._conditioner
 
   @property
   def gradient(self) -> str:

@@ -27,8 +27,9 @@ Activations = tuple[tf.Tensor, tf.Tensor, tf.Tensor]  # a1, a2 [N, h, w, width];
 
 
 def has_kernels(coupling) -> bool:
-  """True for a step of a stack whose last layer says that its conditioner is the default stacked network
-  (`has_network_kernels`): asked of the layer, never decided by its class."""
+  """True for a step of a stack whose last layer says that its conditioner has these kernels (the stacked conv
+  network: `has_network_kernels`): asked of the layer, never decided by its class. Else (the transformer
+  conditioner, a user's layer) `tfp_glow.flow.gradients` takes each step's VJP under a tape."""
   return bool(getattr(coupling, 'has_network_kernels', False))
 
 

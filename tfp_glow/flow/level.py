@@ -51,10 +51,14 @@ class Level:
 NetworkFn = Callable[[int, int], keras.layers.Layer]  # (in_channels, out_channels) -> Keras layer
 
 
-def build_steps(level, c, steps, width, coupling, permutation, coupling_network, rng, dtype) -> Steps:
+def build_steps(
+  level, c, steps, width, coupling, permutation, coupling_network, rng, dtype, conditioner=None, spatial=None
+) -> Steps:
   """Level `level`'s K = `steps` steps on c channels: a StepStack where every layer can be stacked, else a
   StepList. `coupling`, `permutation`: a name (see Glow) or a GlowBijector subclass (docs/design.md).
-  `rng`: the flow's numpy Generator (random rotations and shuffles)."""
+  `rng`: the flow's numpy Generator (random rotations and shuffles). `conditioner`: the built-in coupling's
+  conditioner spec (`tfp_glow.bijectors.conditioners`; None: 'conv'); `spatial`: the level's (h, w)."""
+  _check_conditioner(conditioner, coupling, coupling_network)
   if coupling_network is not None:
     _check_custom_network(coupling, permutation)
     return StepList(
@@ -69,7 +73,15 @@ def build_steps(level, c, steps, width, coupling, permutation, coupling_network,
   ]
   layers = [ActNorm.stacked(c, steps, dtype=dtype, name=prefix + 'actnorm')]
   layers.append(_permutations(permutation, c, steps, int(rng.integers(2**31)), dtype, prefix))
-  layers.append(_couplings(coupling, c, steps, width, dtype, prefix))
+  if conditioner is not None and conditioner.name != 'conv':
+    conditioner.check_spatial(spatial, f'Glow level {level} ({spatial[0]}x{spatial[1]}x{c})')
+    layers.append(
+      Coupling.stacked(
+        c, steps, width, coupling, dtype, prefix + 'coupling', conditioner=conditioner, spatial=spatial
+      )
+    )
+  else:
+    layers.append(_couplings(coupling, c, steps, width, dtype, prefix))
   built = [Step(*step) for step in zip(*layers)]
   missing += [
     f'{type(b).__name__} (parameter_variables, inverse_and_log_det_with, forward_and_log_det_with)'
@@ -103,6 +115,23 @@ def _check_custom_network(coupling, permutation) -> None:
     raise ValueError(
       f'Glow: with coupling_network=, permutation must be a name (conv_lu, conv, shuffle, reverse), got '
       f'{permutation!r}: a permutation class is stacked, and a level with a custom network runs unstacked.'
+    )
+
+
+def _check_conditioner(conditioner, coupling, coupling_network) -> None:
+  """A conditioner other than the conv feeds the built-in coupling: a custom network or coupling class cannot
+  take it (refused, never silently dropped)."""
+  if conditioner is None or conditioner.name == 'conv':
+    return
+  if coupling_network is not None:
+    raise ValueError(
+      f'Glow: coupling_network= replaces the conditioner; it cannot be combined with '
+      f'conditioner={conditioner.name!r}. Give one of them.'
+    )
+  if not _is_transform(coupling):
+    raise ValueError(
+      f'Glow: conditioner={conditioner.name!r} feeds the built-in coupling; coupling={coupling!r} is a class of '
+      f'its own. Pass a transform name ({", ".join(transforms.TRANSFORMS)}) or a transform instance.'
     )
 
 

@@ -16,6 +16,7 @@ import tensorflow_probability as tfp
 from tfp_glow import atomic, checks
 from tfp_glow import data as glow_data
 from tfp_glow import dequantization as dequant
+from tfp_glow.bijectors.conditioners import conditioner_from, settings_of
 from tfp_glow.distribution import GlowDistribution, bits_per_dim
 from tfp_glow.flow.glow import Glow
 from tfp_glow.flow.gradients import check_gradient, first_order_training
@@ -48,6 +49,7 @@ class GlowModel(keras.Model):
 
   Couplings (`coupling`): 'affine' (the paper's), 'additive', or 'spline' (rational-quadratic, Durkan et al.
   2019, `tfp_glow.bijectors.transforms.Spline`); see `tfp_glow.Glow` and docs/design.md, "Couplings".
+  Conditioners (`conditioner`, `conditioner_settings`): 'conv' (default) or 'transformer' (`tfp_glow.Glow`).
 
   Every parameter of every bijector lives in `self.flow` (one Keras layer), so `fit`,
   `trainable_variables`, `save_weights`, `model.save` and `keras.models.load_model` see them all.
@@ -94,9 +96,15 @@ class GlowModel(keras.Model):
     memory_saving: bool | str = False,
     gradient: str | None = None,
     dequantization: str = 'uniform',
+    conditioner: str = 'conv',
+    conditioner_settings: dict | None = None,
     **kwargs,
   ):
     config = {k: v for k, v in locals().items() if k not in ('self', 'kwargs', '__class__')}
+    # saved by name and settings (tfp_glow.bijectors.conditioners); a config without them loads as 'conv'
+    config['conditioner'], config['conditioner_settings'] = settings_of(
+      conditioner_from(conditioner, conditioner_settings)
+    )
     super().__init__(**kwargs)
     if not isinstance(n_bins, int) or n_bins < 2:
       raise ValueError(f'GlowModel: n_bins must be an integer >= 2, got {n_bins!r}.')
@@ -641,6 +649,8 @@ _GLOW_ARGS = (
   'learn_top',
   'num_classes',
   'seed',
+  'conditioner',
+  'conditioner_settings',
 )
 
 

@@ -1,0 +1,95 @@
+"""The conditioners of a coupling: the network NN that turns the conditioning half x_a into the transform's numbers.
+
+A coupling (`tfp_glow.bijectors.coupling.Coupling`) is split -> conditioner -> transform:
+
+  x_a, x_b = split(x);   h = NN(x_a[, context]);   z_b, log|det| = transform.couple(x_b, h)
+
+Each conditioner is a small frozen dataclass holding its settings (its spec, saved with a model by name and
+settings), with:
+  name                      its registry name
+  has_kernels               True where `tfp_glow.flow.kernels` has a hand-built VJP for it (the conv only);
+                            else 'stored' and 'inverse' take each step's VJP under a tape (the generic path)
+  stacked(in_channels, out_channels, steps, width, spatial, dtype, name) -> a Keras layer holding K stacked
+                            conditioners' weights ([K, ...]) with `weights_in_order()` and `compute_dtype`
+  apply(weights, x, compute_dtype, context=None) -> h       one step's network, weights as arguments
+  check_spatial(spatial, who)                               refuses a level size it cannot work on
+
+Registered: 'conv' (the paper's conv network, `tfp_glow.bijectors.nets`; the default) and 'transformer' (a ViT on
+patches, Jet-style: `tfp_glow.bijectors.conditioners.transformer`). Adding one: a class with the members above
+(one module) and one line in `CONDITIONERS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import tensorflow as tf
+
+from tfp_glow.bijectors.conditioners.transformer import StackedTransformers, Transformer
+from tfp_glow.bijectors.nets import StackedCouplingNetworks, apply_coupling_network
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv:
+  """The paper's conv network (`tfp_glow.bijectors.nets.coupling_network`): conv3x3 -> ReLU -> conv1x1 -> ReLU ->
+  zero conv3x3, `width` hidden channels (Glow's `width`). Any spatial size; no context."""
+
+  name: ClassVar[str] = 'conv'
+  has_kernels: ClassVar[bool] = True
+
+  def check_spatial(self, spatial: tuple[int, int] | None, who: str) -> None:
+    del spatial, who  # 'same' convolutions: any size
+
+  def stacked(self, in_channels, out_channels, steps, width, spatial, dtype, name) -> StackedCouplingNetworks:
+    del spatial
+    return StackedCouplingNetworks(in_channels, out_channels, width, steps, dtype, name=name)
+
+  def apply(self, weights, x, compute_dtype, context=None) -> tf.Tensor:
+    if context is not None:
+      raise ValueError("The 'conv' conditioner takes no context; use conditioner='transformer'.")
+    return apply_coupling_network(weights, x, compute_dtype)
+
+
+Conditioner = Conv | Transformer
+# Registry: the names `Glow(conditioner=...)`, `GlowModel` and the CLI's --conditioner accept.
+CONDITIONERS: dict[str, type] = {cls.name: cls for cls in (Conv, Transformer)}
+
+
+def conditioner_from(spec: str | Conditioner, settings: dict | None = None) -> Conditioner:
+  """A conditioner from its registry name and optional settings (`{'depth': 2, 'heads': 4}`), or an instance
+  (returned as is; settings must then be None)."""
+  if isinstance(spec, tuple(CONDITIONERS.values())):
+    if settings:
+      raise ValueError(
+        f'conditioner_settings={settings!r} given with a conditioner instance {spec!r}: give one.'
+      )
+    return spec
+  if not (isinstance(spec, str) and spec in CONDITIONERS):
+    raise ValueError(f'conditioner must be one of {tuple(CONDITIONERS)} or an instance of one, got {spec!r}.')
+  cls = CONDITIONERS[spec]
+  if settings is not None and not isinstance(settings, dict):
+    raise ValueError(f'conditioner_settings must be a dict or None, got {settings!r}.')
+  fields = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(settings or {}) - fields)
+  if unknown:
+    raise ValueError(
+      f'conditioner_settings for {spec!r}: unknown setting(s) {unknown}; it takes {sorted(fields) or "none"}.'
+    )
+  return cls(**(settings or {}))
+
+
+def settings_of(conditioner: Conditioner) -> tuple[str, dict]:
+  """(name, settings) of a conditioner: what a model's config saves."""
+  return conditioner.name, dataclasses.asdict(conditioner)
+
+
+__all__ = [
+  'CONDITIONERS',
+  'Conditioner',
+  'Conv',
+  'StackedTransformers',
+  'Transformer',
+  'conditioner_from',
+  'settings_of',
+]
