@@ -9,6 +9,8 @@ from __future__ import annotations
 
 # The coupling's transform (tfp_glow.bijectors.transforms.TRANSFORMS, keyed by each class's `name`).
 COUPLINGS = ('affine', 'additive', 'spline')
+# The coupling's conditioner network (tfp_glow.bijectors.conditioners.CONDITIONERS, keyed by each class's `name`).
+CONDITIONERS = ('conv', 'transformer')
 # The channel mixing between steps (tfp_glow.flow.glow.Glow's `permutation`).
 PERMUTATIONS = ('conv_lu', 'conv', 'shuffle', 'reverse')
 # How each level is differentiated (tfp_glow.flow.gradients).

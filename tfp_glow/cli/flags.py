@@ -164,7 +164,7 @@ def build_parser(
   p.add_argument('--permutation', choices=PERMUTATIONS, help='default: conv_lu')
   p.add_argument(
     '--conditioner',
-    choices=('conv', 'transformer'),  # tfp_glow.bijectors.conditioners.CONDITIONERS
+    choices=glow_names.CONDITIONERS,
     help="the coupling's network: conv (the paper's) or transformer (a ViT on 2x2 patches, depth 2, width 128, "
     '4 heads). Default: conv',
   )

@@ -53,7 +53,7 @@ class Conv:
 
 Conditioner = Conv | Transformer
 # Registry: the names `Glow(conditioner=...)`, `GlowModel` and the CLI's --conditioner accept.
-CONDITIONERS: dict[str, type] = {cls.name: cls for cls in (Conv, Transformer)}
+CONDITIONERS: dict[str, type] = {cls.name: cls for cls in (Conv, Transformer)}  # names: tfp_glow.names
 
 
 def conditioner_from(spec: str | Conditioner, settings: dict | None = None) -> Conditioner:
