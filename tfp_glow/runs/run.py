@@ -44,6 +44,16 @@ from tfp_glow.training.optim import default_optimizer
 from tfp_glow.training.precision import global_policy
 
 
+class _CSVLogger(keras.callbacks.CSVLogger):
+  """Keras' CSVLogger, which also closes a TensorFlow file (gs://, ram://): `GFile` has no `closed`."""
+
+  def on_train_end(self, logs=None):
+    if self.csv_file is not None:
+      self.csv_file.close()
+      self.csv_file = None
+    self.writer = None
+
+
 def train(
   config: Mapping[str, Any],
   out: str,
@@ -246,9 +256,7 @@ class Run:
     callbacks = [
       backup,
       keras.callbacks.ModelCheckpoint(os.path.join(wout, 'checkpoints', 'latest.keras')),
-      keras.callbacks.CSVLogger(
-        os.path.join(wout, 'history.csv'), append=self.state in ('resume', 'continue')
-      ),
+      _CSVLogger(os.path.join(wout, 'history.csv'), append=self.state in ('resume', 'continue')),
       self._sample_grid(wout),
       keras.callbacks.TerminateOnNaN(),
       *([keras.callbacks.TensorBoard(os.path.join(wout, 'logs'))] if self.tensorboard else []),
