@@ -215,6 +215,23 @@ def test_a_continued_run_killed_early_keeps_the_finished_run_and_resumes(tmp_pat
   assert not (out / 'backup').exists() and not (out / 'replacing.json').exists()
 
 
+@pytest.mark.slow
+def test_a_fresh_run_killed_keeps_the_finished_run_until_it_ends(tmp_path, monkeypatch, capsys):
+  out = tmp_path / 'run'
+  assert _train(out) == 0
+  finished = {name: (out / name).read_bytes() for name in ('model.keras', 'metrics.json')}
+  with monkeypatch.context() as m:
+    _stop_at(m, 'epoch2_batch')  # after the fresh run's first backup
+    assert _train(out, '--fresh', '--seed', '5') == 130
+  assert {name: (out / name).read_bytes() for name in finished} == finished
+  capsys.readouterr()
+  assert _train(out, '--seed', '5') == 0  # the same flags: the fresh run resumes
+  assert 'resuming the interrupted --fresh run' in capsys.readouterr().out
+  metrics = json.loads((out / 'metrics.json').read_text())
+  assert metrics['config']['seed'] == 5 and metrics['epochs_this_run'] == 1
+  assert not (out / 'backup').exists() and not (out / 'replacing.json').exists()
+
+
 # ---- the kill loop ------------------------------------------------------------------------------------
 
 FINAL = [

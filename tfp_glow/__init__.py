@@ -16,7 +16,7 @@ from tfp_glow.bijectors import (
 )
 from tfp_glow.distribution import GlowDistribution
 from tfp_glow.flow.glow import Glow
-from tfp_glow.runs import train  # noqa: E402  (after GlowModel: runs imports it)
+from tfp_glow.runs import train
 from tfp_glow.training import callbacks, guard, optim
 from tfp_glow.training.model import GlowModel
 

@@ -66,6 +66,10 @@ class RunBackup(distribute.MultiWorkerBackupAndRestore):
     """Batches of the current epoch done, those before the restored backup included."""
     return self._batches_done
 
+  def in_resumed_epoch(self) -> bool:
+    """Whether the current epoch is the one a mid-epoch backup was restored into."""
+    return self._offset > 0
+
   def on_train_end(self, logs=None):
     pass
 
@@ -88,7 +92,7 @@ class EndResumedEpoch(keras.callbacks.Callback):
     steps = self.params.get('steps')
     if not (self.backup.resume_at and steps) or self.model.stop_training:
       return
-    if self.backup._offset and self.backup.batches_done() >= steps:
+    if self.backup.in_resumed_epoch() and self.backup.batches_done() >= steps:
       self.model.stop_training = True  # ends this epoch's batch loop
       self._ended = True
 

@@ -181,19 +181,16 @@ class RunDirectory:
   def begin(self, state: str, config: dict) -> int:
     """Prepares `state` (from `state`); returns the epoch training starts from: 0, the finished run's for
     'continue' (the model loads `checkpoint`), or 0 for 'resume' (the backup restores its own epoch)."""
+    if state == 'continue' and not tf.io.gfile.exists(self.checkpoint):
+      raise RunError(f'--continue: {self.checkpoint!r} is missing; use --fresh to train a new model')
     if state in ('fresh', 'continue'):
       _remove(self.backup_dir)  # an older interrupted run's: not this one's
       _remove(self.path('replacing.json'))
       previous = _digest(self.path('metrics.json'))
       if previous:  # the finished run stays until this one writes its own files
-        mode = 'fresh' if state == 'fresh' else 'continue'
-        marker = dict(mode=mode, epochs=config['epochs'], previous=previous)
+        marker = dict(mode=state, epochs=config['epochs'], previous=previous)
         atomic.write_json(self.path('replacing.json'), marker)
-    if state == 'continue':
-      if not tf.io.gfile.exists(self.checkpoint):
-        raise RunError(f'--continue: {self.checkpoint!r} is missing; use --fresh to train a new model')
-      return int(self.metrics().get('epochs', 0))
-    return 0
+    return int(self.metrics().get('epochs', 0)) if state == 'continue' else 0
 
   def finished(self) -> None:
     """After metrics.json: the replaced run's marker goes (the backup goes next, `RunBackup.finished`)."""

@@ -107,7 +107,9 @@ def train(
     directory.cleanup()
 
 
-def _locked(config: dict, directory: RunDirectory, cluster: Cluster, continue_run, fresh, options) -> dict:
+def _locked(
+  config: dict, directory: RunDirectory, cluster: Cluster, continue_run: bool, fresh: bool, options: dict
+) -> dict:
   try:
     # The chief locks for all workers.
     with lock.held(directory.out, enabled=cluster.chief) as note:
@@ -140,19 +142,27 @@ class Run:
   """One training run in `directory`, in a state that `RunDirectory.state` decided."""
 
   def __init__(
-    self, config: dict, directory: RunDirectory, cluster: Cluster, state: str, started: float, **options
+    self,
+    config: dict,
+    directory: RunDirectory,
+    cluster: Cluster,
+    state: str,
+    started: float,
+    *,
+    data_dir: str | None = None,
+    tensorboard: bool = False,
+    backup_every: int | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
   ):
-    self.config, self.directory, self.cluster, self.state, self.started = (
-      config,
-      directory,
-      cluster,
-      state,
-      started,
-    )
-    self.data_dir = options['data_dir']
-    self.tensorboard = options['tensorboard']
-    self.backup_every = options['backup_every']
-    self.extra_callbacks = list(options['callbacks'])
+    self.config = config
+    self.directory = directory
+    self.cluster = cluster
+    self.state = state
+    self.started = started  # time.time() when the run took its lock: metrics['wall_seconds']
+    self.data_dir = data_dir
+    self.tensorboard = tensorboard
+    self.backup_every = backup_every
+    self.extra_callbacks = list(callbacks)
     self.report = glow_data.ImageReport()  # one per run: each skipped or converted file is warned about once
 
   def load_split(self, split: str, shuffle: bool, shard: bool = True) -> tuple[tf.data.Dataset, Any]:
