@@ -146,7 +146,7 @@ class RunLock:
 
   def _in_use(self, holder: dict, me: dict) -> str:
     if holder.get('pid') == me['pid'] and holder.get('host') == me['host']:
-      return f'this process already runs in {self.out} (it holds {self.path})'
+      return f'this process already runs in {self.out} (it holds {self.path} until that run ends)'
     where = 'this host' if holder.get('host') in (None, me['host']) else f'host {holder.get("host")}'
     return (
       f'--out {self.out} is in use by process {holder.get("pid", "?")} on {where} (since '
