@@ -44,6 +44,20 @@ def test_the_backup_paths_we_redirect_exist():
   )
 
 
+# What tfp_glow.runs.backup.RunBackup reads and sets on Keras' BackupAndRestore to back up every N steps and
+# resume mid-epoch.
+RUN_BACKUP_ATTRIBUTES = ('_current_epoch', '_last_batch_seen', '_batches_seen_since_last_saving', 'save_freq')
+
+
+def test_the_backup_counters_runs_keep_exist():
+  backup = keras.callbacks.BackupAndRestore('/tmp/unused_backup_dir', save_freq=3)
+  missing = [name for name in RUN_BACKUP_ATTRIBUTES if not hasattr(backup, name)]
+  assert not missing, (
+    f'Keras {keras.__version__} BackupAndRestore lacks {missing}: tfp_glow/runs/backup.py counts the batches '
+    'of an epoch with them.'
+  )
+
+
 # (our class, the Keras class whose private method it overrides, the method)
 OVERRIDES = [
   (optim.WarmupAdamax, keras.optimizers.Adamax, '_backend_update_step'),

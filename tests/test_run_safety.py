@@ -15,7 +15,7 @@ import keras
 import pytest
 
 from tfp_glow import cli
-from tfp_glow.cli import pause_points, train_command
+from tfp_glow.runs import directory, pause_points
 
 TINY = ['--levels', '2', '--steps', '1', '--width', '8', '--batch-size', '256', '--no-ema', '--lr', '3e-2',
         '--warmup-epochs', '0.2']  # fmt: skip
@@ -67,7 +67,7 @@ def test_out_that_cannot_be_written_exits_2_naming_path_and_cause(tmp_path, caps
 
 def test_out_without_space_exits_2_before_training(tmp_path, monkeypatch, capsys):
   usage = namedtuple('usage', 'total used free')
-  monkeypatch.setattr(train_command.shutil, 'disk_usage', lambda path: usage(10**9, 10**9 - 1000, 1000))
+  monkeypatch.setattr(directory.shutil, 'disk_usage', lambda path: usage(10**9, 10**9 - 1000, 1000))
   assert _train(tmp_path / 'run') == 2
   err = capsys.readouterr().err
   assert len(err.strip().splitlines()) == 1 and 'No space left on device' in err and 'MB free' in err
@@ -106,8 +106,8 @@ def _tmpfs(size: str):
 
 # The space check relaxed, so that the writes themselves meet the full disk.
 _FULL_DISK_RUN = (
-  'import sys; from tfp_glow import cli; from tfp_glow.cli import train_command as t; '
-  't._MIN_FREE_BYTES = t._BYTES_PER_PARAMETER = 0; sys.exit(cli.main(sys.argv[1:]))'
+  'import sys; from tfp_glow import cli; from tfp_glow.runs import directory as d; '
+  'd.MIN_FREE_BYTES = d.BYTES_PER_PARAMETER = 0; sys.exit(cli.main(sys.argv[1:]))'
 )
 
 
@@ -172,6 +172,66 @@ def test_continue_trains_a_finished_run_further_and_fresh_starts_afresh(tmp_path
   assert not (out / 'backup').exists()
 
 
+def _stop_at(monkeypatch, point: str) -> None:
+  """In this process, the run stops at the pause point `point` as if killed there (KeyboardInterrupt: exit
+  130; its lock goes with it, as the kernel frees a killed process' lock)."""
+
+  def stop(name):
+    if name == point:
+      raise KeyboardInterrupt
+
+  # EpochPausePoints looks up `pause_point` in its own module at each call.
+  monkeypatch.setattr(sys.modules[pause_points.EpochPausePoints.__module__], 'pause_point', stop)
+
+
+@pytest.mark.slow
+def test_a_continued_run_killed_early_keeps_the_finished_run_and_resumes(tmp_path, monkeypatch, capsys):
+  """--continue killed before its first backup, then after one: the finished model.keras and metrics.json
+  stay as they were; a plain rerun leaves both runs alone; --continue resumes (not from scratch)."""
+  out = tmp_path / 'run'
+  assert _train(out) == 0
+  finished = {name: (out / name).read_bytes() for name in ('model.keras', 'metrics.json')}
+  more = ['train', *TINY, '--epochs', '4', '--out', str(out), '--continue']
+  for point in ('epoch3_batch', 'epoch4_batch'):  # before the continued run's first backup, after it
+    with monkeypatch.context() as m:
+      _stop_at(m, point)
+      assert cli.main(more) == 130
+    assert {name: (out / name).read_bytes() for name in finished} == finished, point
+  capsys.readouterr()
+  assert _train(out) == 0  # without --continue: the finished run, and the continuation kept
+  said = capsys.readouterr().out
+  assert 'holds a finished run' in said and 'add --continue to resume it' in said
+  assert (out / 'backup').exists() and {name: (out / name).read_bytes() for name in finished} == finished
+  assert cli.main(more) == 0
+  metrics = json.loads((out / 'metrics.json').read_text())
+  assert metrics['epochs'] == 4 and metrics['epochs_this_run'] == 1  # from the backup of epoch 3
+  assert [line.split(',')[0] for line in (out / 'history.csv').read_text().splitlines()[1:]] == [
+    '0',
+    '1',
+    '2',
+    '3',
+  ]
+  assert (out / 'model.keras').read_bytes() != finished['model.keras']
+  assert not (out / 'backup').exists() and not (out / 'replacing.json').exists()
+
+
+@pytest.mark.slow
+def test_a_fresh_run_killed_keeps_the_finished_run_until_it_ends(tmp_path, monkeypatch, capsys):
+  out = tmp_path / 'run'
+  assert _train(out) == 0
+  finished = {name: (out / name).read_bytes() for name in ('model.keras', 'metrics.json')}
+  with monkeypatch.context() as m:
+    _stop_at(m, 'epoch2_batch')  # after the fresh run's first backup
+    assert _train(out, '--fresh', '--seed', '5') == 130
+  assert {name: (out / name).read_bytes() for name in finished} == finished
+  capsys.readouterr()
+  assert _train(out, '--seed', '5') == 0  # the same flags: the fresh run resumes
+  assert 'resuming the interrupted --fresh run' in capsys.readouterr().out
+  metrics = json.loads((out / 'metrics.json').read_text())
+  assert metrics['config']['seed'] == 5 and metrics['epochs_this_run'] == 1
+  assert not (out / 'backup').exists() and not (out / 'replacing.json').exists()
+
+
 # ---- the kill loop ------------------------------------------------------------------------------------
 
 FINAL = [
@@ -185,18 +245,27 @@ FINAL = [
 MODELS = ['model.keras', 'checkpoints/latest.keras']
 
 
-def _start(out, pause: str | None) -> subprocess.Popen:
+# TINY as `tfp_glow.train`'s config: the same run from Python.
+_PYTHON_RUN = (
+  'import sys, tfp_glow; tfp_glow.train(dict(dataset="digits", levels=2, steps=1, width=8, batch_size=256, '
+  'ema=False, lr=3e-2, warmup_epochs=0.2, epochs=3), sys.argv[1])'
+)
+
+
+def _start(out, pause: str | None, entry: str = 'cli') -> subprocess.Popen:
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES='')
   env.pop(pause_points.ENV, None)
   if pause:
     env[pause_points.ENV] = pause
   cmd = [sys.executable, '-m', 'tfp_glow.cli', 'train', *TINY, '--epochs', '3', '--out', str(out)]
+  if entry == 'python':
+    cmd = [sys.executable, '-c', _PYTHON_RUN, str(out)]
   return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _run_until(out, pause: str | None) -> tuple[str, str]:
+def _run_until(out, pause: str | None, entry: str = 'cli') -> tuple[str, str]:
   """Runs `train` until it pauses at `pause` (then SIGKILL: 'killed') or ends ('exit N'); returns (how, output)."""
-  proc = _start(out, pause)
+  proc = _start(out, pause, entry)
   lines = []
   try:
     for line in proc.stdout:
@@ -213,8 +282,9 @@ def _run_until(out, pause: str | None) -> tuple[str, str]:
 
 
 @pytest.mark.slow
-def test_kills_at_random_moments_resume_into_the_same_complete_run(tmp_path):
-  """A real `tfp-glow train`, SIGKILLed at random named moments (during epochs, after them, during the
+@pytest.mark.parametrize('entry', ['cli', 'python'])
+def test_kills_at_random_moments_resume_into_the_same_complete_run(tmp_path, entry):
+  """A real `tfp-glow train` (or `tfp_glow.train` from Python), SIGKILLed at random named moments (during epochs, after them, during the
   final save, between the final files), rerun each time: it always ends with the complete set of files,
   and a model file it had is never missing afterwards."""
   # What an uninterrupted run writes (sample grids every epoch: sample_every = max(1, 3 // 10)).
@@ -230,14 +300,14 @@ def test_kills_at_random_moments_resume_into_the_same_complete_run(tmp_path):
   out = tmp_path / 'killed'
   had: set[str] = set()
   for pause in pauses:
-    how, output = _run_until(out, pause)
+    how, output = _run_until(out, pause, entry)
     assert how == 'killed', (pause, output)
     now = set(_files(out))
     assert had & set(MODELS) <= now, f'after a kill at {pause}, a model file went missing: {had - now}'
     for name in set(MODELS) & now:
       keras.models.load_model(out / name, compile=False)  # complete, loadable
     had = now
-  how, output = _run_until(out, None)
+  how, output = _run_until(out, None, entry)
   assert how == 'exit 0', output
   assert 'took over the lock' in output  # the killed run's lock was stale
   assert set(_files(out)) == expected

@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (`X as X`: re-exported); at
   from tfp_glow.bijectors import TopPrior as TopPrior
   from tfp_glow.distribution import GlowDistribution as GlowDistribution
   from tfp_glow.flow.glow import Glow as Glow
+  from tfp_glow.runs import train as train
   from tfp_glow.training import callbacks as callbacks
   from tfp_glow.training import guard as guard
   from tfp_glow.training import optim as optim
@@ -57,6 +58,7 @@ _HOMES = {
   'dequantization': 'tfp_glow.dequantization',
   'guard': 'tfp_glow.training.guard',
   'optim': 'tfp_glow.training.optim',
+  'train': 'tfp_glow.runs',
 }
 __all__ = list(_HOMES)
 

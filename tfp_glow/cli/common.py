@@ -4,8 +4,6 @@ sample-grid helpers and reading a run's JSON."""
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import os
 
 import numpy as np
@@ -13,7 +11,10 @@ import tensorflow as tf
 
 from tfp_glow.cli.errors import Diverged, UsageError
 from tfp_glow.images import image_grid, save_png
-from tfp_glow.training.model import GlowModel
+
+# Shared with the library's runs; re-exported for the commands.
+from tfp_glow.runs.directory import read_json_dict  # noqa: F401
+from tfp_glow.runs.finish import bits_per_dim, display_zoom, grid_layout  # noqa: F401
 
 __all__ = [  # the errors are re-exported: the commands import them from here with the helpers
   'Diverged',
@@ -38,35 +39,9 @@ def flag_errors():
     raise UsageError(e.message.strip().splitlines()[0]) from e
 
 
-def grid_layout(n: int, num_classes: int | None) -> tuple[int, int, np.ndarray | None]:
-  """(n, columns, labels) for a sample grid; conditional models get one column per class."""
-  if not num_classes:
-    return n, math.ceil(math.sqrt(n)), None
-  n = math.ceil(n / num_classes) * num_classes
-  return n, num_classes, np.arange(n, dtype=np.int32) % num_classes
-
-
-def display_zoom(image_shape) -> int:
-  return max(1, 32 // max(image_shape[:2]))  # small images (8x8 digits) shown at about 32x32
-
-
 def save_grid(path: str, images, columns: int, zoom: int | None = None) -> None:
   if tf.io.gfile.isdir(path):
     raise UsageError(
       f'--out {path!r} is a directory; give a file name (e.g. {os.path.join(path, "grid.png")})'
     )
   save_png(path, image_grid(np.asarray(images), columns, zoom=zoom or display_zoom(images.shape[1:])))
-
-
-def bits_per_dim(model: GlowModel, dataset) -> float:
-  """The model's bits/dim on `dataset`: the mean over its images, whatever the batch size (`model.evaluate`)."""
-  return float(model.evaluate(dataset, verbose=0, return_dict=True)['bits_per_dim'])
-
-
-def read_json_dict(path: str) -> dict:
-  """A JSON object from `path`, or {} if there is none."""
-  if not tf.io.gfile.exists(path):
-    return {}
-  with tf.io.gfile.GFile(path) as f:
-    obj = json.load(f)
-  return obj if isinstance(obj, dict) else {}

@@ -244,6 +244,12 @@ def build_parser(
     '--batch-size is the global batch',
   )
   p.add_argument('--tpu', help='--strategy tpu: the TPU name or grpc:// address (default: the local TPU)')
+  p.add_argument(
+    '--backup-every',
+    type=POSITIVE_INT,
+    metavar='STEPS',
+    help='back up every STEPS training steps as well as every epoch (a preempted run resumes mid-epoch)',
+  )
   p.add_argument('--tensorboard', action='store_true', help='log metrics and sample grids to DIR/logs')
   p.add_argument('--out', help='output directory (default: runs/DATASET); rerun to resume a killed run')
   again = p.add_mutually_exclusive_group()

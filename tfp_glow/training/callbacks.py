@@ -146,9 +146,11 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             tf.io.gfile.copy(path, tmp, overwrite=True)
     with atomic.replacing(self._weights_path) as tmp:
       self.model.save_weights(tmp, overwrite=True)
-    atomic.write_json(
-      self._training_metadata_path, {'epoch': self._current_epoch, 'batch': self._last_batch_seen}
-    )
+    atomic.write_json(self._training_metadata_path, self._metadata())
+
+  def _metadata(self) -> dict:
+    """What training_metadata.json holds (Keras reads 'epoch'; subclasses may add keys)."""
+    return {'epoch': self._current_epoch, 'batch': self._last_batch_seen}
 
 
 def _write_image_summary(writer, tag: str, image: np.ndarray, step: int) -> None:
