@@ -2,10 +2,10 @@
 
 Composed as Keras composes keras.Model (which inherits its Trainer): this module holds the construction, the
 config and the properties; the rest comes from one mixin per concept:
-  trainer.py        Trainer       fit, evaluate, compile, train_step / test_step / predict_step, the loss,
-                                  the metrics, per-image weights
-  public_calls.py   PublicCalls   log_prob, sample, encode, decode, interpolate, bits/dim (compiled.py
-                                  holds their cached tf.functions)
+  trainer.py        Trainer       fit, evaluate, compile, train_step / test_step / predict_step, the loss
+                                  (bits_per_dim), the metrics, per-image weights
+  public_calls.py   PublicCalls   log_prob, sample, encode, decode, interpolate, evaluate_bits_per_dim
+                                  (compiled.py holds their cached tf.functions)
   files.py          Files         save, save_weights, load_weights, export
 """
 

@@ -6,8 +6,8 @@ Inside a graph (a Keras `predict`, the user's own tf.function) or under a gradie
 instead, through the distribution (`GlowDistribution`), so every autodiff mode gives plain autodiff's answer.
 
 A mixin: `GlowModel` (tfp_glow/training/model.py) composes it with keras.Model, and gives it what it reads:
-`distribution`, `glow`, `dequantizer`, `n_bins`, `num_dims`, `_check_images`/`_check_labels` and `_tfp` (its
-`calls`, a `CompiledCalls`, and a cache for `evaluate_bits_per_dim`'s traced log p).
+`distribution`, `glow`, `dequantizer`, `n_bins`, `num_dims`, `bits_per_dim` (trainer.py), `_check_images` /
+`_check_labels` and `_tfp` (its `calls`, a `CompiledCalls`, and a cache for `evaluate_bits_per_dim`'s log p).
 """
 
 from __future__ import annotations
@@ -22,12 +22,11 @@ import tensorflow_probability as tfp
 from tfp_glow import checks
 from tfp_glow import data as glow_data
 from tfp_glow import dequantization as dequant
-from tfp_glow.distribution import bits_per_dim
 from tfp_glow.training.compiled import use_compiled
 
 
 class PublicCalls:
-  """log_prob, sample, encode, decode, interpolate, bits_per_dim and evaluate_bits_per_dim of a GlowModel."""
+  """log_prob, sample, encode, decode, interpolate and evaluate_bits_per_dim of a GlowModel."""
 
   def call(self, inputs):
     """log p(x) [N] per image (nats); `inputs` is images, or (images, labels) for a conditional model."""
@@ -130,11 +129,7 @@ class PublicCalls:
       mixed_labels = tf.where(tf.reshape(t, [-1]) < 0.5, pair_labels[0], pair_labels[1])
     return self.decode(mixed, mixed_labels)
 
-  # ---- bits per dimension ------------------------------------------------------------------------
-
-  def bits_per_dim(self, log_prob: tf.Tensor) -> tf.Tensor:
-    """(-log p(x) + D log(n_bins)) / (D ln 2), per image (see `tfp_glow.distribution.bits_per_dim`)."""
-    return bits_per_dim(log_prob, self.num_dims, self.n_bins)
+  # ---- bits per dimension, importance-weighted ----------------------------------------------------
 
   def evaluate_bits_per_dim(
     self, data, samples: int = 1, seed: int | None = None, per_image: bool = False, max_images: int = 4096

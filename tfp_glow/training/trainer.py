@@ -10,8 +10,8 @@ the training step asks with its gradient mode (`training_gradient`, first-order 
 
 A mixin: `GlowModel` (tfp_glow/training/model.py) composes it with keras.Model, and gives it what it reads:
 `distribution`, `glow`, `dequantizer`, `classifier`, `n_bins`, `num_dims`, `num_classes`, `image_shape`,
-`training_gradient`, the trackers, `skip_causes`, `_glow_config`, `_guard_state`, `_check_images`/`_check_labels`
-and `bits_per_dim` (tfp_glow/training/public_calls.py).
+`training_gradient`, the trackers, `skip_causes`, `_glow_config`, `_guard_state`, `_check_images` /
+`_check_labels` and `log_prob` (tfp_glow/training/public_calls.py, for `predict_step`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import keras
 import tensorflow as tf
 
 from tfp_glow import dequantization as dequant
+from tfp_glow.distribution import bits_per_dim
 from tfp_glow.training import guard
 from tfp_glow.training import inputs as model_inputs
 from tfp_glow.training.optim import default_optimizer
@@ -132,6 +133,10 @@ class Trainer:
     self.compile(**keras.saving.deserialize_keras_object(config))
 
   # ---- the loss and the metrics ----------------------------------------------------------------
+
+  def bits_per_dim(self, log_prob: tf.Tensor) -> tf.Tensor:
+    """(-log p(x) + D log(n_bins)) / (D ln 2), per image (see `tfp_glow.distribution.bits_per_dim`)."""
+    return bits_per_dim(log_prob, self.num_dims, self.n_bins)
 
   def _loss_terms_of(self, images, labels, training_gradient: str | None = None):
     """Per-image terms of the loss: (loss [N], bits/dim [N], labels, logits or None); loss_n = bpd_n, plus
