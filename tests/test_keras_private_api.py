@@ -15,7 +15,7 @@ HOOKS = [
   (keras.optimizers.Optimizer, '_update_model_variables_moving_average', 'optim.py: the fused weight EMA'),
   (keras.optimizers.Optimizer, '_get_variable_index', 'optim.py: the fused Adam(ax) kernels find slots'),
   (keras.callbacks.BackupAndRestore, '_save_model', 'distribute.py: workers write backups elsewhere'),
-  (keras.Model, '_maybe_symbolic_build', "model.py: no first-batch reduce across workers' own shards"),
+  (keras.Model, '_maybe_symbolic_build', "trainer.py: no first-batch reduce across workers' own shards"),
 ]
 # The attributes GlowModel._maybe_symbolic_build reads to decide that nothing needs building.
 MODEL_ATTRIBUTES = ('_compile_metrics', '_compile_loss')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Sequence
 
@@ -26,7 +27,7 @@ except ImportError as e:  # pragma: no cover (only after a TFP upgrade)
   ) from e
 
 from tfp_glow import checks
-from tfp_glow.flow.glow import Glow
+from tfp_glow.flow.glow import Encoding, Glow
 
 tfd = tfp.distributions
 
@@ -106,6 +107,14 @@ def _split_kwargs(kwargs):
   if kwargs:
     raise TypeError(f'GlowDistribution: unexpected keyword arguments {sorted(kwargs)}.')
   return distribution_kwargs, bijector_kwargs
+
+
+@dataclasses.dataclass(frozen=True)
+class LogProbParts:
+  """log p(x) [N] of images, and the encoding it was computed from (`GlowDistribution.log_prob_parts`)."""
+
+  log_prob: tf.Tensor
+  encoding: Encoding
 
 
 class GlowDistribution(_TransformedDistribution):
@@ -200,6 +209,21 @@ class GlowDistribution(_TransformedDistribution):
       'bijector_kwargs': _batch_labels(bijector_kwargs, batch_shape, n),
     }
     return tf.reshape(super()._log_prob(flat, **kwargs)[:n], batch_shape)
+
+  def log_prob_parts(
+    self, images: tf.Tensor, labels: tf.Tensor | None = None, training_gradient: str | None = None
+  ) -> LogProbParts:
+    """log p(x) of images [N, H, W, C] with the encoding behind it (latents, log-det, top activations):
+
+      log p(x) = log p_base(eps(x)) + log|det d eps / d x|,   eps(x) = join_latents(glow.encode(x))
+
+    (`log_prob`'s value for a batch of N > 0 images). `training_gradient`: None, each level is differentiated
+    as the bijector's `gradient` says; or one of `tfp_glow.flow.gradients.GRADIENTS`, for a training step
+    whose only gradient is first order (of the loss w.r.t. the parameters and x): each level is
+    differentiated with it, without asking TensorFlow whether a higher order may be taken."""
+    encoding = self.glow.encode_with_log_det(images, labels, training_gradient=training_gradient)
+    log_prob = self.distribution.log_prob(self.glow.join_latents(encoding.latents)) + encoding.log_det
+    return LogProbParts(log_prob, encoding)
 
   def encode(self, images: tf.Tensor, labels: tf.Tensor | None = None) -> list[tf.Tensor]:
     """Images [..., H, W, C] -> per-level latents [eps_1, ..., eps_L], eps_i [..., h_i, w_i, c_i] (see

@@ -209,12 +209,15 @@ class Glow(GlowBijector):
 
   # ---- encode / decode -------------------------------------------------------------------------
 
-  def encode_with_log_det(self, images: tf.Tensor, labels: tf.Tensor | None = None) -> Encoding:
-    """Image [N, H, W, C] -> per-level latents, the log-det, and the top activations."""
+  def encode_with_log_det(
+    self, images: tf.Tensor, labels: tf.Tensor | None = None, training_gradient: str | None = None
+  ) -> Encoding:
+    """Image [N, H, W, C] -> per-level latents, the log-det, and the top activations. `training_gradient`:
+    a training step's first-order-only gradient, used instead of `gradient` (`gradients.encode_level`)."""
     images = self._check_image_input(tf.convert_to_tensor(images, dtype=self.dtype))
     if images.shape.rank != 4:
       raise ValueError(f'{self.name}: encode expects images [N, H, W, C], got {images.shape}.')
-    return self._encode_4d(images, labels)
+    return self._encode_4d(images, labels, training_gradient=training_gradient)
 
   def encode(self, images: tf.Tensor, labels: tf.Tensor | None = None) -> list[tf.Tensor]:
     """Image [N, H, W, C] -> [eps_1, ..., eps_L], eps_i [N, h_i, w_i, c_i] (standardized)."""
@@ -241,14 +244,17 @@ class Glow(GlowBijector):
   # Plain Python loops over layers, no tensor-dependent control flow: AutoGraph has nothing to convert,
   # and skipping its source transformation makes tracing a training step ~2.5x faster.
   @tf.autograph.experimental.do_not_convert
-  def _encode_4d(self, x, labels=None, initialize=False) -> Encoding:
+  def _encode_4d(self, x, labels=None, initialize=False, training_gradient=None) -> Encoding:
     h, log_det = x, tf.zeros(tf.shape(x)[:1], self.dtype)
     latents = []
     self._check_labels(labels)
     for level in self._levels:
       h = self._squeeze.inverse_and_log_det(h)[0]
       # Each actnorm is initialized from the activations of the (initialized) steps before it.
-      h, ld = level.steps.initialize(h) if initialize else encode_level(level.steps, h, self._gradient)
+      if initialize:
+        h, ld = level.steps.initialize(h)
+      else:
+        h, ld = encode_level(level.steps, h, self._gradient, training_gradient)
       log_det += ld
       top = h
       if isinstance(level.exit, SplitPrior):

@@ -17,8 +17,9 @@ first-order gradient, so each steps aside to TensorFlow's own wherever more may 
   - in the backward pass, if a tape records the gradient computation itself: the level's gradient is
     recomputed with TensorFlow's own, so that the outer tape differentiates plain autodiff;
   - without a tape at all (evaluation, sampling, export) nothing is stored.
-GlowModel's training step takes only first-order parameter gradients: it says so (`first_order_training`),
-and its level gradient applies without asking TensorFlow anything.
+GlowModel's training step takes only first-order gradients: it says so by passing its gradient as
+`training_gradient` (through `GlowDistribution.log_prob_parts` and `Glow.encode_with_log_det`), and the level
+gradient then applies without asking TensorFlow anything.
 
 Where the hand-built loop cannot be faster, 'stored' is 'autodiff': under XLA (TensorFlow's own gradient of
 unrolled steps compiles well) and for a StepList (unrolled steps, whose plain gradient stores the same).
@@ -27,18 +28,12 @@ Gradients equal TensorFlow's own to rounding in every mode (tests/test_autodiff_
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from typing import Iterator
-
 import keras
 import tensorflow as tf
 
 from tfp_glow.flow import kernels, tape_state
 from tfp_glow.flow.stack import Steps, StepStack
 from tfp_glow.names import GRADIENTS
-
-_training = threading.local()  # the gradient GlowModel's training step asks for (per thread: replicas)
 
 
 def check_gradient(gradient: str | None = None, memory_saving: bool | str | None = None) -> str:
@@ -59,23 +54,14 @@ def check_gradient(gradient: str | None = None, memory_saving: bool | str | None
   return gradient
 
 
-@contextlib.contextmanager
-def first_order_training(gradient: str) -> Iterator[None]:
-  """Inside: every level is differentiated with `gradient`, without asking TensorFlow whether a higher
-  order may be taken. For a training step whose only gradient is first order, of the loss with respect to
-  the parameters (GlowModel.train_step)."""
-  previous = getattr(_training, 'gradient', None)
-  _training.gradient = check_gradient(gradient)
-  try:
-    yield
-  finally:
-    _training.gradient = previous
-
-
-def encode_level(steps: Steps, x: tf.Tensor, gradient: str) -> tuple[tf.Tensor, tf.Tensor]:
-  """Image -> latent through a level's steps, (y [N, h, w, c], log-det [N]), differentiated with `gradient`
-  (or the one `first_order_training` set), as the module docstring says."""
-  training = getattr(_training, 'gradient', None)
+def encode_level(
+  steps: Steps, x: tf.Tensor, gradient: str, training_gradient: str | None = None
+) -> tuple[tf.Tensor, tf.Tensor]:
+  """Image -> latent through a level's steps, (y [N, h, w, c], log-det [N]), differentiated with `gradient`,
+  as the module docstring says. `training_gradient` (one of GRADIENTS; a training step whose only gradient
+  is first order, e.g. GlowModel.train_step): differentiated with it instead, without asking TensorFlow
+  whether a higher order may be taken."""
+  training = None if training_gradient is None else check_gradient(training_gradient)
   gradient = training or gradient
   if gradient == 'stored' and (not isinstance(steps, StepStack) or steps.unrolled()):
     gradient = 'autodiff'  # TensorFlow's own gradient of unrolled steps stores the same
