@@ -122,7 +122,7 @@ def _locked(
         print(
           f'{directory.out} holds a finished run ({metrics.get("epochs", "?")} epochs, test '
           f'{metrics.get("test_bits_per_dim", float("nan")):.4f} bits/dim); nothing to do. '
-          '--continue trains it on up to --epochs, --fresh trains a new model'
+          '--continue (continue_run=True) trains it on up to --epochs, --fresh (fresh=True) trains a new model'
         )
         return metrics
       run = Run(config, directory, cluster, state, started, **options)
