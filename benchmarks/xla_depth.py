@@ -2,6 +2,8 @@
 
   python benchmarks/xla_depth.py                                     # the issue's sizes (heavy: minutes per K)
   python benchmarks/xla_depth.py --steps-list 2 4 8 16 --width 16 --image-size 16 --batch 8 --unrolled-max 8
+  python benchmarks/xla_depth.py --alternate --steps-list 4 --width 16 --image-size 16 --batch 8 --rounds 4 \
+    --out benchmarks/results/xla_depth_alternate.json      # steady step: loop vs unrolled, one process
 
 Each (K, variant) runs in a fresh process (a compile cache never carries over), the variants alternating:
 
@@ -64,6 +66,41 @@ def child(args) -> dict:
   }
 
 
+def alternate(args) -> dict:
+  """Steady step time of the XLA loop and the unrolled XLA steps at one K, in ONE process, alternating
+  rounds of --timed-steps steps (both compiled first): a ratio that a loaded machine disturbs less."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  import tensorflow as tf
+
+  from tfp_glow.flow.stack import StepStack
+  from tfp_glow.training.model import GlowModel
+
+  size, batch, k = args.image_size, args.batch, args.steps_list[0]
+  x = tf.random.stateless_uniform([batch, size, size, 3], (0, 1)) - 0.5
+  loop_unrolled, models = StepStack.unrolled, {}
+  for variant in ('xla', 'unrolled'):
+    StepStack.unrolled = (lambda self: True) if variant == 'unrolled' else loop_unrolled
+    model = GlowModel((size, size, 3), args.levels, k, args.width, seed=0, gradient=args.gradient)
+    model.compile(jit_compile=True)
+    model.initialize(x)
+    model.train_on_batch(x)  # traces (with this variant's StepStack) and compiles
+    models[variant] = model
+  StepStack.unrolled = loop_unrolled
+  times = {variant: [] for variant in models}
+  for _ in range(args.rounds):
+    for variant, model in models.items():
+      for _ in range(args.timed_steps):
+        t0 = time.perf_counter()
+        model.train_on_batch(x)
+        times[variant].append(time.perf_counter() - t0)
+  medians = {variant: statistics.median(t) for variant, t in times.items()}
+  return {
+    'steps': k,
+    'step_s': {v: round(m, 4) for v, m in medians.items()},
+    'loop_over_unrolled': round(medians['xla'] / medians['unrolled'], 3),
+  }
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--steps-list', type=int, nargs='+', default=[8, 16, 32, 48], help='K per level')
@@ -77,12 +114,27 @@ def main(argv=None) -> None:
   parser.add_argument('--timed-steps', type=int, default=5, help='steps after the first, timed')
   parser.add_argument('--rounds', type=int, default=1)
   parser.add_argument('--out', type=pathlib.Path, default=ROOT / 'benchmarks' / 'results' / 'xla_depth.json')
+  parser.add_argument(
+    '--alternate',
+    action='store_true',
+    help='steady step of the XLA loop against the unrolled XLA steps at the first K, one process, alternating',
+  )
   parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--variant', help=argparse.SUPPRESS)
   parser.add_argument('--k', type=int, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.child:
     print(json.dumps(child(args)))
+    return
+  if args.alternate:
+    result = alternate(args)
+    print(json.dumps(result))
+    report = {
+      'command': 'python benchmarks/xla_depth.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
+    }
+    report.update(load_average_at_end=os.getloadavg(), settings=vars(args), **result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1, default=str) + '\n')
     return
   shared = [f'--{k}={getattr(args, k.replace("-", "_"))}' for k in ('levels', 'width', 'image-size', 'batch')]
   shared += [f'--gradient={args.gradient}', f'--timed-steps={args.timed_steps}']
