@@ -51,8 +51,10 @@ SCRIPT = textwrap.dedent("""
   split = mirrored.fit(images, batch_size=4, epochs=1, validation_split=0.3, validation_batch_size=3,
                        verbose=0).history
   given = mirrored.fit(images[:9], batch_size=4, epochs=1, validation_data=(images[9:],), verbose=0).history
-  out['fit'] = dict(split=[split['bits_per_dim'][0], split['val_bits_per_dim'][0]],
-                    given=[given['bits_per_dim'][0], given['val_bits_per_dim'][0]])
+  dataset = mirrored.fit(tf.data.Dataset.from_tensor_slices(images[:9]).batch(4), epochs=1, verbose=0,
+                         validation_data=(images[9:],), validation_batch_size=3).history
+  out['fit'] = dict((name, [h['bits_per_dim'][0], h['val_bits_per_dim'][0]])
+                    for name, h in (('split', split), ('given', given), ('dataset', dataset)))
   # Training in order with plain SGD: any image left out, or any padding counted, changes the weights.
   before = [v.numpy() for v in single.trainable_variables]
   for model in (single, mirrored):
@@ -91,8 +93,10 @@ def test_evaluate_on_arrays_with_labels_under_two_replicas_is_what_one_device_gi
 def test_fit_on_arrays_under_two_replicas_splits_and_validates_as_keras_does(mirrored):
   per_image = np.array(mirrored['per_image'])
   expected = [per_image[:9].mean(), per_image[9:].mean()]  # shuffling changes no mean over images
-  np.testing.assert_allclose(mirrored['fit']['split'], expected, rtol=1e-5)
-  np.testing.assert_allclose(mirrored['fit']['given'], expected, rtol=1e-5)
+  for name, figures in mirrored[
+    'fit'
+  ].items():  # validation_split; array validation_data with arrays / a Dataset
+    np.testing.assert_allclose(figures, expected, rtol=1e-5, err_msg=name)
 
 
 @pytest.mark.slow  # a fresh process with 2 logical devices

@@ -158,26 +158,27 @@ def first_images(x, y, count: int):
 def arrays_as_datasets(x, y, kwargs: dict, replicas: int, caller: str, args: Sequence = ()):
   """(x, y, kwargs) of `fit` / `evaluate` (`caller`), with NumPy arrays or tensors turned into a batched
   tf.data.Dataset under N = `replicas` > 1, so that `pad_batches` pads their uneven last batch as it pads a
-  Dataset's (Keras itself cannot split it across replicas). Keras' own array handling is kept:
+  Dataset's (Keras' own split of an uneven array batch over the replicas trains wrongly: the weights end far
+  from one device's, tests/test_distributed_arrays.py). Keras' own array handling is kept:
   - batches of `batch_size` (default 32, or ceil(n / steps) when only `steps` / `steps_per_epoch` is
     given), the last one shorter;
   - fit's `shuffle` (default True: a fresh order every epoch; 'batch': within each batch only);
   - fit's `validation_split` (the last floor(n * split)-th part, before shuffling) and array
     `validation_data`, batched at `validation_batch_size` or `batch_size`.
   `args`: evaluate's positional arguments after x and y, returned as keywords. Other data (Datasets,
-  generators), and single-device runs, pass unchanged; sample weights are refused by fit / evaluate."""
+  generators) passes unchanged, but for fit's array `validation_data`; single-device runs pass unchanged."""
   if args:
     names = list(inspect.signature(keras.Model.evaluate).parameters)[3:]  # after self, x, y
     kwargs = {**dict(zip(names, args)), **kwargs}
-  if replicas == 1 or not _is_array(x) or (y is not None and not _is_array(y)):
+  arrays = _is_array(x) and (y is None or _is_array(y))
+  if replicas == 1 or not (arrays or caller == 'fit'):
     return x, y, kwargs
   kwargs = dict(kwargs)
-  batch_size = kwargs.pop('batch_size', None)
   if caller != 'fit':
-    return _batched(x, y, batch_size or _default_batch_size(x, kwargs.get('steps'))), None, kwargs
-  shuffle = kwargs.pop('shuffle', True)
-  split = kwargs.pop('validation_split', 0.0)
-  validation_batch_size = kwargs.pop('validation_batch_size', None) or batch_size
+    batch_size = kwargs.pop('batch_size', None) or _default_batch_size(x, kwargs.get('steps'))
+    return _batched(x, y, batch_size), None, kwargs
+  batch_size = kwargs.pop('batch_size', None) if arrays else kwargs.get('batch_size')
+  split = kwargs.pop('validation_split', 0.0) if arrays else 0.0  # Keras refuses it for other data
   if split and kwargs.get('validation_data') is None:
     n = int(x.shape[0])
     at = int(math.floor(n * (1.0 - split)))
@@ -187,17 +188,21 @@ def arrays_as_datasets(x, y, kwargs: dict, replicas: int, caller: str, args: Seq
       )
     kwargs['validation_data'] = (x[at:],) if y is None else (x[at:], y[at:])
     x, y = x[:at], (None if y is None else y[:at])
-  if kwargs.get('validation_data') is not None and not isinstance(kwargs['validation_data'], tf.data.Dataset):
-    vx, vy, vw = keras.utils.unpack_x_y_sample_weight(kwargs['validation_data'])
+  validation = kwargs.get('validation_data')
+  if validation is not None and not isinstance(validation, tf.data.Dataset):
+    vx, vy, vw = keras.utils.unpack_x_y_sample_weight(validation)
     if vw is not None:
       raise ValueError(
         'GlowModel.fit: validation_data holds sample weights, which a density model cannot honour (bits/dim '
         'is the mean -log p(x) over images, every image counted once); leave them out.'
       )
     if _is_array(vx) and (vy is None or _is_array(vy)):
+      validation_batch_size = kwargs.pop('validation_batch_size', None) or batch_size
       kwargs['validation_data'] = _batched(vx, vy, validation_batch_size or _default_batch_size(vx, None))
+  if not arrays:
+    return x, y, kwargs
   batch_size = batch_size or _default_batch_size(x, kwargs.get('steps_per_epoch'))
-  return _batched(x, y, batch_size, shuffle), None, kwargs
+  return _batched(x, y, batch_size, kwargs.pop('shuffle', True)), None, kwargs
 
 
 def _default_batch_size(x, steps: int | None) -> int:
