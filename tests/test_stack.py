@@ -133,7 +133,14 @@ def op_counts(steps: int, gradient: str) -> collections.Counter:
   return collections.Counter(op.type for op in live if op.type not in per_variable)
 
 
-@pytest.mark.parametrize('gradient', tg.flow.GRADIENTS)
+# The default run: TensorFlow's gradient and the training default ('stored'); the others with --slow.
+@pytest.mark.parametrize(
+  'gradient',
+  [
+    pytest.param(g, marks=pytest.mark.slow) if g in ('checkpoint', 'inverse') else g
+    for g in tg.flow.GRADIENTS
+  ],
+)
 def test_the_traced_graph_does_not_grow_with_the_number_of_steps(gradient):
   counts = op_counts(2, gradient)
   assert counts['StatelessWhile'] + counts['While'] >= 4  # a loop per level, and one for its gradient
@@ -192,7 +199,7 @@ def test_a_new_coupling_that_follows_the_protocol_runs_as_one_loop(gradient):
   with warnings.catch_warnings():
     warnings.simplefilter('error')  # no "runs unrolled" warning
     glow = tg.Glow(
-      (4, 4, 2), levels=2, steps=3, width=8, coupling=ToyCoupling, gradient=gradient, seed=0, dtype=tf.float64
+      (4, 4, 2), levels=1, steps=3, width=8, coupling=ToyCoupling, gradient=gradient, seed=0, dtype=tf.float64
     )
   assert all(isinstance(level.steps, StepStack) for level in glow.levels)
   assert isinstance(glow.levels[0].steps[2].coupling, ToyCoupling)
