@@ -141,7 +141,8 @@ MODES = {
 
 # Traced modes take seconds each (tracing while-loops, pfor, XLA): in the full run (pytest --slow) only,
 # except one traced gradient and one while-loop batch_jacobian through a StepStack; gradient='autodiff'
-# (the reference's own gradient, against itself) runs in default in eager mode only.
+# (the reference's own gradient, against itself) runs in default in eager mode only, and a StepList (custom
+# network) in first-order modes only.
 TRACED = {'gradient xla', 'batch_jacobian pfor', 'batch_jacobian tf.function', 'hvp input tf.function'}
 TRACED |= {
   'jvp input tf.function',
@@ -158,6 +159,8 @@ TRACED_IN_DEFAULT = {
 def slow(gradient, network, mode):
   if mode in TRACED:
     return (gradient, network, mode) not in TRACED_IN_DEFAULT
+  if network == 'list' and mode.startswith(('hvp', 'jvp')):  # higher orders step aside to autodiff there
+    return True
   return gradient == 'autodiff' and mode != 'gradient eager'
 
 

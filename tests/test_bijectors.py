@@ -114,9 +114,10 @@ def make(name):
 # default run checks them against autodiff in tests/test_autodiff_modes.py.
 SLOW = {'glow_stored', 'glow_checkpoint', 'glow_inverse', 'glow_user_network_inverse'}
 NAMES = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in sorted(CASES)]
-# Tracing and XLA-compiling a whole Glow takes seconds: the default run compiles two (plain and conditional);
-# the variants' parts (full conv, user network, additive coupling, shuffle) compile as single bijectors.
+# Tracing and XLA-compiling a whole Glow takes seconds: the default run compiles one (conditional); the
+# variants' parts (conv, user network, additive coupling, shuffle) compile as single bijectors.
 SLOW_XLA = SLOW | {
+  'glow',
   'glow_conv_full_reverse',
   'glow_user_network',
   'glow_additive_shuffle_fixed_top',

@@ -35,11 +35,26 @@ def one_by_one(steps, x):
   return x, log_det
 
 
+# Traced (graph), the default run takes the default permutation (conv_lu); the others with --slow.
 @pytest.mark.parametrize(
-  'coupling, permutation',
-  [('affine', 'conv_lu'), ('affine', 'conv'), ('additive', 'shuffle'), ('affine', 'reverse')],
+  'graph, coupling, permutation',
+  [
+    pytest.param(
+      graph,
+      coupling,
+      permutation,
+      id=f'{"graph" if graph else "eager"}-{coupling}-{permutation}',
+      marks=[pytest.mark.slow] if graph and permutation != 'conv_lu' else [],
+    )
+    for graph in (False, True)
+    for coupling, permutation in (
+      ('affine', 'conv_lu'),
+      ('affine', 'conv'),
+      ('additive', 'shuffle'),
+      ('affine', 'reverse'),
+    )
+  ],
 )
-@pytest.mark.parametrize('graph', [False, True], ids=['eager', 'graph'])
 def test_the_loop_equals_the_steps_one_by_one(coupling, permutation, graph):
   stack = perturbed_glow(coupling=coupling, permutation=permutation).levels[0].steps
   assert isinstance(stack, StepStack) and len(stack) == 3
