@@ -146,26 +146,32 @@ MODES = {
 
 
 # Traced modes take seconds each (tracing while-loops, pfor, XLA): in the full run (pytest --slow) only,
-# except a traced gradient through each StepStack path.
+# except one traced gradient and one while-loop batch_jacobian through a StepStack; gradient='autodiff'
+# (the reference's own gradient, against itself) runs in default in eager mode only, and a StepList (custom
+# network) in first-order modes only.
 TRACED = {'gradient xla', 'batch_jacobian pfor', 'batch_jacobian tf.function', 'hvp input tf.function'}
-TRACED |= {'jvp input tf.function', 'jacobian parameters', 'gradient tf.function'}
+TRACED |= {
+  'jvp input tf.function',
+  'jacobian parameters',
+  'gradient tf.function',
+  'batch_jacobian while_loop',
+}
+TRACED_IN_DEFAULT = {
+  ('inverse', 'stack', 'gradient tf.function'),
+  ('stored', 'stack', 'batch_jacobian while_loop'),
+}
 
 
 def slow(gradient, network, mode):
-  if mode == 'gradient tf.function':
-    return network == 'list' or gradient == 'autodiff'
-  return mode in TRACED or (mode == 'batch_jacobian while_loop' and network == 'list')
+  if mode in TRACED:
+    return (gradient, network, mode) not in TRACED_IN_DEFAULT
+  if network == 'list' and mode.startswith(('hvp', 'jvp')):  # higher orders step aside to autodiff there
+    return True
+  return gradient == 'autodiff' and mode != 'gradient eager'
 
 
 CASES = [
-  pytest.param(
-    gradient,
-    network,
-    mode,
-    marks=[pytest.mark.slow]
-    if mode in TRACED and (mode, network) != ('gradient tf.function', 'stack')
-    else [],
-  )
+  pytest.param(gradient, network, mode, marks=[pytest.mark.slow] if slow(gradient, network, mode) else [])
   for gradient in GRADIENTS
   for network in ('stack', 'list')
   for mode in sorted(MODES)

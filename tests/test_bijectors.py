@@ -110,9 +110,19 @@ def make(name):
   return bijector, x, kwargs
 
 
-# The whole Glow through each hand-built gradient takes seconds per case: in the full run (--slow).
-SLOW = {'glow_checkpoint', 'glow_inverse', 'glow_user_network_inverse'}
+# The whole Glow through each hand-built gradient takes seconds per case: in the full run (--slow); the
+# default run checks them against autodiff in tests/test_autodiff_modes.py.
+SLOW = {'glow_stored', 'glow_checkpoint', 'glow_inverse', 'glow_user_network_inverse'}
 NAMES = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in sorted(CASES)]
+# Tracing and XLA-compiling a whole Glow takes seconds: the default run compiles one (conditional); the
+# variants' parts (conv, user network, additive coupling, shuffle) compile as single bijectors.
+SLOW_XLA = SLOW | {
+  'glow',
+  'glow_conv_full_reverse',
+  'glow_user_network',
+  'glow_additive_shuffle_fixed_top',
+}
+NAMES_XLA = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_XLA else n for n in sorted(CASES)]
 
 
 @pytest.mark.parametrize('name', NAMES)
@@ -125,7 +135,7 @@ def test_bijective_and_log_det(name):
   assert volume_preserving or np.all(np.abs(log_abs_det) > 1e-3), 'perturbation did not reach the log-det'
 
 
-@pytest.mark.parametrize('name', NAMES)
+@pytest.mark.parametrize('name', NAMES_XLA)
 def test_graph_unknown_batch_and_xla(name):
   bijector, x, kwargs = make(name)
   assert_graph_and_xla(bijector, x, kwargs)

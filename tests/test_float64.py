@@ -89,9 +89,23 @@ PATHS = dict(
 )
 
 
-@pytest.mark.parametrize('path', [*PATHS, pytest.param('cli_evaluate_importance', marks=pytest.mark.slow)])
-def test_float64_flow_works_and_gives_the_float32_figures_through_every_path(path, tmp_path, capsys):
-  models, x = _pair()
+@pytest.fixture(scope='module')
+def pair():
+  """One float32 / float64 pair for every path (none of them changes the models)."""
+  return _pair()
+
+
+# The default run: evaluate and importance weighting; ood's scores, variational training (new models
+# each) and the CLI with --slow.
+SLOW_PATHS = ('ood_scores', 'variational_training', 'cli_evaluate_importance')
+
+
+@pytest.mark.parametrize(
+  'path',
+  [pytest.param(p, marks=pytest.mark.slow) if p in SLOW_PATHS else p for p in [*PATHS, *SLOW_PATHS[2:]]],
+)
+def test_float64_flow_works_and_gives_the_float32_figures_through_every_path(path, pair, tmp_path, capsys):
+  models, x = pair
   if path == 'cli_evaluate_importance':
     got32, got64 = _cli_evaluate_importance(models, x, tmp_path, capsys)
   else:

@@ -175,6 +175,7 @@ def test_streamed_sources_tell_tf_data_their_length(tmp_path):
       assert int(ds.cardinality()) == math.ceil(info.num_examples / 8), (source, split)
 
 
+@pytest.mark.slow  # the default run: the lengths above, and the warning below on data of unknown length
 def test_fit_and_evaluate_on_a_streamed_source_do_not_run_out_of_data(tmp_path):
   kwargs = _sources(tmp_path)['tfrecord']
   train, _ = glow_data.load_dataset(**kwargs, batch_size=8, n_bits=4, seed=0)

@@ -22,7 +22,11 @@ def policy():
 
 # Measured max |log p difference| per dimension, in bits, with the same perturbed weights: bfloat16 7e-4,
 # float16 7e-5 (bfloat16 keeps 8 significant bits, float16 11). The bounds leave a margin of ~5x.
-@pytest.mark.parametrize('name, bits_per_dim_tolerance', [('mixed_bfloat16', 4e-3), ('mixed_float16', 4e-4)])
+# The default run: float16; bfloat16 (the same code path, a looser bound) with --slow.
+@pytest.mark.parametrize(
+  'name, bits_per_dim_tolerance',
+  [pytest.param('mixed_bfloat16', 4e-3, marks=pytest.mark.slow), ('mixed_float16', 4e-4)],
+)
 def test_log_prob_under_a_mixed_policy_is_close_to_float32_and_only_networks_are_low_precision(
   policy, name, bits_per_dim_tolerance
 ):

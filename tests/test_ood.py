@@ -185,6 +185,7 @@ def test_conditional_model_is_scored_through_the_marginal_over_labels():
   np.testing.assert_allclose(cc, expected - ood.complexity(images, N_BINS), atol=1e-4)
 
 
+@pytest.mark.slow  # the default run: the library's marginal (above) and the CLI's table of a plain model
 def test_cli_ood_scores_a_conditional_model_through_the_marginal(tmp_path, capsys):
   model = _conditional_model(num_classes=10)
   model.save(tmp_path / 'm.keras')

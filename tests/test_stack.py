@@ -35,11 +35,26 @@ def one_by_one(steps, x):
   return x, log_det
 
 
+# Traced (graph), the default run takes the default permutation (conv_lu); the others with --slow.
 @pytest.mark.parametrize(
-  'coupling, permutation',
-  [('affine', 'conv_lu'), ('affine', 'conv'), ('additive', 'shuffle'), ('affine', 'reverse')],
+  'graph, coupling, permutation',
+  [
+    pytest.param(
+      graph,
+      coupling,
+      permutation,
+      id=f'{"graph" if graph else "eager"}-{coupling}-{permutation}',
+      marks=[pytest.mark.slow] if graph and permutation != 'conv_lu' else [],
+    )
+    for graph in (False, True)
+    for coupling, permutation in (
+      ('affine', 'conv_lu'),
+      ('affine', 'conv'),
+      ('additive', 'shuffle'),
+      ('affine', 'reverse'),
+    )
+  ],
 )
-@pytest.mark.parametrize('graph', [False, True], ids=['eager', 'graph'])
 def test_the_loop_equals_the_steps_one_by_one(coupling, permutation, graph):
   stack = perturbed_glow(coupling=coupling, permutation=permutation).levels[0].steps
   assert isinstance(stack, StepStack) and len(stack) == 3
@@ -133,7 +148,14 @@ def op_counts(steps: int, gradient: str) -> collections.Counter:
   return collections.Counter(op.type for op in live if op.type not in per_variable)
 
 
-@pytest.mark.parametrize('gradient', tg.flow.GRADIENTS)
+# The default run: TensorFlow's gradient and the training default ('stored'); the others with --slow.
+@pytest.mark.parametrize(
+  'gradient',
+  [
+    pytest.param(g, marks=pytest.mark.slow) if g in ('checkpoint', 'inverse') else g
+    for g in tg.flow.GRADIENTS
+  ],
+)
 def test_the_traced_graph_does_not_grow_with_the_number_of_steps(gradient):
   counts = op_counts(2, gradient)
   assert counts['StatelessWhile'] + counts['While'] >= 4  # a loop per level, and one for its gradient
@@ -192,7 +214,7 @@ def test_a_new_coupling_that_follows_the_protocol_runs_as_one_loop(gradient):
   with warnings.catch_warnings():
     warnings.simplefilter('error')  # no "runs unrolled" warning
     glow = tg.Glow(
-      (4, 4, 2), levels=2, steps=3, width=8, coupling=ToyCoupling, gradient=gradient, seed=0, dtype=tf.float64
+      (4, 4, 2), levels=1, steps=3, width=8, coupling=ToyCoupling, gradient=gradient, seed=0, dtype=tf.float64
     )
   assert all(isinstance(level.steps, StepStack) for level in glow.levels)
   assert isinstance(glow.levels[0].steps[2].coupling, ToyCoupling)

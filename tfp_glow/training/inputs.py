@@ -3,6 +3,8 @@
 - `check_images` / `check_labels` (and `check_label_dtype` of fit's data): shape and dtype errors raised at once (also while tracing), value checks
   (NaN/Inf, range, class ids) as graph assertions when `validate` is on.
 - `first_images`: the first training images of `fit`'s data, for actnorm's data-dependent init.
+- `arrays_as_datasets`: under N > 1 replicas, NumPy arrays / tensors given to fit or evaluate become a
+  batched tf.data.Dataset (as Keras would batch, shuffle and split them), so that `pad_batches` applies.
 - `pad_batches`: under N > 1 replicas, batches padded to a multiple of N, the padding weighted 0.
 - `set_monitor_direction`: tells 'auto'-mode callbacks which way our own metrics improve.
 """
@@ -10,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import warnings
 from typing import Iterator, Sequence
@@ -150,6 +153,83 @@ def first_images(x, y, count: int):
   if isinstance(x, (tuple, list)) and y is None:
     x, y = x
   return x[:count], (None if y is None else y[:count])
+
+
+def arrays_as_datasets(x, y, kwargs: dict, replicas: int, caller: str, args: Sequence = ()):
+  """(x, y, kwargs) of `fit` / `evaluate` (`caller`), with NumPy arrays or tensors turned into a batched
+  tf.data.Dataset under N = `replicas` > 1, so that `pad_batches` pads their uneven last batch as it pads a
+  Dataset's (Keras' own split of an uneven array batch over the replicas trains wrongly: the weights end far
+  from one device's, tests/test_distributed_arrays.py). Keras' own array handling is kept:
+  - batches of `batch_size` (default 32, or ceil(n / steps) when only `steps` / `steps_per_epoch` is
+    given), the last one shorter;
+  - fit's `shuffle` (default True: a fresh order every epoch; 'batch': within each batch only);
+  - fit's `validation_split` (the last floor(n * split)-th part, before shuffling) and array
+    `validation_data`, batched at `validation_batch_size` or `batch_size`.
+  `args`: evaluate's positional arguments after x and y, returned as keywords. Other data (Datasets,
+  generators) passes unchanged, but for fit's array `validation_data`; single-device runs pass unchanged."""
+  if args:
+    names = list(inspect.signature(keras.Model.evaluate).parameters)[3:]  # after self, x, y
+    kwargs = {**dict(zip(names, args)), **kwargs}
+  arrays = _is_array(x) and (y is None or _is_array(y))
+  if replicas == 1 or not (arrays or caller == 'fit'):
+    return x, y, kwargs
+  kwargs = dict(kwargs)
+  if caller != 'fit':
+    batch_size = kwargs.pop('batch_size', None) or _default_batch_size(x, kwargs.get('steps'))
+    return _batched(x, y, batch_size), None, kwargs
+  batch_size = kwargs.pop('batch_size', None) if arrays else kwargs.get('batch_size')
+  split = kwargs.pop('validation_split', 0.0) if arrays else 0.0  # Keras refuses it for other data
+  if split and kwargs.get('validation_data') is None:
+    n = int(x.shape[0])
+    at = int(math.floor(n * (1.0 - split)))
+    if at in (0, n):
+      raise ValueError(
+        f'GlowModel.fit: validation_split={split} leaves no image for training or validation of {n}.'
+      )
+    kwargs['validation_data'] = (x[at:],) if y is None else (x[at:], y[at:])
+    x, y = x[:at], (None if y is None else y[:at])
+  validation = kwargs.get('validation_data')
+  if validation is not None and not isinstance(validation, tf.data.Dataset):
+    vx, vy, vw = keras.utils.unpack_x_y_sample_weight(validation)
+    if vw is not None:
+      raise ValueError(
+        'GlowModel.fit: validation_data holds sample weights, which a density model cannot honour (bits/dim '
+        'is the mean -log p(x) over images, every image counted once); leave them out.'
+      )
+    if _is_array(vx) and (vy is None or _is_array(vy)):
+      validation_batch_size = kwargs.pop('validation_batch_size', None) or batch_size
+      kwargs['validation_data'] = _batched(vx, vy, validation_batch_size or _default_batch_size(vx, None))
+  if not arrays:
+    return x, y, kwargs
+  batch_size = batch_size or _default_batch_size(x, kwargs.get('steps_per_epoch'))
+  return _batched(x, y, batch_size, kwargs.pop('shuffle', True)), None, kwargs
+
+
+def _default_batch_size(x, steps: int | None) -> int:
+  """Keras' batch size for arrays given without one: ceil(n / steps) if a step count is given, else 32."""
+  return math.ceil(int(x.shape[0]) / steps) if steps else 32
+
+
+def _is_array(value) -> bool:
+  return isinstance(value, (np.ndarray, tf.Tensor)) and len(value.shape) >= 1
+
+
+def _batched(x, y, batch_size: int, shuffle: bool | str = False) -> tf.data.Dataset:
+  """Batches of x (and y), in order, or reshuffled every epoch (`shuffle` True), or each batch shuffled
+  within itself (`shuffle` 'batch', Keras' mode for data read in order, e.g. from HDF5)."""
+  ds = tf.data.Dataset.from_tensor_slices(x if y is None else (x, y))
+  if shuffle and shuffle != 'batch':
+    ds = ds.shuffle(int(x.shape[0]), reshuffle_each_iteration=True)
+  ds = ds.batch(batch_size)
+  if shuffle == 'batch':
+
+    def shuffle_within(*parts):
+      order = tf.random.shuffle(tf.range(tf.shape(parts[0])[0]))
+      shuffled = tuple(tf.gather(part, order) for part in parts)
+      return shuffled if len(shuffled) > 1 else shuffled[0]
+
+    ds = ds.map(shuffle_within)
+  return ds
 
 
 def pad_batches(data, replicas: int):

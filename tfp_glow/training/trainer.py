@@ -55,6 +55,8 @@ class Trainer:
     if not self.is_initialized:
       images, labels = model_inputs.first_images(x, y, self._glow_config['init_batch_size'])
       self.initialize(images, labels if self.num_classes else None)
+    replicas = self.distribute_strategy.num_replicas_in_sync
+    x, y, kwargs = model_inputs.arrays_as_datasets(x, y, kwargs, replicas, 'fit')  # padded below
     if isinstance(x, tf.data.Dataset):
       kwargs.setdefault('shuffle', False)  # a Dataset shuffles itself; Keras warns otherwise
     x = self._pad_batches(x, 'train_function')
@@ -89,8 +91,10 @@ class Trainer:
         '-log p(x) over images, every image counted once); leave it out.'
       )
     model_inputs.check_label_dtype(model_inputs.label_dtype(x, y), self.num_classes, 'GlowModel.evaluate')
-    with model_inputs.epoch_length_unknown_is_fine(bool(args) or kwargs.get('steps') is not None):
-      return super().evaluate(self._pad_batches(x, 'test_function'), y, *args, **kwargs)
+    replicas = self.distribute_strategy.num_replicas_in_sync
+    x, y, kwargs = model_inputs.arrays_as_datasets(x, y, kwargs, replicas, 'evaluate', args)  # padded below
+    with model_inputs.epoch_length_unknown_is_fine(kwargs.get('steps') is not None):
+      return super().evaluate(self._pad_batches(x, 'test_function'), y, **kwargs)
 
   def _pad_batches(self, data, function: str):
     """`inputs.pad_batches` for the step that `function` ('train_function' / 'test_function') runs. When the
