@@ -58,7 +58,7 @@ SCRIPT = textwrap.dedent("""
   # Training in order with plain SGD: any image left out, or any padding counted, changes the weights.
   before = [v.numpy() for v in single.trainable_variables]
   for model in (single, mirrored):
-    model.compile(optimizer=keras.optimizers.SGD(0.5))
+    model.compile(optimizer=keras.optimizers.SGD(0.01))  # small: a diverging run would amplify rounding
     model.fit(images, batch_size=4, epochs=1, shuffle=False, verbose=0)
   out['weights_diff'] = max(float(np.max(np.abs(a.numpy() - b.numpy())))
                             for a, b in zip(single.trainable_variables, mirrored.trainable_variables))
@@ -101,5 +101,5 @@ def test_fit_on_arrays_under_two_replicas_splits_and_validates_as_keras_does(mir
 
 @pytest.mark.slow  # a fresh process with 2 logical devices
 def test_training_on_arrays_under_two_replicas_moves_the_weights_as_one_device_does(mirrored):
-  assert mirrored['moved'] > 1e-3
-  assert mirrored['weights_diff'] < 1e-5 * max(1.0, mirrored['moved'])
+  assert 1e-4 < mirrored['moved'] < 10.0  # trained, and not diverged (rounding differences would grow)
+  assert mirrored['weights_diff'] < 1e-3 * mirrored['moved'], mirrored['weights_diff']
