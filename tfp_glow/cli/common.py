@@ -14,6 +14,7 @@ from tfp_glow.images import image_grid, save_png
 
 # Shared with the library's runs; re-exported for the commands.
 from tfp_glow.runs.directory import read_json_dict  # noqa: F401
+from tfp_glow.runs.errors import RunError, user_errors
 from tfp_glow.runs.finish import bits_per_dim, display_zoom, grid_layout  # noqa: F401
 
 __all__ = [  # the errors are re-exported: the commands import them from here with the helpers
@@ -30,13 +31,13 @@ __all__ = [  # the errors are re-exported: the commands import them from here wi
 
 @contextlib.contextmanager
 def flag_errors():
-  """ValueErrors (and TF argument checks) raised while acting on the user's flags become UsageErrors."""
+  """ValueErrors (and TF argument checks) raised while acting on the user's flags become UsageErrors: the
+  library's `runs.errors.user_errors`, whose RunError the command line reports as a UsageError."""
   try:
-    yield
-  except ValueError as e:
-    raise UsageError(str(e)) from e
-  except tf.errors.InvalidArgumentError as e:
-    raise UsageError(e.message.strip().splitlines()[0]) from e
+    with user_errors():
+      yield
+  except RunError as e:
+    raise UsageError(str(e)) from e.__cause__
 
 
 def save_grid(path: str, images, columns: int, zoom: int | None = None) -> None:
