@@ -25,6 +25,13 @@ def _python(code: str, env: dict | None = None, args: tuple = ('-c',)) -> subpro
   )
 
 
+def _last_line(code: str, env: dict | None = None) -> str:
+  """Runs `code` in a fresh Python, checks it exited 0 and returns the last line it printed."""
+  result = _python(code, env)
+  assert result.returncode == 0, result.stderr[-2000:]
+  return result.stdout.splitlines()[-1]
+
+
 def test_help_imports_no_tensorflow():
   """`python -m tfp_glow.cli --help` (as the issue checks it, every import listed) and the console script's
   `main(['--help'])` load no TensorFlow, Keras, TFP or tensorflow_datasets."""
@@ -39,9 +46,7 @@ def test_help_imports_no_tensorflow():
     'assert main(["--help"]) == 0\n'
     'print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tensorflow_probability")))'
   )
-  result = _python(code)
-  assert result.returncode == 0, result.stderr[-2000:]
-  assert result.stdout.splitlines()[-1] == '[]'
+  assert _last_line(code) == '[]'
 
 
 def test_every_command_help_and_argument_error_imports_no_tensorflow():
@@ -75,9 +80,7 @@ def test_tf_log_level_defaults_to_errors_and_an_explicit_one_wins(explicit):
     'assert main(["train", "--help"]) == 0\n'
     'print(os.environ.get("TF_CPP_MIN_LOG_LEVEL"))'
   )
-  result = _python(code, env)
-  assert result.returncode == 0, result.stderr[-2000:]
-  assert result.stdout.splitlines()[-1] == (explicit or '2')
+  assert _last_line(code, env) == (explicit or '2')
 
 
 @pytest.mark.slow
@@ -107,9 +110,7 @@ def test_the_command_line_loads_the_package_names_on_use():
     'assert GlowModel.__name__ == "GlowModel" and "tensorflow" in sys.modules\n'
     'print(all(getattr(tfp_glow, name) is not None for name in tfp_glow.__all__))'
   )
-  result = _python(code)
-  assert result.returncode == 0, result.stderr[-2000:]
-  assert result.stdout.splitlines()[-1] == 'True'
+  assert _last_line(code) == 'True'
 
 
 def test_import_tfp_glow_loads_every_public_name_and_registers_the_keras_classes():
