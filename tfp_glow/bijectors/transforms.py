@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import ClassVar, TypeAlias
+from typing import ClassVar, TypeAlias, cast
 
 import tensorflow as tf
 
@@ -223,8 +223,8 @@ TRANSFORMS: dict[str, type] = {cls.name: cls for cls in (Affine, Additive, Splin
 
 def transform_from(spec: str | Transform) -> Transform:
   """A transform from its registry name ('affine', 'additive', 'spline') or an instance (returned as is)."""
-  if isinstance(spec, (Affine, Additive, Spline, Standardize)):  # TRANSFORMS.values(), and Standardize
-    return spec
+  if isinstance(spec, (*TRANSFORMS.values(), Standardize)):
+    return cast(Transform, spec)  # (type checkers cannot narrow through the registry)
   if isinstance(spec, str) and spec in TRANSFORMS:
     return TRANSFORMS[spec]()
   raise ValueError(
