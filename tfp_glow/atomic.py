@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import Iterator
+from typing import Any, Iterator
 
 import tensorflow as tf
 
@@ -50,7 +50,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     f.write(data)
 
 
-def write_json(path: str | os.PathLike, obj) -> None:
+def write_json(path: str | os.PathLike, obj: Any) -> None:
   """Writes `obj` as strict JSON (no NaN / Infinity: a ValueError instead) to `path` atomically."""
   write_bytes(path, json.dumps(obj, indent=2, allow_nan=False).encode())
 

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 
-def check(x, ok, message: str, *values) -> tf.Tensor:
+def check(x: tf.Tensor, ok: tf.Tensor | bool, message: str, *values: tf.Tensor) -> tf.Tensor:
   """`x` unchanged if `ok` (a boolean scalar) holds, else InvalidArgumentError: `message`, then `values`."""
   if tf.executing_eagerly():
     if not bool(ok):
@@ -34,13 +34,13 @@ def check(x, ok, message: str, *values) -> tf.Tensor:
     return tf.identity(x)
 
 
-def all_finite(x, message: str) -> tf.Tensor:
+def all_finite(x: tf.Tensor, message: str) -> tf.Tensor:
   """`x` unchanged if it holds no NaN and no Inf, else InvalidArgumentError(`message`)."""
   x = tf.convert_to_tensor(x)
   return check(x, tf.reduce_all(tf.math.is_finite(x)), message)
 
 
-def in_range(x, low, high, message: str) -> tf.Tensor:
+def in_range(x: tf.Tensor, low: float | tf.Tensor, high: float | tf.Tensor, message: str) -> tf.Tensor:
   """`x` unchanged if low <= x <= high everywhere (check finiteness first: NaN compares false), else
   InvalidArgumentError(`message`; got values from min(x) to max(x))."""
   x = tf.convert_to_tensor(x)

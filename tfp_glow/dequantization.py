@@ -27,13 +27,16 @@ images -> [N]); `GlowModel(dequantization='variational')` is the Keras side (tfp
 from __future__ import annotations
 
 import math
-from typing import Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tfp_glow.names import DEQUANTIZATIONS as DEQUANTIZATIONS  # re-exported: its home before
+
+if TYPE_CHECKING:
+  from tfp_glow.distribution import GlowDistribution
 
 # u = sigmoid(y) rounds to 1.0 in float32 for y > ~17; kept below 1 so that x stays inside its bin.
 _BELOW_ONE = 1.0 - 2.0**-24
@@ -56,14 +59,18 @@ def _uniform(shape, seed) -> tf.Tensor:
 class Dequantizer(Protocol):
   """q(u|b): what the functions below need of a dequantization distribution."""
 
-  def sample_and_log_prob(self, bins: tf.Tensor, seed=None) -> tuple[tf.Tensor, tf.Tensor]:
+  def sample_and_log_prob(
+    self, bins: tf.Tensor, seed: tf.Tensor | None = None
+  ) -> tuple[tf.Tensor, tf.Tensor]:
     """bins [N, H, W, C] -> (u [N, H, W, C] in [0, 1), log q(u|b) [N])."""
 
 
 class UniformDequantizer:
   """q(u|b) = U[0, 1)^D: log q = 0 (the paper's dequantization, the default)."""
 
-  def sample_and_log_prob(self, bins: tf.Tensor, seed=None) -> tuple[tf.Tensor, tf.Tensor]:
+  def sample_and_log_prob(
+    self, bins: tf.Tensor, seed: tf.Tensor | None = None
+  ) -> tuple[tf.Tensor, tf.Tensor]:
     bins = tf.convert_to_tensor(bins, tf.float32)
     return _uniform(tf.shape(bins), seed), tf.zeros(tf.shape(bins)[:1], tf.float32)
 
@@ -112,8 +119,8 @@ class VariationalDequantizer(keras.layers.Layer):
     n_bins: int,
     steps: int = 4,
     width: int = 32,
-    name='dequantizer',
-    **kwargs,
+    name: str = 'dequantizer',
+    **kwargs: Any,
   ):
     kwargs['dtype'] = 'float32'
     super().__init__(name=name, **kwargs)
@@ -144,7 +151,7 @@ class VariationalDequantizer(keras.layers.Layer):
     self._masks = [_checkerboard(h, w, k % 2) for k in range(steps)]
     self.built = True
 
-  def get_config(self):
+  def get_config(self) -> dict[str, Any]:
     return {
       **super().get_config(),
       'image_shape': self.image_shape,
@@ -157,7 +164,9 @@ class VariationalDequantizer(keras.layers.Layer):
     centres = (bins + 0.5) / self.n_bins - 0.5
     return self.context_net(centres)
 
-  def sample_and_log_prob(self, bins: tf.Tensor, seed=None) -> tuple[tf.Tensor, tf.Tensor]:
+  def sample_and_log_prob(
+    self, bins: tf.Tensor, seed: tf.Tensor | None = None
+  ) -> tuple[tf.Tensor, tf.Tensor]:
     """u ~ q(u|b) [N, H, W, C] in [0, 1) and log q(u|b) [N]; `seed`: a stateless seed (int [2])."""
     bins = tf.convert_to_tensor(bins, tf.float32)
     return self.from_uniform(tf.clip_by_value(_uniform(tf.shape(bins), seed), 2.0**-24, _BELOW_ONE), bins)
@@ -180,11 +189,12 @@ class VariationalDequantizer(keras.layers.Layer):
     log_q -= tf.reduce_sum(_log_sigmoid_derivative(y), axis=[1, 2, 3])
     return tf.minimum(tf.sigmoid(y), _BELOW_ONE), log_q
 
-  def call(self, bins):
+  def call(self, bins: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return self.sample_and_log_prob(bins)
 
 
-LogProb = Callable[[tf.Tensor], tf.Tensor]
+# images -> log p [N], or (images, labels=labels) -> log p [N] for a class-conditional model
+LogProb = Callable[..., tf.Tensor]
 
 
 def _log_prob_fn(distribution) -> LogProb:
@@ -200,9 +210,9 @@ def dequantize_with(
   dequantizer: Dequantizer | None,
   images_or_bins: tf.Tensor,
   n_bins: int,
-  seed=None,
+  seed: tf.Tensor | None = None,
   bins: bool = False,
-  dtype=tf.float32,
+  dtype: tf.DType = tf.float32,
 ) -> tuple[tf.Tensor, tf.Tensor]:
   """(x = (b + u) / n_bins - 0.5 [N, H, W, C], log q(u|b) [N]), u ~ q(u|b) (uniform if `dequantizer` is None).
 
@@ -227,14 +237,14 @@ def _flow_dtype(distribution, dtype) -> tf.DType:
 
 
 def dequantized_log_prob(
-  distribution,
-  images_or_bins,
+  distribution: GlowDistribution | LogProb,
+  images_or_bins: tf.Tensor,
   n_bins: int,
   dequantizer: Dequantizer | None = None,
-  seed=None,
+  seed: tf.Tensor | None = None,
   bins: bool = False,
-  labels=None,
-  dtype=None,
+  labels: tf.Tensor | None = None,
+  dtype: tf.DType | None = None,
 ) -> tf.Tensor:
   """The single-sample bound's continuous term log p(x) - log q(u|b) [N], u ~ q(u|b): pass it to
   `tfp_glow.distribution.bits_per_dim` (its mean over u is the training loss in bits/dim).
@@ -253,16 +263,16 @@ def _call(log_prob: LogProb, x, labels):
 
 
 def importance_weighted_log_prob(
-  distribution,
-  images_or_bins,
+  distribution: GlowDistribution | LogProb,
+  images_or_bins: tf.Tensor,
   n_bins: int,
   samples: int,
   dequantizer: Dequantizer | None = None,
-  seed=None,
+  seed: tf.Tensor | None = None,
   bins: bool = False,
-  labels=None,
+  labels: tf.Tensor | None = None,
   max_images: int = 4096,
-  dtype=None,
+  dtype: tf.DType | None = None,
 ) -> tf.Tensor:
   """log (1/S) sum_s exp(log p(x_s) - log q(u_s|b)) [N], u_s ~ q(u|b), s = 1..S (S = `samples`).
 

@@ -44,7 +44,7 @@ def bits_per_dim(log_prob: tf.Tensor, num_dims: int, n_bins: int) -> tf.Tensor:
   return (-log_prob + d * math.log(n_bins)) / (d * math.log(2.0))
 
 
-def check_temperature(temperature, dtype, validate_args: bool) -> tf.Tensor:
+def check_temperature(temperature: float | tf.Tensor, dtype: tf.DType, validate_args: bool) -> tf.Tensor:
   """The sampling temperature T as a scalar tensor; T must be finite and > 0 (checked now for a
   Python number, by assertions for a tensor when `validate_args`)."""
   if isinstance(temperature, (int, float)):
@@ -141,7 +141,7 @@ class GlowDistribution(_TransformedDistribution):
   def __init__(
     self,
     glow: Glow,
-    base_distribution: tfd.Distribution | None = None,
+    base_distribution: tfp.distributions.Distribution | None = None,
     validate_args: bool = False,
     name: str = 'GlowDistribution',
   ):
@@ -176,7 +176,7 @@ class GlowDistribution(_TransformedDistribution):
     )
 
   @property
-  def base_distribution(self) -> tfd.Distribution:
+  def base_distribution(self) -> tfp.distributions.Distribution:
     return self.distribution
 
   @property

@@ -18,7 +18,7 @@ from tfp_glow.data.transforms import conversion_names, fit_to_size, orient, to_c
 
 
 def image_grid(
-  images, columns: int | None = None, pad: int = 1, pad_value: int = 128, zoom: int = 1
+  images: np.ndarray, columns: int | None = None, pad: int = 1, pad_value: int = 128, zoom: int = 1
 ) -> np.ndarray:
   """Tiles uint8 images [N, H, W, C] into one uint8 image, row by row.
 
@@ -55,7 +55,7 @@ def image_grid(
   return grid
 
 
-def save_png(path: str, image) -> None:
+def save_png(path: str, image: np.ndarray | tf.Tensor) -> None:
   """Writes uint8 [H, W, C] (C in 1..4) as a PNG; via a temporary name, so `path` is never half-written."""
   image = tf.convert_to_tensor(image)
   if image.dtype != tf.uint8 or image.shape.rank != 3:

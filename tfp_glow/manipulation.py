@@ -17,13 +17,20 @@ The model is any object with GlowModel's `encode(images, labels)` / `decode(late
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence, TypeAlias
 
 import numpy as np
 import tensorflow as tf
 
+if TYPE_CHECKING:
+  from tfp_glow.training.model import GlowModel
 
-def encode_in_batches(model, images, labels=None, batch_size: int = 256) -> list[tf.Tensor]:
+Images: TypeAlias = tf.Tensor | np.ndarray  # images [N, H, W, C] (or labels [N], a mask [N])
+
+
+def encode_in_batches(
+  model: GlowModel, images: Images, labels: Images | None = None, batch_size: int = 256
+) -> list[tf.Tensor]:
   """Per-level latents [N, h_l, w_l, c_l] of images [N, H, W, C], encoded `batch_size` at a time."""
   images = tf.convert_to_tensor(images)
   n = int(images.shape[0])
@@ -34,7 +41,13 @@ def encode_in_batches(model, images, labels=None, batch_size: int = 256) -> list
   return [tf.concat(level, axis=0) for level in zip(*parts)]
 
 
-def attribute_direction(model, images, has_attribute, labels=None, batch_size: int = 256) -> list[tf.Tensor]:
+def attribute_direction(
+  model: GlowModel,
+  images: Images,
+  has_attribute: Images | Sequence[bool],
+  labels: Images | None = None,
+  batch_size: int = 256,
+) -> list[tf.Tensor]:
   """Mean latent of the images with the attribute minus that of the images without, per level.
 
   images: [N, H, W, C] in the model's scale; has_attribute: bools [N] (both groups non-empty);
@@ -57,7 +70,11 @@ def attribute_direction(model, images, has_attribute, labels=None, batch_size: i
 
 
 def manipulate(
-  model, image, direction: Sequence[tf.Tensor], alphas: Sequence[float], label=None
+  model: GlowModel,
+  image: Images,
+  direction: Sequence[tf.Tensor],
+  alphas: Sequence[float],
+  label: int | tf.Tensor | None = None,
 ) -> tf.Tensor:
   """Decodes `image` [H, W, C] moved along `direction` by each alpha: [len(alphas), H, W, C] floats.
 

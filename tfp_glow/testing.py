@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from tensorflow_probability import bijectors as tfb
 
 
 def perturb(bijector: tf.Module, scale: float = 0.1, seed: int = 0) -> None:
@@ -37,7 +38,13 @@ def fresh(x: tf.Tensor) -> tf.Tensor:
   return tf.identity(x)
 
 
-def assert_bijective(bijector, x, kwargs: dict[str, Any] | None = None, rtol=1e-6, atol=1e-8) -> tf.Tensor:
+def assert_bijective(
+  bijector: tfb.Bijector,
+  x: tf.Tensor,
+  kwargs: dict[str, Any] | None = None,
+  rtol: float = 1e-6,
+  atol: float = 1e-8,
+) -> tf.Tensor:
   """inverse(forward(z)) = z, forward(inverse(x)) = x, fldj(z) = -ildj(x). Returns z = inverse(x)."""
   kwargs = kwargs or {}
   z = bijector.inverse(fresh(x), **kwargs)
@@ -62,7 +69,11 @@ def _jacobian_log_det(fn, t: tf.Tensor) -> tf.Tensor:
 
 
 def assert_log_det_matches_jacobian(
-  bijector, x, kwargs: dict[str, Any] | None = None, rtol=1e-6, atol=1e-6
+  bijector: tfb.Bijector,
+  x: tf.Tensor,
+  kwargs: dict[str, Any] | None = None,
+  rtol: float = 1e-6,
+  atol: float = 1e-6,
 ) -> tuple[tf.Tensor, tf.Tensor]:
   """The inverse log-det at x and the forward log-det at z = inverse(x) equal log|det| of the autodiff
   Jacobians of the flattened inverse and forward maps. Returns (inverse, forward) Jacobian log-dets."""
@@ -78,7 +89,7 @@ def assert_log_det_matches_jacobian(
   return inverse, forward
 
 
-def assert_event_shapes(bijector, x: tf.Tensor, z: tf.Tensor) -> None:
+def assert_event_shapes(bijector: tfb.Bijector, x: tf.Tensor, z: tf.Tensor) -> None:
   """The event-shape hooks agree with the shapes of real outputs (x an input image batch, z = inverse(x))."""
   assert tuple(bijector.inverse_event_shape(x.shape)) == tuple(z.shape)
   assert tuple(bijector.forward_event_shape(z.shape)) == tuple(x.shape)
@@ -86,7 +97,13 @@ def assert_event_shapes(bijector, x: tf.Tensor, z: tf.Tensor) -> None:
   np.testing.assert_array_equal(bijector.forward_event_shape_tensor(tf.shape(z)), x.shape)
 
 
-def assert_graph_and_xla(bijector, x, kwargs: dict[str, Any] | None = None, rtol=1e-6, atol=1e-8) -> None:
+def assert_graph_and_xla(
+  bijector: tfb.Bijector,
+  x: tf.Tensor,
+  kwargs: dict[str, Any] | None = None,
+  rtol: float = 1e-6,
+  atol: float = 1e-8,
+) -> None:
   """tf.function with an unknown batch size, and XLA, agree with eager (values and log-dets). `kwargs`: at
   most `labels` (int [N])."""
   kwargs = kwargs or {}
@@ -115,7 +132,13 @@ def assert_graph_and_xla(bijector, x, kwargs: dict[str, Any] | None = None, rtol
     np.testing.assert_allclose(fwd(fresh(z_eager), *args), x_eager, rtol=rtol, atol=atol)
 
 
-def check_bijector(bijector, x, kwargs: dict[str, Any] | None = None, rtol=1e-6, atol=1e-6) -> tf.Tensor:
+def check_bijector(
+  bijector: tfb.Bijector,
+  x: tf.Tensor,
+  kwargs: dict[str, Any] | None = None,
+  rtol: float = 1e-6,
+  atol: float = 1e-6,
+) -> tf.Tensor:
   """Every check above on images x [N, H, W, C] (use float64 for tight tolerances). Returns the inverse
   map's Jacobian log-dets (a test can assert that they are not all zero)."""
   z = assert_bijective(bijector, x, kwargs, rtol=rtol, atol=min(atol, 1e-6))

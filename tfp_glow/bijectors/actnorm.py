@@ -96,18 +96,22 @@ class ActNorm(GlowBijector):
   def parameter_variables(self) -> list:
     return [self.layer.log_scale, self.layer.bias]
 
-  def inverse_and_log_det_with(self, parameters, x):
+  def inverse_and_log_det_with(
+    self, parameters: list[tf.Tensor], x: tf.Tensor
+  ) -> tuple[tf.Tensor, tf.Tensor]:
     log_scale, bias = parameters
     return x * tf.exp(log_scale) + bias, num_pixels(x, self.dtype) * tf.reduce_sum(log_scale)
 
-  def forward_and_log_det_with(self, parameters, z):
+  def forward_and_log_det_with(
+    self, parameters: list[tf.Tensor], z: tf.Tensor
+  ) -> tuple[tf.Tensor, tf.Tensor]:
     log_scale, bias = parameters
     return (z - bias) * tf.exp(-log_scale), -num_pixels(z, self.dtype) * tf.reduce_sum(log_scale)
 
-  def inverse_and_log_det(self, x):
+  def inverse_and_log_det(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return self.inverse_and_log_det_with(self.current_parameters(), x)
 
-  def forward_and_log_det(self, z):
+  def forward_and_log_det(self, z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return self.forward_and_log_det_with(self.current_parameters(), z)
 
 

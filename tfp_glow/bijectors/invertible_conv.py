@@ -166,18 +166,22 @@ class Invertible1x1Conv(GlowBijector):
     p_transpose = tf.gather(eye, permutation, axis=1)
     return u_inv @ (l_inv @ p_transpose), tf.reduce_sum(lu[2])
 
-  def inverse_and_log_det_with(self, parameters, x):
+  def inverse_and_log_det_with(
+    self, parameters: list[tf.Tensor], x: tf.Tensor
+  ) -> tuple[tf.Tensor, tf.Tensor]:
     w, log_det = self.weight(parameters)
     return _conv1x1(x, w), num_pixels(x, self.dtype) * log_det
 
-  def forward_and_log_det_with(self, parameters, z):
+  def forward_and_log_det_with(
+    self, parameters: list[tf.Tensor], z: tf.Tensor
+  ) -> tuple[tf.Tensor, tf.Tensor]:
     w_inv, log_det = self.inverse_weight(parameters)
     return _conv1x1(z, w_inv), -num_pixels(z, self.dtype) * log_det
 
-  def inverse_and_log_det(self, x):
+  def inverse_and_log_det(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return self.inverse_and_log_det_with(self.current_parameters(), x)
 
-  def forward_and_log_det(self, z):
+  def forward_and_log_det(self, z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return self.forward_and_log_det_with(self.current_parameters(), z)
 
 

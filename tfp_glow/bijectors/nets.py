@@ -9,6 +9,8 @@ convolutions, the coupling arithmetic, log-determinants and priors stay float32.
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 import tensorflow as tf
 
@@ -38,7 +40,9 @@ class ZeroConv2D(keras.layers.Layer):
   Shapes: [N, H, W, C_in] -> [N, H, W, filters].
   """
 
-  def __init__(self, filters: int, kernel_size: int = 3, logscale_factor: float = LOGSCALE_FACTOR, **kwargs):
+  def __init__(
+    self, filters: int, kernel_size: int = 3, logscale_factor: float = LOGSCALE_FACTOR, **kwargs: Any
+  ):
     super().__init__(**kwargs)
     self.filters = filters
     self.kernel_size = kernel_size
@@ -53,17 +57,17 @@ class ZeroConv2D(keras.layers.Layer):
       name='conv',
     )
 
-  def build(self, input_shape):
+  def build(self, input_shape: tuple[int | None, ...]) -> None:
     self.conv.build(input_shape)
     self.logs = self.add_weight(shape=(self.filters,), initializer='zeros', name='logs')
 
-  def call(self, x):
+  def call(self, x: tf.Tensor) -> tf.Tensor:
     return self.conv(x) * keras.ops.exp(self.logs * self.logscale_factor)
 
-  def compute_output_shape(self, input_shape):
+  def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
     return tuple(input_shape[:-1]) + (self.filters,)
 
-  def get_config(self):
+  def get_config(self) -> dict[str, Any]:
     return {
       **super().get_config(),
       'filters': self.filters,
@@ -196,5 +200,5 @@ class StackedCouplingNetworks(keras.layers.Layer):
       self.conv_out_logs,
     ]
 
-  def call(self, inputs):  # Keras wants a call; this layer is read, never called.
+  def call(self, inputs: Any) -> Any:  # Keras wants a call; this layer is read, never called.
     return inputs

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -38,7 +38,7 @@ class ChannelPermutation(GlowBijector):
 
   def __init__(
     self,
-    permutation: Sequence[int],
+    permutation: Sequence[int] | np.ndarray,
     dtype: tf.DType = tf.float32,
     validate_args: bool = False,
     name: str = 'channel_permutation',
@@ -61,7 +61,7 @@ class ChannelPermutation(GlowBijector):
   @classmethod
   def stacked(
     cls,
-    permutations: Sequence[Sequence[int]],
+    permutations: Sequence[Sequence[int] | np.ndarray] | np.ndarray,
     dtype: tf.DType = tf.float32,
     name: str = 'channel_permutation',
   ) -> list:
@@ -72,36 +72,40 @@ class ChannelPermutation(GlowBijector):
     return [cls(row, dtype, name=f'{name}_{k}', stack=(layer, k)) for k, row in enumerate(rows)]
 
   @classmethod
-  def reverse(cls, channels: int, **kwargs) -> ChannelPermutation:
+  def reverse(cls, channels: int, **kwargs: Any) -> ChannelPermutation:
     """Reverses the channel order (RealNVP's fixed permutation)."""
     return cls(np.arange(channels)[::-1], **{'name': 'reverse', **kwargs})
 
   @classmethod
-  def shuffle(cls, channels: int, seed: int | None = None, **kwargs) -> ChannelPermutation:
+  def shuffle(cls, channels: int, seed: int | None = None, **kwargs: Any) -> ChannelPermutation:
     """A fixed random permutation drawn once at construction (`seed` for reproducibility)."""
     return cls(np.random.default_rng(seed).permutation(channels), **{'name': 'shuffle', **kwargs})
 
   def parameter_variables(self) -> list:
     return [self.layer.permutation]
 
-  def inverse_and_log_det_with(self, parameters, x):
+  def inverse_and_log_det_with(
+    self, parameters: list[tf.Tensor], x: tf.Tensor
+  ) -> tuple[tf.Tensor, tf.Tensor]:
     (permutation,) = parameters
     return tf.gather(x, permutation, axis=-1), tf.zeros([], self.dtype)
 
-  def forward_and_log_det_with(self, parameters, z):
+  def forward_and_log_det_with(
+    self, parameters: list[tf.Tensor], z: tf.Tensor
+  ) -> tuple[tf.Tensor, tf.Tensor]:
     (permutation,) = parameters
     return tf.gather(z, tf.math.invert_permutation(permutation), axis=-1), tf.zeros([], self.dtype)
 
-  def inverse_and_log_det(self, x):
+  def inverse_and_log_det(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return self.inverse_and_log_det_with(self.current_parameters(), x)
 
-  def forward_and_log_det(self, z):
+  def forward_and_log_det(self, z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return self.forward_and_log_det_with(self.current_parameters(), z)
 
 
-def _checked(permutation: Sequence[int], name: str) -> np.ndarray:
-  permutation = np.asarray(permutation, dtype=np.int32)
-  check_channels(len(permutation), 1, name)
-  if permutation.ndim != 1 or sorted(permutation.tolist()) != list(range(len(permutation))):
-    raise ValueError(f'{name}: not a permutation of 0..C-1: {permutation.tolist()}.')
-  return permutation
+def _checked(permutation: Sequence[int] | np.ndarray, name: str) -> np.ndarray:
+  values = np.asarray(permutation, dtype=np.int32)
+  check_channels(len(values), 1, name)
+  if values.ndim != 1 or sorted(values.tolist()) != list(range(len(values))):
+    raise ValueError(f'{name}: not a permutation of 0..C-1: {values.tolist()}.')
+  return values

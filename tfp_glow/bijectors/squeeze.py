@@ -51,11 +51,11 @@ class Squeeze(GlowBijector):
       raise ValueError(f'{self.name}: latent channels must be divisible by {f * f}, got {c}.')
     return (h * f, w * f, c // (f * f))
 
-  def inverse_and_log_det(self, x):
+  def inverse_and_log_det(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     self._latent_shape(x.shape[-3:])  # validates with a clear message before TF's own error
     return tf.nn.space_to_depth(x, self._factor), tf.zeros([], self.dtype)
 
-  def forward_and_log_det(self, z):
+  def forward_and_log_det(self, z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     self._image_shape(z.shape[-3:])
     return tf.nn.depth_to_space(z, self._factor), tf.zeros([], self.dtype)
 

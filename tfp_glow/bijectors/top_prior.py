@@ -99,12 +99,14 @@ class TopPrior(GlowBijector):
     mean, log_std = tf.split(shift[:, tf.newaxis, tf.newaxis, :], 2, axis=-1)
     return p.mean + mean, p.log_std + log_std
 
-  def inverse_and_log_det(self, h, labels=None):
+  def inverse_and_log_det(self, h: tf.Tensor, labels: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
     mean, log_std = self.mean_and_log_std(labels)
     eps = (h - mean) * tf.exp(-log_std)
     return eps, -_sum_log_std(log_std, h, self.dtype)
 
-  def forward_and_log_det(self, eps, labels=None):
+  def forward_and_log_det(
+    self, eps: tf.Tensor, labels: tf.Tensor | None = None
+  ) -> tuple[tf.Tensor, tf.Tensor]:
     mean, log_std = self.mean_and_log_std(labels)
     return mean + tf.exp(log_std) * eps, _sum_log_std(log_std, eps, self.dtype)
 

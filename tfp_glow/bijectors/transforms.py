@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import ClassVar
+from typing import ClassVar, TypeAlias, cast
 
 import tensorflow as tf
 
-Tensor = tf.Tensor
+Tensor: TypeAlias = tf.Tensor
 
 
 def _sum_per_image(t: Tensor) -> Tensor:
@@ -43,10 +43,6 @@ class Affine:
 
   name: ClassVar[str] = 'affine'
   params_per_channel: ClassVar[int] = 2
-
-  def shift_and_log_scale(self, h: Tensor) -> tuple[Tensor, Tensor]:
-    shift, raw = tf.split(h, 2, axis=-1)
-    return shift, tf.math.log_sigmoid(raw + 2.0)  # log(sigmoid(.)), computed stably
 
   def couple(self, x_b: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
     shift, raw = tf.split(h, 2, axis=-1)
@@ -128,7 +124,7 @@ class Spline:
 
   name: ClassVar[str] = 'spline'
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
     if not isinstance(self.bins, int) or isinstance(self.bins, bool) or self.bins < 1:
       raise ValueError(f'Spline: bins must be an integer >= 1, got {self.bins!r}.')
     if not (isinstance(self.bound, (int, float)) and math.isfinite(self.bound) and self.bound > 0):
@@ -228,7 +224,7 @@ TRANSFORMS: dict[str, type] = {cls.name: cls for cls in (Affine, Additive, Splin
 def transform_from(spec: str | Transform) -> Transform:
   """A transform from its registry name ('affine', 'additive', 'spline') or an instance (returned as is)."""
   if isinstance(spec, (*TRANSFORMS.values(), Standardize)):
-    return spec
+    return cast(Transform, spec)  # (type checkers cannot narrow through the registry)
   if isinstance(spec, str) and spec in TRANSFORMS:
     return TRANSFORMS[spec]()
   raise ValueError(

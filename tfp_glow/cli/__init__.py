@@ -19,7 +19,7 @@ import argparse
 import contextlib
 import importlib
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import tfp_glow
 from tfp_glow.cli import tf_logs
@@ -62,7 +62,9 @@ def __getattr__(name: str) -> Any:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-  handlers = {command: _Command(*where) for command, where in COMMANDS.items()}
+  handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+    c: _Command(*where) for c, where in COMMANDS.items()
+  }
   return build_parser(handlers, description=__doc__.split('\n')[0])
 
 

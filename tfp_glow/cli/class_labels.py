@@ -32,9 +32,9 @@ def class_names(model_path: str) -> list[str] | None:
         metrics = json.load(f)
       except ValueError:
         return None
-    names = metrics.get('class_names') if isinstance(metrics, dict) else None
-    if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
-      return names
+    saved = metrics.get('class_names') if isinstance(metrics, dict) else None
+    if isinstance(saved, list) and saved and all(isinstance(n, str) for n in saved):
+      return saved
   return None
 
 

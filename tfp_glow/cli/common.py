@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -30,7 +31,7 @@ __all__ = [  # the errors are re-exported: the commands import them from here wi
 
 
 @contextlib.contextmanager
-def flag_errors():
+def flag_errors() -> Iterator[None]:
   """ValueErrors (and TF argument checks) raised while acting on the user's flags become UsageErrors: the
   library's `runs.errors.user_errors`, whose RunError the command line reports as a UsageError."""
   try:
@@ -40,7 +41,7 @@ def flag_errors():
     raise UsageError(str(e)) from e.__cause__
 
 
-def save_grid(path: str, images, columns: int, zoom: int | None = None) -> None:
+def save_grid(path: str, images: np.ndarray | tf.Tensor, columns: int, zoom: int | None = None) -> None:
   if tf.io.gfile.isdir(path):
     raise UsageError(
       f'--out {path!r} is a directory; give a file name (e.g. {os.path.join(path, "grid.png")})'

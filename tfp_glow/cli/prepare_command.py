@@ -10,6 +10,7 @@ a model trained on OUT is evaluated on the same test images as one trained on SR
 
 from __future__ import annotations
 
+import argparse
 import os
 
 import numpy as np
@@ -61,7 +62,7 @@ def _split_examples(src: str, split: str, args, report: ImageReport):
   raise UsageError(f'SRC {src!r}: a tfrecord data set is already sharded; give another source')
 
 
-def prepare(args) -> int:
+def prepare(args: argparse.Namespace) -> int:
   """Writes OUT/{train,test}-*.tfrecord and OUT/manifest.json; OUT must be new (or empty)."""
   src, out = args.src, args.out
   if not glow_data.is_path_source(src) and src not in glow_data.DATASETS:
@@ -77,6 +78,7 @@ def prepare(args) -> int:
     ds, shape, n_bins, num_classes, class_names, skipped = _split_examples(src, split, args, report)
     splits[split] = (ds, skipped)
     meta = meta or (shape, n_bins, num_classes, class_names)
+  assert meta is not None  # (set by the loop above)
   shape, n_bins, num_classes, class_names = meta
   created = not tf.io.gfile.exists(out)
   try:

@@ -11,13 +11,16 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import tensorflow as tf
 
 from tfp_glow import atomic
 from tfp_glow.cli.common import UsageError, save_grid
+
+if TYPE_CHECKING:
+  from tfp_glow.training.model import GlowModel
 from tfp_glow.cli.flags import MAX_GRID_SAMPLES
 from tfp_glow.images import save_png
 
@@ -52,7 +55,14 @@ def resolve(out: str, fmt: str | None, n: int) -> tuple[str, str]:
   return fmt, out
 
 
-def batches(model, n: int, batch_size: int, temperature: float, labels, seed) -> Iterator[np.ndarray]:
+def batches(
+  model: GlowModel,
+  n: int,
+  batch_size: int,
+  temperature: float,
+  labels: np.ndarray | None,
+  seed: int | None,
+) -> Iterator[np.ndarray]:
   """uint8 samples [b, H, W, C], b <= batch_size, n in all: one `model.sample` call per batch
   (seeded per batch: [seed, batch index], so a run with --seed is reproducible)."""
   for index, start in enumerate(range(0, n, batch_size)):
@@ -62,7 +72,15 @@ def batches(model, n: int, batch_size: int, temperature: float, labels, seed) ->
     yield np.asarray(model.sample(size, temperature=temperature, labels=batch_labels, seed=batch_seed))
 
 
-def write(fmt: str, path: str, images: Iterator[np.ndarray], n: int, image_shape, columns, zoom) -> None:
+def write(
+  fmt: str,
+  path: str,
+  images: Iterator[np.ndarray],
+  n: int,
+  image_shape: tuple[int, ...],
+  columns: int,
+  zoom: int | None,
+) -> None:
   """Writes the samples to `path` (local, or remote through tf.io.gfile: gs://, s3://, ...)."""
   if fmt == 'png':  # at most MAX_GRID_SAMPLES: kept in memory for the one grid
     save_grid(path, np.concatenate(list(images)), columns, zoom)

@@ -110,7 +110,7 @@ def array_bins(
   with_labels: bool,
   shuffle: bool,
   seed: int | None,
-):
+) -> tuple[tf.data.Dataset, tuple[int, int, int], int | None, int]:
   """The array source -> (dataset of uint8 bins [, int32 labels], shape, num_classes, num_examples)."""
   train, test = _files(path)
   files = train if split == 'train' else test

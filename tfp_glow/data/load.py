@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -100,9 +101,13 @@ def load_dataset(
       f'data set {name!r} has no class labels; with_labels=True (--conditional) needs one of '
       f'{", ".join(("digits",) + tfds_sources.LABELED)}, a folder with class subfolders, or labeled arrays'
     )
-  common = dict(shuffle=shuffle, batch_size=batch_size, drop_remainder=drop_remainder, seed=seed)
+  common: dict[str, Any] = dict(
+    shuffle=shuffle, batch_size=batch_size, drop_remainder=drop_remainder, seed=seed
+  )
   # What changes the cached bins besides the source (tfp_glow.data.cache): one cache per split and settings.
-  settings = dict(n_bits=n_bits, image_size=image_size, with_labels=with_labels, worker_shard=worker_shard)
+  settings: dict[str, Any] = dict(
+    n_bits=n_bits, image_size=image_size, with_labels=with_labels, worker_shard=worker_shard
+  )
   n_bins, class_names, num_shards, skipped, by_file = 2**n_bits, None, None, None, False
   report = report if report is not None else ImageReport()
   conversions = None  # digits and tfds: nothing reported
@@ -120,7 +125,7 @@ def load_dataset(
       seed=seed,
     )
     small = n is None or n * int(np.prod(shape)) <= tfds_sources.MAX_CACHE_BYTES
-    identity = dict(source=name, data_dir=data_dir, pad_to_32=pad_to_32)
+    identity: dict[str, Any] = dict(source=name, data_dir=data_dir, pad_to_32=pad_to_32)
     cache = _split_cache(cache, split, identity, settings, shape, n_bins, n, None)
     ds = batch_and_dequantize(
       ds, n_bins, num_examples=n, cache=cache or ('memory' if small else None), **common
@@ -132,7 +137,8 @@ def load_dataset(
     n_bins, num_classes = DIGITS_BINS, 10
     if image_size is not None:
       bins = tf.image.resize(bins, (image_size, image_size), method='nearest').numpy()
-    shape = tuple(int(d) for d in bins.shape[1:])
+    h, w, c = (int(d) for d in bins.shape[1:])
+    shape = (h, w, c)
     bins = tf.cast(bins, tf.uint8)  # bins < 256: a quarter of int32's memory
     ds = tf.data.Dataset.from_tensor_slices((bins, labels) if with_labels else bins)
     n, cache = int(bins.shape[0]), None  # already in memory
@@ -142,7 +148,7 @@ def load_dataset(
     # images is needed; with a cache the decoded order is fixed, and the buffer after it shuffles.
     streamed = kind in ('folder', 'tfrecord')
     source_shuffle = shuffle and not (streamed and cache)
-    args = dict(
+    args: dict[str, Any] = dict(
       n_bits=n_bits, image_size=image_size, with_labels=with_labels, shuffle=source_shuffle, seed=seed
     )
     if streamed and source_shuffle:

@@ -17,13 +17,13 @@ def check_n_bits(n_bits: int) -> None:
     raise ValueError(f'n_bits must be an integer in 1..8, got {n_bits!r}')
 
 
-def reduce_bits(images, n_bits: int) -> tf.Tensor:
+def reduce_bits(images: tf.Tensor | np.ndarray, n_bits: int) -> tf.Tensor:
   """Integer pixels 0..255 `[..., H, W, C]` -> int32 bins floor(x / 2**(8 - n_bits)) in [0, 2**n_bits)."""
   check_n_bits(n_bits)
   return tf.bitwise.right_shift(tf.cast(images, tf.int32), 8 - n_bits)
 
 
-def dequantize(bins, n_bins: int, seed=None) -> tf.Tensor:
+def dequantize(bins: tf.Tensor | np.ndarray, n_bins: int, seed: tf.Tensor | None = None) -> tf.Tensor:
   """Integer bins in [0, n_bins) -> float32 x = (bins + u) / n_bins - 0.5 in [-0.5, 0.5), same shape.
 
   u ~ U[0, 1) is drawn afresh on every call, or from `seed` (a stateless seed, int `[2]`) when given.
@@ -40,7 +40,7 @@ def dequantize(bins, n_bins: int, seed=None) -> tf.Tensor:
   return tf.where(in_bin, x, (bins + 0.5) / n_bins - 0.5)
 
 
-def to_uint8(x, n_bins: int) -> tf.Tensor:
+def to_uint8(x: tf.Tensor | np.ndarray, n_bins: int) -> tf.Tensor:
   """Model-space x (about [-0.5, 0.5)) -> displayable uint8 pixels, same shape.
 
   bin = clip(floor((x + 0.5) * n_bins), 0, n_bins - 1); pixel = round(bin * 255 / (n_bins - 1)).

@@ -33,7 +33,7 @@ def tfds_bins(
   shuffle: bool,
   data_dir: str | None,
   seed: int | None,
-):
+) -> tuple[tf.data.Dataset, tuple[int, int, int], int | None, int | None]:
   """tfds data set -> (dataset of uint8 bins [, int32 labels], image_shape, num_classes, num_examples)."""
   tfds_split = 'validation' if split == 'test' and name in _NO_TEST_SPLIT else split
   read_config = tfds.ReadConfig(shuffle_seed=seed) if seed is not None else None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -76,7 +77,7 @@ def write_shards(
   if shards < 1:
     raise ValueError(f'shards must be >= 1, got {shards}')
   tf.io.gfile.makedirs(out)
-  manifest = dict(
+  manifest: dict[str, Any] = dict(
     format=FORMAT,
     image_shape=list(image_shape),
     n_bins=n_bins,
@@ -118,7 +119,7 @@ def tfrecord_bins(
   shuffle: bool,
   seed: int | None,
   worker_shard: tuple[int, int] | None = None,
-):
+) -> tuple[tf.data.Dataset, tuple[int, int, int], int, int | None, tuple[str, ...] | None, int, int, bool]:
   """-> (dataset of uint8 bins [, int32 labels], shape, n_bins, num_classes, class_names, n, num_shards,
   by_file). worker_shard (W, i): with at least W shards, read only shards i, i + W, ... (by_file True)."""
   manifest = read_manifest(path)
@@ -131,14 +132,14 @@ def tfrecord_bins(
       f'tfrecord data set {path!r} has no labels for a class-conditional model (--conditional, '
       'with_labels=True): prepare it from a folder with class subfolders'
     )
-  stored_shape = tuple(manifest['image_shape'])
+  stored_shape: tuple[int, int, int] = tuple(manifest['image_shape'])
   stored_bins = int(manifest['n_bins'])
   shape = (image_size, image_size, stored_shape[2]) if image_size else stored_shape
   files = [os.path.join(path, s['file']) for s in entry['shards']]
   n = int(entry['num_examples'])  # the whole split's, over all workers: what epochs and schedules count
   num_shards = len(files)
   by_file = worker_shard is not None and worker_shard[0] > 1 and num_shards >= worker_shard[0]
-  if by_file:
+  if by_file and worker_shard is not None:  # (by_file implies a worker_shard)
     workers, index = worker_shard
     files = files[index::workers]
 

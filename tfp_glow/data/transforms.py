@@ -99,8 +99,8 @@ def fit_to_size(image: tf.Tensor, height: int, width: int) -> tuple[tf.Tensor, t
 def resize_uint8(images: tf.Tensor, size: int | tuple[int, int]) -> tf.Tensor:
   """Bilinear resize with antialiasing (good for down-scaling) to size x size (or (height, width)),
   rounded back to uint8. Squashes a non-square image: sources call `fit_to_size`, which crops first."""
-  size = (size, size) if isinstance(size, int) else tuple(size)
-  x = tf.image.resize(tf.cast(images, tf.float32), size, method='bilinear', antialias=True)
+  height_width = (size, size) if isinstance(size, int) else tuple(size)
+  x = tf.image.resize(tf.cast(images, tf.float32), height_width, method='bilinear', antialias=True)
   return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
 
 

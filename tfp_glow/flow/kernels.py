@@ -18,22 +18,30 @@ steps aside to plain autodiff wherever a higher order is asked for.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Sequence
+
 import tensorflow as tf
 
 from tfp_glow.bijectors.coupling import Coupling
 from tfp_glow.bijectors.nets import LOGSCALE_FACTOR, coupling_network_activations
 
+if TYPE_CHECKING:
+  from tfp_glow.bijectors.base import GlowBijector
+  from tfp_glow.flow.stack import StepStack
+
 Activations = tuple[tf.Tensor, tf.Tensor, tf.Tensor]  # a1, a2 [N, h, w, width]; pre [N, h, w, out]
 
 
-def has_kernels(coupling) -> bool:
+def has_kernels(coupling: GlowBijector) -> bool:
   """True for a step of a stack whose last layer says that its conditioner has these kernels (the stacked conv
   network: `has_network_kernels`): asked of the layer, never decided by its class. Else (the transformer
   conditioner, a user's layer) `tfp_glow.flow.gradients` takes each step's VJP under a tape."""
   return bool(getattr(coupling, 'has_network_kernels', False))
 
 
-def forward_with_activations(coupling: Coupling, parameters, mid: tf.Tensor):
+def forward_with_activations(
+  coupling: Coupling, parameters: list[tf.Tensor], mid: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor, Activations]:
   """The coupling image -> latent with `parameters`, also returning the network's activations:
   (z, log-det [N] or [], activations)."""
   x_a, x_b = coupling.split(mid)
@@ -42,7 +50,9 @@ def forward_with_activations(coupling: Coupling, parameters, mid: tf.Tensor):
   return tf.concat([x_a, z_b], axis=-1), log_det, activations
 
 
-def invert_with_activations(coupling: Coupling, parameters, z: tf.Tensor):
+def invert_with_activations(
+  coupling: Coupling, parameters: list[tf.Tensor], z: tf.Tensor
+) -> tuple[tf.Tensor, Activations]:
   """The coupling's input from its output z (x_a = z_a, x_b = the transform's `uncouple`), and the network's
   activations at x_a, from ONE network evaluation: (mid, activations)."""
   z_a, z_b = coupling.split(z)
@@ -51,14 +61,22 @@ def invert_with_activations(coupling: Coupling, parameters, z: tf.Tensor):
   return tf.concat([z_a, x_b], axis=-1), activations
 
 
-def network_output_from(coupling: Coupling, parameters, activations: Activations) -> tf.Tensor:
+def network_output_from(
+  coupling: Coupling, parameters: list[tf.Tensor], activations: Activations
+) -> tf.Tensor:
   """The network's output h (the flow's dtype) from its activations, as it was computed."""
   compute = coupling.network.compute_dtype
   logs = tf.cast(parameters[-1], compute)
   return tf.cast(activations[2] * tf.exp(logs * LOGSCALE_FACTOR), coupling.dtype)
 
 
-def network_vjp(weights, x, activations: Activations, d_out, compute_dtype):
+def network_vjp(
+  weights: Sequence[tf.Tensor],
+  x: tf.Tensor,
+  activations: Activations,
+  d_out: tf.Tensor,
+  compute_dtype: tf.DType | str,
+) -> tuple[tf.Tensor, list[tf.Tensor]]:
   """The VJP of the default network at x with cotangent d_out, from its `activations` (no convolution is
   recomputed): (dx in x's dtype, [d weight, ...] each in its weight's dtype), in the weights' order
   [conv_in kernel, bias, conv_hidden kernel, bias, conv_out kernel, bias, logs]:
@@ -90,7 +108,14 @@ def network_vjp(weights, x, activations: Activations, d_out, compute_dtype):
   return tf.cast(d, x.dtype), [tf.cast(g, w.dtype) for g, w in zip(ordered, weights)]
 
 
-def step_vjp(stack, parameters, x, activations: Activations, dy, dlog_det):
+def step_vjp(
+  stack: StepStack,
+  parameters: list[tf.Tensor],
+  x: tf.Tensor,
+  activations: Activations,
+  dy: tf.Tensor,
+  dlog_det: tf.Tensor,
+) -> tuple[tf.Tensor, list[tf.Tensor | None]]:
   """(dx, [d parameter in `parameters`' order; None where unused]) of one step of `stack` (a StepStack whose
   coupling `has_kernels`) at its input x, with the network's `activations` at that input."""
   *head, coupling = stack.template

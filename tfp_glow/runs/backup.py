@@ -12,6 +12,7 @@ as every epoch is; a data set of unknown length (N unknown) repeats the k batche
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -34,7 +35,7 @@ class RunBackup(distribute.MultiWorkerBackupAndRestore):
     self._offset = 0  # batches of the current epoch done before the restored backup
     self._batches_done = 0
 
-  def on_train_begin(self, logs=None):
+  def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
     super().on_train_begin(logs)  # restores the weights, the optimizer and the epoch
     self.resume_at = None
     if tf.io.gfile.exists(self._training_metadata_path):
@@ -43,16 +44,16 @@ class RunBackup(distribute.MultiWorkerBackupAndRestore):
       if metadata.get('batches_done'):
         self.resume_at = (int(metadata['epoch']), int(metadata['batches_done']))
 
-  def on_epoch_begin(self, epoch, logs=None):
+  def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
     self._current_epoch = epoch  # Keras counts only the epochs ended in this process: 0 after a restore
     self._offset = self.resume_at[1] if self.resume_at and epoch == self.resume_at[0] else 0
     self._batches_done = self._offset
 
-  def on_train_batch_end(self, batch, logs=None):
+  def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
     self._batches_done = self._offset + batch + 1
     super().on_train_batch_end(batch, logs)
 
-  def on_epoch_end(self, epoch, logs=None):
+  def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
     self._batches_done = 0
     super().on_epoch_end(epoch, logs)  # the epoch count; saves here with save_freq='epoch'
     if self.save_freq != 'epoch':  # every N steps *and* every epoch
@@ -70,7 +71,7 @@ class RunBackup(distribute.MultiWorkerBackupAndRestore):
     """Whether the current epoch is the one a mid-epoch backup was restored into."""
     return self._offset > 0
 
-  def on_train_end(self, logs=None):
+  def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
     pass
 
   def finished(self) -> None:
@@ -88,7 +89,7 @@ class EndResumedEpoch(keras.callbacks.Callback):
     self.backup = backup
     self._ended = False
 
-  def on_train_batch_end(self, batch, logs=None):
+  def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
     steps = self.params.get('steps')
     if not (self.backup.resume_at and steps) or self.model.stop_training:
       return
@@ -96,7 +97,7 @@ class EndResumedEpoch(keras.callbacks.Callback):
       self.model.stop_training = True  # ends this epoch's batch loop
       self._ended = True
 
-  def on_epoch_end(self, epoch, logs=None):
+  def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
     if self._ended:
       self.model.stop_training = False  # ... but not the training
       self._ended = False

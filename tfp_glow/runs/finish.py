@@ -12,7 +12,7 @@ import math
 import os
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Sequence
 
 import keras
 import numpy as np
@@ -38,7 +38,7 @@ def grid_layout(n: int, num_classes: int | None) -> tuple[int, int, np.ndarray |
   return n, num_classes, np.arange(n, dtype=np.int32) % num_classes
 
 
-def display_zoom(image_shape) -> int:
+def display_zoom(image_shape: Sequence[int]) -> int:
   return max(1, 32 // max(image_shape[:2]))  # small images (8x8 digits) shown at about 32x32
 
 
@@ -51,21 +51,23 @@ class RawWeights(keras.callbacks.Callback):
   """The raw (not averaged) weights after the last epoch (or the restored backup), before `fit`
   overwrites them with the EMA (`optimizer.finalize_variable_values`)."""
 
-  def __init__(self):
+  def __init__(self) -> None:
     super().__init__()
     self.values: list[np.ndarray] | None = None
 
   def _keep(self):
     self.values = [v.numpy() for v in self.model.trainable_weights]
 
-  def on_train_begin(self, logs=None):
+  def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
     self._keep()
 
-  def on_epoch_end(self, epoch, logs=None):
+  def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
     self._keep()
 
 
-def choose_weights(model: GlowModel, raw_values, train_ds: tf.data.Dataset, test_ds: tf.data.Dataset) -> dict:
+def choose_weights(
+  model: GlowModel, raw_values: list[np.ndarray] | None, train_ds: tf.data.Dataset, test_ds: tf.data.Dataset
+) -> dict:
   """Scores the weights `fit` left (the EMA if `raw_values` is given, else the raw ones) and, with
   `raw_values`, the raw weights too; keeps in `model` the better on the training split and returns
   {'weights': 'ema' | 'raw', 'scores': {...}, 'train_bits_per_dim', 'test_bits_per_dim'}."""

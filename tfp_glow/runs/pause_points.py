@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import keras
 
@@ -33,16 +34,16 @@ def pause_point(name: str) -> None:
 class EpochPausePoints(keras.callbacks.Callback):
   """`epoch{E}_batch` and `epoch{E}_end` (put it after the checkpoint and backup callbacks)."""
 
-  def __init__(self):
+  def __init__(self) -> None:
     super().__init__()
     self._epoch = 0
 
-  def on_epoch_begin(self, epoch, logs=None):
+  def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
     self._epoch = epoch + 1
 
-  def on_train_batch_end(self, batch, logs=None):
+  def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
     if batch == 0:
       pause_point(f'epoch{self._epoch}_batch')
 
-  def on_epoch_end(self, epoch, logs=None):
+  def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
     pause_point(f'epoch{epoch + 1}_end')

@@ -200,7 +200,7 @@ class Run:
         self.train_ds = ood.perturbed_dataset(
           self.train_ds, config['background_noise'], info.n_bins, seed=config['seed']
         )
-      if cluster.distributed and info.sharded_by_file:
+      if cluster.distributed and info.sharded_by_file and cluster.worker_shard is not None:  # (implied)
         workers, index = cluster.worker_shard
         print(f'worker {index}: reads TFRecord shards {index}, {index} + {workers}, ... of {info.num_shards}')
       if info.class_names:

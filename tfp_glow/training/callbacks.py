@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import keras
 import numpy as np
@@ -42,7 +42,7 @@ class SampleGrid(keras.callbacks.Callback):
     temperatures: Sequence[float] = (0.5, 0.7, 1.0),
     n: int = 16,
     log_dir: str | None = None,
-    labels=None,
+    labels: Sequence[int] | np.ndarray | None = None,
     seed: int = 0,
     columns: int | None = None,
     zoom: int = 1,
@@ -64,23 +64,23 @@ class SampleGrid(keras.callbacks.Callback):
     self.columns = columns
     self.zoom = zoom
     self._writer = None
-    self._last_epoch_written = None
+    self._last_epoch_written: int | None = None
     self._epochs_done = 0
 
   def paths(self, epoch: int) -> list[str]:
     """The files written for (1-based) `epoch`, one per temperature."""
     return [os.path.join(self.directory, f'samples_epoch{epoch:03d}_t{t:g}.png') for t in self.temperatures]
 
-  def on_train_begin(self, logs=None):
+  def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
     if self.log_dir and self._writer is None:
       self._writer = tf.summary.create_file_writer(self.log_dir)
 
-  def on_epoch_end(self, epoch, logs=None):
+  def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
     self._epochs_done = epoch + 1
     if self._epochs_done % self.every_n_epochs == 0:
       self.write(self._epochs_done)
 
-  def on_train_end(self, logs=None):
+  def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
     if self._epochs_done and self._last_epoch_written != self._epochs_done:
       self.write(self._epochs_done)
     if self._writer is not None:
@@ -122,7 +122,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
   another program's file) raises `BackupUnreadableError`, one line naming the file and the fix,
   instead of h5py's traceback."""
 
-  def on_train_begin(self, logs=None):
+  def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
     try:
       super().on_train_begin(logs)
     except Exception as e:  # OSError (h5py), KeyError / ValueError (wrong weights), JSON errors

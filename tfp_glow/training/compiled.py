@@ -21,12 +21,15 @@ XLA: the functions are compiled with `jit_compile=True` when the model was compi
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import tensorflow as tf
 
 from tfp_glow import data as glow_data
 from tfp_glow.flow import tape_state
+
+if TYPE_CHECKING:
+  from tfp_glow.training.model import GlowModel
 
 LABELS = tf.TensorSpec([None], tf.int32, name='labels')
 SEED = tf.TensorSpec([2], tf.int32, name='seed')
@@ -42,26 +45,33 @@ def use_compiled() -> bool:
 class CompiledCalls:
   """The tf.functions behind one GlowModel's public calls, built on first use and kept."""
 
-  def __init__(self, model):
+  def __init__(self, model: GlowModel):
     self._model = model
     self._functions: dict[tuple, tf.types.experimental.GenericFunction] = {}
 
   # ---- what the functions compute ---------------------------------------------------------------
 
-  def log_prob(self, images, labels=None):
+  def log_prob(self, images: tf.Tensor, labels: tf.Tensor | None = None) -> tf.Tensor:
     return self._function('log_prob', labels is not None)(images, *_present(labels))
 
-  def encode(self, images, labels=None):
+  def encode(self, images: tf.Tensor, labels: tf.Tensor | None = None) -> list[tf.Tensor]:
     return self._function('encode', labels is not None)(images, *_present(labels))
 
-  def decode(self, latents, labels=None):
+  def decode(self, latents: Sequence[tf.Tensor], labels: tf.Tensor | None = None) -> tf.Tensor:
     return self._function('decode', labels is not None)(list(latents), *_present(labels))
 
-  def sample(self, n, temperature, labels=None, seed=None, as_uint8=True):
+  def sample(
+    self,
+    n: tf.Tensor,
+    temperature: tf.Tensor,
+    labels: tf.Tensor | None = None,
+    seed: tf.Tensor | None = None,
+    as_uint8: bool = True,
+  ) -> tf.Tensor:
     fn = self._function('sample', labels is not None, seed is not None, as_uint8)
     return fn(n, temperature, *_present(labels), *_present(seed))
 
-  def interpolate(self, pair, steps, labels=None):
+  def interpolate(self, pair: tf.Tensor, steps: tf.Tensor, labels: tf.Tensor | None = None) -> tf.Tensor:
     return self._function('interpolate', labels is not None)(pair, steps, *_present(labels))
 
   def tracing_count(self, name: str) -> int:

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import shutil
+from typing import TYPE_CHECKING, Any, Sequence
 
 import keras
 import numpy as np
@@ -36,8 +37,13 @@ import tensorflow as tf
 from tfp_glow.names import STRATEGIES
 from tfp_glow.training.callbacks import AtomicBackupAndRestore
 
+if TYPE_CHECKING:
+  from tfp_glow.training.model import GlowModel
 
-def make_strategy(name: str = 'default', tpu: str | None = None, devices=None) -> tf.distribute.Strategy:
+
+def make_strategy(
+  name: str = 'default', tpu: str | None = None, devices: Sequence[str] | None = None
+) -> tf.distribute.Strategy:
   """The tf.distribute strategy called `name` (see the module docstring).
 
   multi-worker reads the cluster from the TF_CONFIG environment variable and must be created before
@@ -136,7 +142,9 @@ def shard(dataset: tf.data.Dataset, by_file: bool = False) -> tf.data.Dataset:
   return dataset.with_options(options)
 
 
-def initialize_actnorm(model, images, strategy: tf.distribute.Strategy, labels=None) -> None:
+def initialize_actnorm(
+  model: GlowModel, images: tf.Tensor, strategy: tf.distribute.Strategy, labels: tf.Tensor | None = None
+) -> None:
   """Actnorm's data-dependent init, identical on every replica of every worker.
 
   Every worker runs the init on `images` (give every worker the same ones: the first images of an
@@ -152,7 +160,7 @@ def initialize_actnorm(model, images, strategy: tf.distribute.Strategy, labels=N
     broadcast_from_first_replica(model.weights, strategy)
 
 
-def broadcast_from_first_replica(variables, strategy: tf.distribute.Strategy) -> None:
+def broadcast_from_first_replica(variables: Sequence[tf.Variable], strategy: tf.distribute.Strategy) -> None:
   """Sets every float variable, on every replica, to its value on replica 0."""
   floats = [v for v in variables if tf.as_dtype(v.dtype).is_floating]
 
@@ -210,7 +218,7 @@ class MultiWorkerBackupAndRestore(AtomicBackupAndRestore):
   the same command: all restart from the last epoch the chief backed up.
   """
 
-  def __init__(self, backup_dir: str, strategy: tf.distribute.Strategy, **kwargs):
+  def __init__(self, backup_dir: str, strategy: tf.distribute.Strategy, **kwargs: Any):
     super().__init__(backup_dir, **kwargs)
     self._chief = is_chief(strategy)
     self._temporary = None if self._chief else write_dir(backup_dir, strategy)
@@ -231,6 +239,6 @@ class MultiWorkerBackupAndRestore(AtomicBackupAndRestore):
         setattr(self, n, path)
       shutil.rmtree(temp, ignore_errors=True)
 
-  def on_train_end(self, logs=None):
+  def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
     if self._chief:
       super().on_train_end(logs)

@@ -3,12 +3,20 @@ to load; `load_saved_model` loads one with tfp_glow installed, for errors withou
 
 from __future__ import annotations
 
+import os
+from typing import TYPE_CHECKING, TypeAlias
+
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tfp_glow import checks
 from tfp_glow import data as glow_data
+
+if TYPE_CHECKING:
+  from tfp_glow.training.model import GlowModel
+
+Number: TypeAlias = int | float | np.ndarray | tf.Tensor  # a Python number, or a scalar array or tensor
 
 
 def range_message(n_bins: int) -> str:
@@ -19,7 +27,7 @@ def range_message(n_bins: int) -> str:
   )
 
 
-def endpoint_signatures(model) -> list[str]:
+def endpoint_signatures(model: GlowModel) -> list[str]:
   """One line per endpoint of `export_saved_model`: name(arguments) -> result."""
   shape = ', '.join(map(str, model.image_shape))
   dtype = model.glow.dtype.name
@@ -32,7 +40,7 @@ def endpoint_signatures(model) -> list[str]:
   ]
 
 
-def export_saved_model(model, filepath: str, verbose: bool = True) -> None:
+def export_saved_model(model: GlowModel, filepath: str | os.PathLike, verbose: bool = True) -> None:
   """Writes a SavedModel at `filepath` whose endpoints return what the GlowModel's methods return
   (any batch size; `labels` only for a class-conditional model, one class id per image):
 
@@ -114,11 +122,13 @@ class SavedGlow:
   """A SavedModel of `export_saved_model`, loaded with tfp_glow installed: the same endpoints, whose
   errors (InvalidArgumentError) carry our message alone. Arguments may be Python numbers or arrays."""
 
-  def __init__(self, filepath: str):
+  def __init__(self, filepath: str | os.PathLike):
     self.saved_model = tf.saved_model.load(filepath)
     self.filepath = filepath
 
-  def log_prob(self, images, labels=None) -> tf.Tensor:
+  def log_prob(
+    self, images: np.ndarray | tf.Tensor, labels: np.ndarray | tf.Tensor | None = None
+  ) -> tf.Tensor:
     dtype = tf.as_dtype(images.dtype if tf.is_tensor(images) else np.asarray(images).dtype)
     if dtype.is_integer:  # as GlowModel (the endpoint itself would give TensorFlow's TypeError)
       raise TypeError(
@@ -127,10 +137,14 @@ class SavedGlow:
       )
     return self._call('log_prob', images, labels=labels)
 
-  def sample(self, n, temperature=1.0, labels=None) -> tf.Tensor:
+  def sample(
+    self, n: Number, temperature: Number = 1.0, labels: np.ndarray | tf.Tensor | None = None
+  ) -> tf.Tensor:
     return self._call('sample', n, temperature, labels=labels)
 
-  def sample_floats(self, n, temperature=1.0, labels=None) -> tf.Tensor:
+  def sample_floats(
+    self, n: Number, temperature: Number = 1.0, labels: np.ndarray | tf.Tensor | None = None
+  ) -> tf.Tensor:
     return self._call('sample_floats', n, temperature, labels=labels)
 
   def _call(self, name, *args, labels=None):
@@ -145,7 +159,7 @@ class SavedGlow:
       raise tf.errors.InvalidArgumentError(None, None, checks.clean_message(e)) from None
 
 
-def load_saved_model(filepath: str) -> SavedGlow:
+def load_saved_model(filepath: str | os.PathLike) -> SavedGlow:
   """Loads a SavedModel written by `GlowModel.export` (see `export_saved_model`); its endpoints' errors
   carry our message alone."""
   return SavedGlow(filepath)

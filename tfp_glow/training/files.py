@@ -11,17 +11,23 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import TYPE_CHECKING, Any, Iterator
 
 import tensorflow as tf
 
 from tfp_glow import atomic
 from tfp_glow.training import guard
 
+if TYPE_CHECKING:  # for type checkers: the mixin's self is a GlowModel, whose keras.Model gives it the rest
+  from keras import Model as _KerasModel
+else:
+  _KerasModel = object
 
-class Files:
+
+class Files(_KerasModel):
   """save, save_weights, load_weights and export of a GlowModel (see the module docstring)."""
 
-  def save(self, filepath, overwrite=True, **kwargs):
+  def save(self, filepath: str | os.PathLike, overwrite: bool = True, **kwargs: Any) -> None:
     """`keras.Model.save`, written atomically (a temporary file renamed into place, so a kill
     leaves the previous file intact); refuses NaN / Inf weights (a diverged model), and any name
     but NAME.keras (the legacy .h5 format cannot hold a GlowModel's state)."""
@@ -43,7 +49,9 @@ class Files:
     with atomic.replacing(path) as tmp, _naming(tmp, path):
       super().save(tmp, overwrite=True, **kwargs)
 
-  def save_weights(self, filepath, overwrite=True, max_shard_size=None):
+  def save_weights(
+    self, filepath: str | os.PathLike, overwrite: bool = True, max_shard_size: int | float | None = None
+  ) -> None:
     """`keras.Model.save_weights`, written atomically; refuses NaN / Inf weights."""
     self._check_finite_weights(filepath)
     if max_shard_size is not None or not isinstance(filepath, (str, os.PathLike)):
@@ -55,7 +63,7 @@ class Files:
     with atomic.replacing(filepath) as tmp, _naming(tmp, os.fspath(filepath)):
       super().save_weights(tmp, overwrite=True)
 
-  def load_weights(self, filepath, skip_mismatch=False, **kwargs):
+  def load_weights(self, filepath: str | os.PathLike, skip_mismatch: bool = False, **kwargs: Any) -> None:
     """`keras.Model.load_weights`; a file of another layout leaves the weights as they were (Keras would
     have loaded the parts that match) and gets an error that says what may be wrong."""
     before = [v.numpy() for v in self.weights]
@@ -71,13 +79,15 @@ class Files:
         f'and parameter) cannot be loaded. Keras says: {e}'
       ) from e
 
-  def _check_finite_weights(self, filepath) -> None:
+  def _check_finite_weights(self, filepath: str | os.PathLike) -> None:
     if not guard.finite_weights(self):
       raise guard.NonFiniteWeightsError(
         f'GlowModel: not saving {os.fspath(filepath)!r}: the weights contain NaN or Inf (a diverged model).'
       )
 
-  def export(self, filepath, format='tf_saved_model', verbose=True, **kwargs):  # pylint: disable=redefined-builtin
+  def export(
+    self, filepath: str | os.PathLike, format: str = 'tf_saved_model', verbose: bool = True, **kwargs: Any
+  ) -> None:  # pylint: disable=redefined-builtin
     """Writes a SavedModel whose endpoints return what this model's methods return, and check their
     arguments as they do (loadable with `tf.saved_model.load`, without tfp_glow installed):
       log_prob(images [None, H, W, C] float32[, labels [None] int32]) -> [None]         = log_prob
@@ -93,7 +103,7 @@ class Files:
 
 
 @contextlib.contextmanager
-def _naming(tmp: str, path: str):
+def _naming(tmp: str, path: str) -> Iterator[None]:
   """Errors raised while writing `tmp` name the user's `path` instead of the temporary file."""
   try:
     yield
@@ -101,6 +111,7 @@ def _naming(tmp: str, path: str):
     if tmp not in str(e):
       raise
     text = str(e).replace(tmp, path)
+    renamed: Exception
     try:
       if isinstance(e, OSError) and e.errno:  # keep errno (ENOSPC, EACCES, ...) for the callers
         filename = path if e.filename == tmp else e.filename

@@ -10,7 +10,7 @@ taken in the cross-replica context when the strategy needs `merge_call`.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import keras
 import tensorflow as tf
@@ -50,7 +50,7 @@ class SkipCauses:
   over replicas when read (as Keras metrics are), updated in the graph by one `assign_add` per step.
   Not a Keras metric (not logged, not saved): it only explains a stop after too many skips."""
 
-  def __init__(self):
+  def __init__(self) -> None:
     self.variable = tf.Variable(
       tf.zeros([len(SKIP_CAUSES)]),
       trainable=False,
@@ -59,7 +59,9 @@ class SkipCauses:
       name='skip_causes',
     )
 
-  def update(self, finite_pixels, pixels_in_range, labels_in_range, applied) -> None:
+  def update(
+    self, finite_pixels: tf.Tensor, pixels_in_range: tf.Tensor, labels_in_range: tf.Tensor, applied: tf.Tensor
+  ) -> None:
     """Scalar bools of one step: which checks held, and whether the step was applied."""
     first = [~finite_pixels, finite_pixels & ~pixels_in_range]
     valid = finite_pixels & pixels_in_range
@@ -76,7 +78,9 @@ class SkipCauses:
     return ', '.join(parts) or 'no cause recorded'
 
 
-def batch_checks(images: tf.Tensor, labels: tf.Tensor | None, num_classes: int | None, check_range: bool):
+def batch_checks(
+  images: tf.Tensor, labels: tf.Tensor | None, num_classes: int | None, check_range: bool
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
   """(finite pixels, pixels in [-0.5, 0.5], labels in [0, num_classes)): three scalar bools, computed in the
   graph so that a bad batch can be skipped rather than raised; their conjunction decides the step, and
   `SkipCauses` counts which failed."""
@@ -103,7 +107,12 @@ def all_replicas_agree(ok: tf.Tensor) -> tf.Tensor:
   return tf.equal(bad, 0.0)
 
 
-def apply_if(optimizer: keras.optimizers.Optimizer, ok: tf.Tensor, grads, variables) -> None:
+def apply_if(
+  optimizer: keras.optimizers.Optimizer,
+  ok: tf.Tensor,
+  grads: Sequence[tf.Tensor | None],
+  variables: Sequence[tf.Variable],
+) -> None:
   """`optimizer.apply(grads, variables)` if `ok` (a scalar bool, equal on all replicas), else nothing."""
   variables = list(variables)
   grads = list(grads)
@@ -136,7 +145,7 @@ class Mean(keras.metrics.Mean):
     super().__init__(name=name)
     self._direction = direction  # lower is better: Keras callbacks in mode 'auto' read it
 
-  def result(self):
+  def result(self) -> tf.Tensor:
     return tf.where(self.count > 0, super().result(), tf.constant(float('nan'), self.dtype))
 
 
@@ -160,10 +169,10 @@ class StopAfterConsecutiveSkips(keras.callbacks.Callback):
     self._in_a_row = 0
     self._seen = 0.0
 
-  def on_epoch_begin(self, epoch, logs=None):
+  def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
     self._seen = 0.0  # the metric restarts each epoch; the run of skips carries over
 
-  def on_train_batch_end(self, batch, logs=None):
+  def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
     skipped = float((logs or {}).get('skipped_steps', self._seen))
     new = round(skipped - self._seen)
     self._seen = skipped

@@ -15,7 +15,7 @@ import contextlib
 import inspect
 import math
 import warnings
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -26,7 +26,9 @@ from tfp_glow import checks
 RANGE_MESSAGE = 'GlowModel: image values must be in [-0.5, 0.5) (raw 0..255 pixels? see tfp_glow.data).'
 
 
-def check_images(images, image_shape: Sequence[int], dtype: tf.DType, validate: bool) -> tf.Tensor:
+def check_images(
+  images: tf.Tensor | np.ndarray, image_shape: Sequence[int], dtype: tf.DType, validate: bool
+) -> tf.Tensor:
   """Images [N, H, W, C] as floats of `dtype` in [-0.5, 0.5); raises on integer pixels or a wrong shape,
   and with `validate` asserts (in the graph) finite values in range."""
   images = tf.convert_to_tensor(images)
@@ -47,7 +49,13 @@ def check_images(images, image_shape: Sequence[int], dtype: tf.DType, validate: 
   return images
 
 
-def check_labels(labels, num_classes: int | None, required: bool, batch=None, validate: bool = True):
+def check_labels(
+  labels: tf.Tensor | np.ndarray | int | None,
+  num_classes: int | None,
+  required: bool,
+  batch: int | tf.Tensor | None = None,
+  validate: bool = True,
+) -> tf.Tensor | None:
   """Class ids as int32 [N] (broadcast to `batch` if given), or None for an unconditional model; raises
   when labels are given to an unconditional model, missing for a conditional one (if `required`), or not
   integers; with `validate` asserts (in the graph) 0 <= label < num_classes."""
@@ -64,20 +72,20 @@ def check_labels(labels, num_classes: int | None, required: bool, batch=None, va
         'pass labels (integer class ids), or (images, labels) pairs to fit, evaluate or predict.'
       )
     return None
-  labels = tf.convert_to_tensor(labels)
-  if not labels.dtype.is_integer:
-    raise TypeError(f'GlowModel: labels must be integer class ids, got {labels.dtype.name}.')
-  labels = tf.cast(labels, tf.int32)
+  ids = tf.convert_to_tensor(labels)
+  if not ids.dtype.is_integer:
+    raise TypeError(f'GlowModel: labels must be integer class ids, got {ids.dtype.name}.')
+  ids = tf.cast(ids, tf.int32)
   if batch is not None:
-    labels = tf.broadcast_to(labels, [batch])
+    ids = tf.broadcast_to(ids, [batch])
   if validate:
-    labels = checks.in_range(
-      labels, 0, num_classes - 1, f'GlowModel: labels must be in [0, num_classes={num_classes})'
+    ids = checks.in_range(
+      ids, 0, num_classes - 1, f'GlowModel: labels must be in [0, num_classes={num_classes})'
     )
-  return labels
+  return ids
 
 
-def label_dtype(x, y) -> tf.DType | None:
+def label_dtype(x: Any, y: Any) -> tf.DType | None:
   """The dtype of the labels in `fit`-style data (x, y), without reading any data: `y`, the second part of
   a tuple `x`, or of a Dataset's elements; None where there are none (or they cannot be told)."""
   if y is None and isinstance(x, tf.data.Dataset):
@@ -133,7 +141,7 @@ def epoch_length_unknown_is_fine(steps_given: bool) -> Iterator[None]:
     yield
 
 
-def first_images(x, y, count: int):
+def first_images(x: Any, y: Any, count: int) -> tuple[tf.Tensor, tf.Tensor | None]:
   """The first `count` images (and labels, or None) of fit's training data, for actnorm init."""
   if isinstance(x, tf.data.Dataset):
     images, labels, n = [], [], 0
@@ -155,7 +163,9 @@ def first_images(x, y, count: int):
   return x[:count], (None if y is None else y[:count])
 
 
-def arrays_as_datasets(x, y, kwargs: dict, replicas: int, caller: str, args: Sequence = ()):
+def arrays_as_datasets(
+  x: Any, y: Any, kwargs: dict[str, Any], replicas: int, caller: str, args: Sequence = ()
+) -> tuple[Any, Any, dict[str, Any]]:
   """(x, y, kwargs) of `fit` / `evaluate` (`caller`), with NumPy arrays or tensors turned into a batched
   tf.data.Dataset under N = `replicas` > 1, so that `pad_batches` pads their uneven last batch as it pads a
   Dataset's (Keras' own split of an uneven array batch over the replicas trains wrongly: the weights end far
@@ -232,7 +242,7 @@ def _batched(x, y, batch_size: int, shuffle: bool | str = False) -> tf.data.Data
   return ds
 
 
-def pad_batches(data, replicas: int):
+def pad_batches(data: Any, replicas: int) -> Any:
   """Under N = `replicas` > 1, a tf.data.Dataset whose batches are padded to a multiple of N images, each
   element packed into one tensor [n + pad, D + 1 (+ 1)], pad = (-n) mod N: per row the image's D pixels
   (flattened), its weight (1 for the data's images, 0 for the padding), and its label for (images, labels)
@@ -277,7 +287,9 @@ def _pack(element) -> tf.Tensor | None:
   return tf.concat(columns, axis=1)
 
 
-def unpack(data, image_shape: Sequence[int] | None = None):
+def unpack(
+  data: Any, image_shape: Sequence[int] | None = None
+) -> tuple[tf.Tensor, tf.Tensor | None, tf.Tensor | None]:
   """(images, labels or None, per-image weights or None) of one element of fit's or evaluate's data:
   images, (images, labels), or `pad_batches`' packed form [n, D + 1 (+ 1)] (read when `image_shape` is
   given; weights 1 for an image, 0 for padding). Sample weights of the user's own ((images, labels,
@@ -301,7 +313,9 @@ def unpack(data, image_shape: Sequence[int] | None = None):
   return images, labels, packed[:, d]
 
 
-def set_monitor_direction(callback, metrics) -> None:
+def set_monitor_direction(
+  callback: keras.callbacks.Callback, metrics: Sequence[keras.metrics.Metric]
+) -> None:
   """Gives a callback in mode 'auto' (EarlyStopping, ModelCheckpoint, ReduceLROnPlateau) the
   direction of the metric it monitors. Keras 3 infers it only for 'loss' and compiled metrics,
   not for a model's own trackers; ours declare it (`_direction`, as Keras' metrics do)."""

@@ -25,16 +25,23 @@ Keras' own update runs instead.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import keras
 import tensorflow as tf
 
 from tfp_glow.flow.xla import tracing_for_xla
 
+if TYPE_CHECKING:  # for type checkers: the mixin comes before a keras optimizer, which gives it the rest
+  from keras.optimizers import Optimizer as _KerasOptimizer
+else:
+  _KerasOptimizer = object
 
-class _LinearWarmup:
+
+class _LinearWarmup(_KerasOptimizer):
   """Mixin for a Keras optimizer: scales the learning rate by min(1, (step + 1) / warmup_steps)."""
 
-  def __init__(self, learning_rate: float = 1e-3, warmup_steps: int = 1000, **kwargs):
+  def __init__(self, learning_rate: float = 1e-3, warmup_steps: int = 1000, **kwargs: Any):
     if not isinstance(learning_rate, (int, float)) or learning_rate <= 0:
       raise ValueError(f'learning_rate must be a number > 0, got {learning_rate!r}.')
     if warmup_steps < 0:
@@ -42,7 +49,7 @@ class _LinearWarmup:
     super().__init__(learning_rate=learning_rate, **kwargs)
     self.warmup_steps = int(warmup_steps)
 
-  def warmup_factor(self):
+  def warmup_factor(self) -> tf.Tensor:
     """min(1, (iterations + 1) / warmup_steps), a float32 scalar (1 without warmup)."""
     step = keras.ops.cast(self.iterations, 'float32')
     return keras.ops.minimum(1.0, (step + 1.0) / max(self.warmup_steps, 1))
@@ -78,7 +85,7 @@ class _LinearWarmup:
       cache[dtype] = scalars
     return cache[dtype]
 
-  def can_apply_masked(self, variables) -> bool:
+  def can_apply_masked(self, variables: list[keras.Variable]) -> bool:
     """True if `apply_masked` can run for `variables`: every update is a fused kernel (plain, not
     mirrored, variables) and nothing else changes the weights (weight decay, gradient accumulation,
     periodic EMA overwrite, constraints)."""
@@ -94,7 +101,9 @@ class _LinearWarmup:
     slots = [_resource_variable(s) is not None for s in self.variables]
     return all(plain) and all(slots)
 
-  def apply_masked(self, ok: tf.Tensor, grads, variables) -> None:
+  def apply_masked(
+    self, ok: tf.Tensor, grads: list[tf.Tensor | None], variables: list[keras.Variable]
+  ) -> None:
     """`apply(grads, variables)` if `ok` (a scalar bool), else nothing at all: weights, moments, EMA
     and `iterations` stay bit-identical. No `tf.cond`: the fused kernels run either way, with
     gradients 0, learning rate 0 and b1 = b2 = 1 on a skipped step, where
@@ -138,7 +147,7 @@ class _LinearWarmup:
         var=average.handle, alpha=rates[average.dtype], delta=average - var
       )
 
-  def get_config(self):
+  def get_config(self) -> dict[str, Any]:
     return {**super().get_config(), 'warmup_steps': self.warmup_steps}
 
 
@@ -165,7 +174,9 @@ def _fused_variables(optimizer, gradient, variable, slots) -> list[tf.Variable] 
 class WarmupAdamax(_LinearWarmup, keras.optimizers.Adamax):
   """keras.optimizers.Adamax with linear warmup and a fused update (see the module docstring)."""
 
-  def update_step(self, gradient, variable, learning_rate):
+  def update_step(
+    self, gradient: tf.Tensor, variable: keras.Variable, learning_rate: float | tf.Tensor
+  ) -> None:
     plain = _fused_variables(self, gradient, variable, (self._m, self._u))
     if plain is None:
       return super().update_step(gradient, variable, learning_rate)
@@ -188,7 +199,9 @@ class WarmupAdamax(_LinearWarmup, keras.optimizers.Adamax):
 class WarmupAdam(_LinearWarmup, keras.optimizers.Adam):
   """keras.optimizers.Adam with linear warmup and a fused update (see the module docstring)."""
 
-  def update_step(self, gradient, variable, learning_rate):
+  def update_step(
+    self, gradient: tf.Tensor, variable: keras.Variable, learning_rate: float | tf.Tensor
+  ) -> None:
     slots = (self._momentums, self._velocities)
     plain = None if self.amsgrad else _fused_variables(self, gradient, variable, slots)
     if plain is None:
@@ -216,12 +229,12 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
     self.learning_rate = float(learning_rate)
     self.warmup_steps = int(warmup_steps)
 
-  def __call__(self, step):
+  def __call__(self, step: int | tf.Tensor) -> tf.Tensor:
     step = keras.ops.cast(step, 'float32')
     fraction = keras.ops.minimum(1.0, (step + 1.0) / max(self.warmup_steps, 1))
     return self.learning_rate * fraction
 
-  def get_config(self):
+  def get_config(self) -> dict[str, Any]:
     return {'learning_rate': self.learning_rate, 'warmup_steps': self.warmup_steps}
 
 

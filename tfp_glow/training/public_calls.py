@@ -13,6 +13,7 @@ A mixin: `GlowModel` (tfp_glow/training/model.py) composes it with keras.Model, 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeAlias
 
 import keras
 import numpy as np
@@ -24,17 +25,37 @@ from tfp_glow import data as glow_data
 from tfp_glow import dequantization as dequant
 from tfp_glow.training.compiled import use_compiled
 
+if TYPE_CHECKING:
+  from tfp_glow.dequantization import VariationalDequantizer
+  from tfp_glow.distribution import GlowDistribution
+
+Images: TypeAlias = tf.Tensor | np.ndarray  # [N, H, W, C], in [-0.5, 0.5)
+Labels: TypeAlias = (
+  tf.Tensor | np.ndarray | int | None
+)  # int [N] (or a scalar label), for a class-conditional model
+
 
 class PublicCalls:
   """log_prob, sample, encode, decode, interpolate and evaluate_bits_per_dim of a GlowModel."""
 
-  def call(self, inputs):
+  # What GlowModel gives this mixin (see the module docstring); annotations only.
+  glow: Any  # the Glow bijector (training/ imports the flow only to build it, in model.py)
+  distribution: GlowDistribution
+  dequantizer: VariationalDequantizer | None
+  n_bins: int
+  num_dims: int
+  _tfp: Any
+  bits_per_dim: Callable[[tf.Tensor], tf.Tensor]
+  _check_images: Callable[..., tf.Tensor]
+  _check_labels: Callable[..., tf.Tensor | None]
+
+  def call(self, inputs: Images | tuple[Images, Labels]) -> tf.Tensor:
     """log p(x) [N] per image (nats); `inputs` is images, or (images, labels) for a conditional model."""
     images, labels = inputs if isinstance(inputs, (tuple, list)) else (inputs, None)
     return self.log_prob(images, labels)
 
   @tf.autograph.experimental.do_not_convert  # inside a user's tf.function: no tensor-dependent Python here
-  def log_prob(self, images, labels=None) -> tf.Tensor:
+  def log_prob(self, images: Images, labels: Labels = None) -> tf.Tensor:
     """log p(x) [N] of images [N, H, W, C] in [-0.5, 0.5) (continuous density)."""
     images = self._check_images(images)
     labels = self._check_labels(labels, required=True)
@@ -48,9 +69,9 @@ class PublicCalls:
     self,
     n: int | tf.Tensor,
     temperature: float | tf.Tensor = 1.0,
-    labels=None,
+    labels: Labels = None,
     as_uint8: bool = True,
-    seed=None,
+    seed: int | Sequence[int] | tf.Tensor | None = None,
     batch_size: int | None = None,
   ) -> tf.Tensor:
     """n images at a temperature (T = 0.7 looks best in the paper): uint8 [n, H, W, C] in
@@ -87,7 +108,7 @@ class PublicCalls:
     return max(1, min(1024, 2**22 // self.num_dims))
 
   @tf.autograph.experimental.do_not_convert  # inside a user's tf.function: no tensor-dependent Python here
-  def encode(self, images, labels=None) -> list[tf.Tensor]:
+  def encode(self, images: Images, labels: Labels = None) -> list[tf.Tensor]:
     """Images [N, H, W, C] -> per-level latents [eps_1, ..., eps_L]."""
     images = self._check_images(images)
     labels = self._check_labels(labels, required=True)
@@ -97,7 +118,7 @@ class PublicCalls:
     return self._tfp.calls.encode(images, per_image)
 
   @tf.autograph.experimental.do_not_convert  # inside a user's tf.function: no tensor-dependent Python here
-  def decode(self, latents, labels=None) -> tf.Tensor:
+  def decode(self, latents: Sequence[tf.Tensor | np.ndarray], labels: Labels = None) -> tf.Tensor:
     """Per-level latents -> images [N, H, W, C] (floats, model scale). Latents are not data: any real
     values, not checked (NaN in, NaN out; a diverged model's round trip must still run)."""
     labels = self._check_labels(labels, required=True)
@@ -112,7 +133,7 @@ class PublicCalls:
     return self.distribution.decode(latents, labels)  # any error names the expected shapes
 
   @tf.autograph.experimental.do_not_convert  # inside a user's tf.function: no tensor-dependent Python here
-  def interpolate(self, image_a, image_b, steps: int = 8, labels=None) -> tf.Tensor:
+  def interpolate(self, image_a: Images, image_b: Images, steps: int = 8, labels: Labels = None) -> tf.Tensor:
     """Decodes `steps` points on the straight line between the latents of two images [H, W, C]."""
     if not isinstance(steps, int) or steps < 2:
       raise ValueError(f'interpolate: steps must be an integer >= 2, got {steps!r}.')
@@ -132,7 +153,12 @@ class PublicCalls:
   # ---- bits per dimension, importance-weighted ----------------------------------------------------
 
   def evaluate_bits_per_dim(
-    self, data, samples: int = 1, seed: int | None = None, per_image: bool = False, max_images: int = 4096
+    self,
+    data: Images | tuple[Images, Labels] | tf.data.Dataset,
+    samples: int = 1,
+    seed: int | None = None,
+    per_image: bool = False,
+    max_images: int = 4096,
   ) -> float | np.ndarray:
     """Bits/dim of `data` with the importance-weighted estimate over `samples` draws u_s ~ q(u|x):
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import TYPE_CHECKING, Any
 
 import keras
 import tensorflow as tf
@@ -28,16 +29,21 @@ from tfp_glow.training import guard
 from tfp_glow.training import inputs as model_inputs
 from tfp_glow.training.optim import default_optimizer
 
+if TYPE_CHECKING:  # for type checkers: the mixin's self is a GlowModel, whose keras.Model gives it the rest
+  from keras import Model as _KerasModel
+else:
+  _KerasModel = object
+
 # fit arguments a density model cannot honour (GlowModel.fit refuses them).
 _FIT_ARGS_REFUSED = ('class_weight', 'sample_weight')
 # The train step's assertion on labels; fit turns it into one ValueError.
 _LABEL_ERROR = 'GlowModel: label outside [0, num_classes):'
 
 
-class Trainer:
+class Trainer(_KerasModel):
   """`fit`, `evaluate`, `compile` and the Keras steps of a GlowModel (see the module docstring)."""
 
-  def fit(self, x=None, y=None, **kwargs):
+  def fit(self, x: Any = None, y: Any = None, **kwargs: Any) -> keras.callbacks.History:
     """`keras.Model.fit`, which first initializes actnorm from the first training images if needed.
 
     Refuses (ValueError) what a density model cannot honour: `class_weight` and `sample_weight` (every
@@ -81,7 +87,9 @@ class Trainer:
         f'{found.group(1)}. Labels must be class ids 0..{self.num_classes - 1}; fix the data.'
       ) from None
 
-  def evaluate(self, x=None, y=None, *args, **kwargs):
+  def evaluate(
+    self, x: Any = None, y: Any = None, *args: Any, **kwargs: Any
+  ) -> Any:  # a number, a list or a dict, as Keras
     """`keras.Model.evaluate`: bits/dim and loss are means over images (under a distribution strategy,
     a batch that does not split evenly is padded, the padding weighted 0). Refuses `sample_weight`, as `fit`
     does (Keras would drop it silently without y)."""
@@ -120,7 +128,7 @@ class Trainer:
       return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
     return None
 
-  def compile(self, optimizer=None, **kwargs):
+  def compile(self, optimizer: keras.optimizers.Optimizer | str | None = None, **kwargs: Any) -> None:
     """`keras.Model.compile`; the default optimizer is Adamax, lr 1e-3, with linear warmup."""
     kwargs.setdefault('loss', None)
     super().compile(optimizer=optimizer or default_optimizer(), **kwargs)
@@ -129,10 +137,10 @@ class Trainer:
     self.optimizer.build(self.trainable_variables)
 
   # Declared so that `load_model` restores the compiled optimizer (and its state) of a saved model.
-  def get_compile_config(self):
+  def get_compile_config(self) -> dict[str, Any] | None:
     return super().get_compile_config()
 
-  def compile_from_config(self, config):
+  def compile_from_config(self, config: dict[str, Any]) -> None:
     # keras.Model's version refuses to run when `compile` is overridden; ours only adds a default.
     self.compile(**keras.saving.deserialize_keras_object(config))
 
@@ -142,7 +150,9 @@ class Trainer:
     """(-log p(x) + D log(n_bins)) / (D ln 2), per image (see `tfp_glow.distribution.bits_per_dim`)."""
     return bits_per_dim(log_prob, self.num_dims, self.n_bins)
 
-  def _loss_terms_of(self, images, labels, training_gradient: str | None = None):
+  def _loss_terms_of(
+    self, images: tf.Tensor, labels: tf.Tensor | None, training_gradient: str | None = None
+  ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None, tf.Tensor | None]:
     """Per-image terms of the loss: (loss [N], bits/dim [N], labels, logits or None); loss_n = bpd_n, plus
     class_loss_weight * cross-entropy_n / ln 2 for a conditional model. Callers take the (weighted) mean.
     `training_gradient`: the training step's first-order gradient mode, handed to the distribution (None:
@@ -187,13 +197,13 @@ class Trainer:
     return trackers + ([self.class_tracker] if self.classifier is not None else [])
 
   @property
-  def metrics(self):
+  def metrics(self) -> list[keras.metrics.Metric]:
     return [*self._step_metrics(), self.skip_tracker]
 
   # ---- the Keras steps ---------------------------------------------------------------------------
 
   @tf.autograph.experimental.do_not_convert  # faster tracing (see Glow._encode_4d)
-  def train_step(self, data):
+  def train_step(self, data: Any) -> dict[str, tf.Tensor]:
     """One guarded optimizer step: a batch whose images or labels are invalid (NaN/Inf, outside
     [-0.5, 0.5], labels outside [0, num_classes)), or whose loss or gradients are not finite, is
     skipped: no weight, moment or `optimizer.iterations` changes (a conditional apply, as Keras'
@@ -239,7 +249,7 @@ class Trainer:
     return {**logs, 'skipped_steps': self.skip_tracker.result()}
 
   @tf.autograph.experimental.do_not_convert
-  def test_step(self, data):
+  def test_step(self, data: Any) -> dict[str, tf.Tensor]:
     images, labels, weights = model_inputs.unpack(data, self.image_shape)
     weights = self._image_weights(weights, images)
     images = self._check_images(images)
@@ -247,7 +257,7 @@ class Trainer:
     return self._record_metrics(*self._loss_terms_of(images, labels), weights)
 
   @tf.autograph.experimental.do_not_convert
-  def predict_step(self, data):
+  def predict_step(self, data: Any) -> tf.Tensor:
     """log p(x) [N] (nats) of a batch for `predict`: images, or (images, labels) for a conditional model
     (Keras' own predict_step would drop the labels). Keras hands numpy (images, labels) to us as one
     input tuple, a Dataset's (images, labels) as x and y: both mean the same."""
