@@ -182,8 +182,8 @@ class GlowBijector(tfb.Bijector):
     return None
 
   @classmethod
-  def stacked(cls, channels: int, steps: int, *args, **settings) -> list:
-    """K = `steps` bijectors of this class (constructor arguments `channels, *args, **settings`) that view
+  def stacked(cls, channels: int, steps: int, **settings) -> list:
+    """K = `steps` bijectors of this class (constructor arguments `channels, **settings`, by name) that view
     one layer of stacked parameters ([K, ...], built once by `_parameter_layer(K, name)`): step k is
     `cls(..., name=f'{name}_{k}', stack=(layer, k))` (see `index`). What a Glow level uses."""
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
@@ -191,12 +191,10 @@ class GlowBijector(tfb.Bijector):
     if 'stack' in settings:
       raise ValueError(f'{cls.__name__}.stacked: stack= is set by stacked itself.')
     name = settings.pop('name', None) or _default_name(cls)
-    first = cls(channels, *args, **settings, name=f'{name}_0', stack=NewStack(steps, name))
+    first = cls(channels, **settings, name=f'{name}_0', stack=NewStack(steps, name))
     if first.layer is None:
       raise ValueError(f'{cls.__name__}.stacked: the class declares no parameters (_parameter_layer).')
-    views = (
-      cls(channels, *args, **settings, name=f'{name}_{k}', stack=(first.layer, k)) for k in range(1, steps)
-    )
+    views = (cls(channels, **settings, name=f'{name}_{k}', stack=(first.layer, k)) for k in range(1, steps))
     return [first, *views]
 
   def parameter_variables(self) -> list[keras.Variable] | None:

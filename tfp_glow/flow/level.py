@@ -84,7 +84,11 @@ def build_steps(
     if conditioner is not None:
       conditioner.check_spatial(spatial, who)
     options = dict(conditioner=conditioner or 'conv', spatial=spatial, split=split)
-    layers.append(Coupling.stacked(c, steps, width, coupling, dtype, prefix + 'coupling', **options))
+    layers.append(
+      Coupling.stacked(
+        c, steps, width=width, transform=coupling, dtype=dtype, name=prefix + 'coupling', **options
+      )
+    )
   else:
     layers.append(_couplings(coupling, c, steps, width, dtype, prefix, not missing))
   built = [Step(*step) for step in zip(*layers)]
@@ -153,10 +157,10 @@ def _is_transform(kind) -> bool:
 def _couplings(kind, c, steps, width, dtype, prefix, stack: bool) -> list[GlowBijector]:
   if kind in ('affine', 'additive'):  # the paper's couplings (their class and names as ever)
     return AffineCoupling.stacked(
-      c, steps, width, additive=(kind == 'additive'), dtype=dtype, name=prefix + 'coupling'
+      c, steps, width=width, additive=(kind == 'additive'), dtype=dtype, name=prefix + 'coupling'
     )
   if _is_transform(kind):
-    return Coupling.stacked(c, steps, width, kind, dtype=dtype, name=prefix + 'coupling')
+    return Coupling.stacked(c, steps, width=width, transform=kind, dtype=dtype, name=prefix + 'coupling')
   if stack and not why_not_stacked(kind):
     return kind.stacked(c, steps, width=width, dtype=dtype, name=prefix + 'coupling')
   return [kind(c, width=width, dtype=dtype, name=f'{prefix}step{k}_coupling') for k in range(steps)]
