@@ -40,11 +40,12 @@ def coupling(split, transform, **kwargs):
 
 
 # Pairwise over split x transform (the conv conditioner; the channel split is the rest of the suite's).
+SLOW = pytest.mark.slow
 PAIRS = [
   ('checkerboard', 'affine'),
   ('stripes', 'additive'),
-  ('checkerboard', 'spline'),
-  ('stripes', 'spline'),
+  pytest.param('checkerboard', 'spline', marks=SLOW),
+  pytest.param('stripes', 'spline', marks=SLOW),
 ]
 
 
