@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 import tfp_glow as tg
+from tfp_glow import names
 from tfp_glow.bijectors import Coupling, splits
 from tfp_glow.flow import glow as glow_module
 from tfp_glow.flow import level as level_module
@@ -71,6 +72,10 @@ def test_the_channel_split_is_the_default_and_splits_channels():
   assert layer.split_spec == splits.Channel()
   x_a, x_b = layer.split(tf.zeros([1, 2, 2, 4]))
   assert (x_a.shape[-1], x_b.shape[-1]) == (2, 2)
+
+
+def test_the_registry_and_the_names_without_tensorflow_agree():
+  assert tuple(splits.SPLITS) == names.SPLITS
 
 
 def test_a_stack_alternates_the_mask_over_its_steps():
