@@ -119,3 +119,9 @@ def test_sizes_and_combinations_that_cannot_work_are_refused_in_one_line():
     pytest.raises(ValueError, match=r"split='stripes' belongs to the built-in coupling"),
   ):
     tg.Glow((4, 4, 2), levels=1, steps=1, width=8, coupling=tg.bijectors.AffineCoupling, seed=0)
+
+
+@SLOW
+def test_the_transformer_conditioner_takes_a_spatial_split():
+  layer = coupling('checkerboard', 'affine', conditioner='transformer', spatial=(4, 4))
+  assert np.all(np.abs(check_bijector(layer, X)) > 1e-3)
