@@ -79,7 +79,7 @@ def build_steps(
     if isinstance(kind, type) and (why := why_not_stacked(kind))
   ]
   layers = [ActNorm.stacked(c, steps, dtype=dtype, name=prefix + 'actnorm')]
-  layers.append(_permutations(permutation, c, steps, int(rng.integers(2**31)), dtype, prefix, not missing))
+  layers.append(_permutations(permutation, c, steps, int(rng.integers(2**31)), dtype, prefix))
   if (conditioner is not None and conditioner.name != 'conv') or split.spatial:
     if conditioner is not None:
       conditioner.check_spatial(spatial, who)
@@ -90,7 +90,7 @@ def build_steps(
       )
     )
   else:
-    layers.append(_couplings(coupling, c, steps, width, dtype, prefix, not missing))
+    layers.append(_couplings(coupling, c, steps, width, dtype, prefix))
   built = [Step(*step) for step in zip(*layers)]
   if not missing:  # built stacked: each layer must also take its parameters as arguments
     missing = [f'the {why}' for b in built[0].bijectors() if (why := why_not_stacked(b))]
@@ -154,19 +154,19 @@ def _is_transform(kind) -> bool:
   return isinstance(kind, str) or isinstance(kind, tuple(transforms.TRANSFORMS.values()))
 
 
-def _couplings(kind, c, steps, width, dtype, prefix, stack: bool) -> list[GlowBijector]:
+def _couplings(kind, c, steps, width, dtype, prefix) -> list[GlowBijector]:
   if kind in ('affine', 'additive'):  # the paper's couplings (their class and names as ever)
     return AffineCoupling.stacked(
       c, steps, width=width, additive=(kind == 'additive'), dtype=dtype, name=prefix + 'coupling'
     )
   if _is_transform(kind):
     return Coupling.stacked(c, steps, width=width, transform=kind, dtype=dtype, name=prefix + 'coupling')
-  if stack and not why_not_stacked(kind):
+  if not why_not_stacked(kind):
     return kind.stacked(c, steps, width=width, dtype=dtype, name=prefix + 'coupling')
   return [kind(c, width=width, dtype=dtype, name=f'{prefix}step{k}_coupling') for k in range(steps)]
 
 
-def _permutations(kind, c, steps, seed, dtype, prefix, stack: bool) -> list[GlowBijector]:
+def _permutations(kind, c, steps, seed, dtype, prefix) -> list[GlowBijector]:
   if kind in ('conv_lu', 'conv'):
     name = prefix + 'invertible_1x1_conv'
     return Invertible1x1Conv.stacked(
@@ -176,7 +176,7 @@ def _permutations(kind, c, steps, seed, dtype, prefix, stack: bool) -> list[Glow
     rng = np.random.default_rng(seed)
     rows = [rng.permutation(c) if kind == 'shuffle' else np.arange(c)[::-1] for _ in range(steps)]
     return ChannelPermutation.stacked(rows, dtype, name=prefix + kind)
-  if stack and not why_not_stacked(kind):
+  if not why_not_stacked(kind):
     return kind.stacked(c, steps, seed=seed, dtype=dtype, name=prefix + 'permutation')
   return [kind(c, seed=seed + k, dtype=dtype, name=f'{prefix}step{k}_permutation') for k in range(steps)]
 
