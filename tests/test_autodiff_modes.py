@@ -10,6 +10,7 @@ Float64, perturbed parameters, a fresh input tensor for every call (TFP's cache 
 """
 
 import functools
+from unittest import mock
 
 import keras
 import numpy as np
@@ -18,6 +19,8 @@ import tensorflow as tf
 
 import tfp_glow as tg
 from tfp_glow.flow import GRADIENTS, gradients
+from tfp_glow.flow import glow as glow_module
+from tfp_glow.flow import level as level_module
 from tfp_glow.testing import perturb
 
 SHAPE = (4, 4, 2)
@@ -39,15 +42,23 @@ VIT = {'depth': 1, 'width': 8, 'heads': 2, 'patch_size': 1}
 
 
 @functools.cache
-def flows(network: str, gradient: str, coupling: str = 'affine', conditioner: str = 'conv'):
-  """(reference, flow): two Glows with equal values, the reference differentiated by TensorFlow alone."""
+def flows(
+  network: str, gradient: str, coupling: str = 'affine', conditioner: str = 'conv', split: str = 'channel'
+):
+  """(reference, flow): two Glows with equal values, the reference differentiated by TensorFlow alone. A spatial
+  `split` (one level: its 2x2 pixels split evenly) reaches the levels through `build_steps(split=...)`."""
   kwargs = dict(levels=2, steps=2, width=8, seed=0, dtype=tf.float64, num_classes=None, coupling=coupling)
   if conditioner == 'transformer':
     kwargs.update(conditioner='transformer', conditioner_settings=VIT)
   if network == 'list':
     kwargs['coupling_network'] = custom_network
-  reference = tg.Glow(SHAPE, gradient='autodiff', **kwargs)
-  flow = tg.Glow(SHAPE, gradient=gradient, **kwargs)
+  if split != 'channel':
+    kwargs['levels'] = 1
+  with mock.patch.object(
+    glow_module, 'build_steps', functools.partial(level_module.build_steps, split=split)
+  ):
+    reference = tg.Glow(SHAPE, gradient='autodiff', **kwargs)
+    flow = tg.Glow(SHAPE, gradient=gradient, **kwargs)
   reference.initialize(tf.constant(X))
   perturb(reference, 0.1)
   for a, b in zip(flow.variables, reference.variables):
@@ -222,6 +233,31 @@ TRANSFORMER = [
     ('spline', 'inverse', 'jvp input'),
   )
 ]
+
+
+# The spatial splits (`tfp_glow.bijectors.splits`; the generic per-step VJP, the conv kernels split channels)
+# pairwise: every split with every transform, every gradient, the stack and the list, graph and XLA, first and
+# second order and forward mode each at least once; the default run: 'stored' and 'inverse' eagerly.
+SPLIT_CASES = [
+  pytest.param(*case, marks=[] if case[-1] == 'gradient eager' and case[3] == 'stack' else SLOW)
+  for case in (
+    ('checkerboard', 'affine', 'stored', 'stack', 'gradient eager'),
+    ('stripes', 'spline', 'inverse', 'stack', 'gradient eager'),
+    ('checkerboard', 'additive', 'inverse', 'stack', 'gradient tf.function'),
+    ('stripes', 'affine', 'checkpoint', 'stack', 'hvp input'),
+    ('checkerboard', 'spline', 'autodiff', 'stack', 'jvp input'),
+    ('stripes', 'additive', 'stored', 'list', 'gradient eager'),
+    ('checkerboard', 'spline', 'checkpoint', 'list', 'gradient eager'),
+    ('stripes', 'affine', 'autodiff', 'stack', 'gradient xla'),
+    ('checkerboard', 'affine', 'inverse', 'stack', 'batch_jacobian while_loop'),
+    ('stripes', 'additive', 'checkpoint', 'stack', 'gradient eager'),
+  )
+]
+
+
+@pytest.mark.parametrize('split, coupling, gradient, network, mode', SPLIT_CASES)
+def test_spatial_splits_equal_plain_autodiff(split, coupling, gradient, network, mode):
+  check_mode(flows(network, gradient, coupling, 'conv', split), mode)
 
 
 @pytest.mark.parametrize('gradient, network, mode', CASES)

@@ -225,6 +225,50 @@ def test_a_new_coupling_that_follows_the_protocol_runs_as_one_loop(gradient):
   assert {'While', 'StatelessWhile'} & {op.type for op in graph.get_operations()}
 
 
+class DeclaredCoupling(GlowBijector):
+  """ToyCoupling written with the stacking protocol alone: its parameters declared once (`_parameter_layer`),
+  no `stacked` of its own (the base class's builds a level's K views)."""
+
+  def __init__(self, channels, width=None, dtype=tf.float32, name='declared_coupling', stack=None):
+    parameters = dict(locals())  # for TFP's copy()
+    self._half, self._settings = channels // 2, (channels, dtype)
+    super().__init__(stack=stack, channels=channels, dtype=dtype, parameters=parameters, name=name)
+
+  def _parameter_layer(self, steps, name):
+    return ToyCoupling._parameters(*self._settings[:1], steps, self._settings[1], name)
+
+  parameter_variables = ToyCoupling.parameter_variables
+  inverse_and_log_det_with = ToyCoupling.inverse_and_log_det_with
+  forward_and_log_det_with = ToyCoupling.forward_and_log_det_with
+
+
+def test_a_layer_that_declares_its_parameters_once_is_stacked_by_the_base_class():
+  steps = DeclaredCoupling.stacked(4, 3, dtype=tf.float64, name='c')
+  assert [s.name for s in steps] == ['c_0', 'c_1', 'c_2'] and [s.index for s in steps] == [0, 1, 2]
+  assert all(s.layer is steps[0].layer for s in steps) and steps[0].layer.a.shape == (3, 2)
+  assert (
+    steps[1].copy().layer is steps[0].layer and steps[1].copy().index == 1
+  )  # TFP's copy() shares the stack
+  actnorms = tg.bijectors.ActNorm.stacked(2, 2)
+  assert actnorms[0].copy().layer is actnorms[0].layer
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')  # no "runs unrolled" warning
+    glow = tg.Glow((4, 4, 2), levels=1, steps=3, coupling=DeclaredCoupling, seed=0, dtype=tf.float64)
+  assert isinstance(glow.levels[0].steps, StepStack)
+  assert [type(s.coupling) for s in glow.levels[0].steps] == [DeclaredCoupling] * 3
+  perturb(glow)
+  x = tf.random.stateless_normal([3, 4, 4, 2], (5, 6), dtype=tf.float64) * 0.5
+  assert np.all(np.abs(check_bijector(glow, x)) > 1e-3)
+
+
+def test_step_lives_with_the_stacks_and_a_level_iterates_over_its_steps():
+  from tfp_glow.flow import level, stack
+
+  assert level.Step is stack.Step and 'level' not in vars(stack)
+  glow = tg.Glow((4, 4, 2), levels=1, steps=2, width=8, seed=0)
+  assert [type(s) for s in glow.levels[0].steps] == [stack.Step] * 2
+
+
 class PerStepOnly(ToyCoupling):
   """The same coupling without a `stacked` classmethod: it can only be built step by step."""
 

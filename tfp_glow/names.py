@@ -11,6 +11,8 @@ from __future__ import annotations
 COUPLINGS = ('affine', 'additive', 'spline')
 # The coupling's conditioner network (tfp_glow.bijectors.conditioners.CONDITIONERS, keyed by each class's `name`).
 CONDITIONERS = ('conv', 'transformer')
+# Which elements of a coupling condition and which are transformed (tfp_glow.bijectors.splits.SPLITS).
+SPLITS = ('channel', 'checkerboard', 'stripes')
 # The channel mixing between steps (tfp_glow.flow.glow.Glow's `permutation`).
 PERMUTATIONS = ('conv_lu', 'conv', 'shuffle', 'reverse')
 # How each level is differentiated (tfp_glow.flow.gradients).

@@ -3,7 +3,7 @@
 Direction, as in TFP: forward = latent -> image, inverse = image -> latent (the paper's direction).
 """
 
-from tfp_glow.bijectors import conditioners, transforms
+from tfp_glow.bijectors import conditioners, splits, transforms
 from tfp_glow.bijectors.actnorm import ActNorm
 from tfp_glow.bijectors.base import GlowBijector
 from tfp_glow.bijectors.coupling import AffineCoupling, Coupling
@@ -24,5 +24,6 @@ __all__ = [
   'Squeeze',
   'TopPrior',
   'conditioners',
+  'splits',
   'transforms',
 ]

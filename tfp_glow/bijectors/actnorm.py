@@ -54,25 +54,20 @@ class ActNorm(GlowBijector):
     stack: tuple[ActNormParameters, int] | None = None,
   ):
     parameters = dict(locals())
-    check_channels(channels, 1, name)
-    layer, index = stack or (ActNormParameters(channels, dtype, name), None)
+    self._settings = (check_channels(channels, 1, name), dtype)
     super().__init__(
-      layer=layer,
+      stack=stack,
       channels=channels,
       is_constant_jacobian=True,
       dtype=dtype,
       validate_args=validate_args,
       parameters=parameters,
-      index=index,
       name=name,
     )
 
-  @classmethod
-  def stacked(cls, channels: int, steps: int, dtype: tf.DType = tf.float32, name: str = 'actnorm') -> list:
-    """K = `steps` actnorms whose parameters are one stack of variables ([K, C]; see `GlowBijector.index`):
-    what a Glow level uses, so that its K steps run as one loop."""
-    layer = ActNormParameters(channels, dtype, name, steps=steps)
-    return [cls(channels, dtype, name=f'{name}_{k}', stack=(layer, k)) for k in range(steps)]
+  def _parameter_layer(self, steps, name) -> ActNormParameters:
+    # `ActNorm.stacked(channels, steps)` (the base class's): [K, C], [K, C], [K]
+    return ActNormParameters(*self._settings, name, steps=steps)
 
   @property
   def is_initialized(self) -> tf.Tensor:
@@ -107,12 +102,6 @@ class ActNorm(GlowBijector):
   ) -> tuple[tf.Tensor, tf.Tensor]:
     log_scale, bias = parameters
     return (z - bias) * tf.exp(-log_scale), -num_pixels(z, self.dtype) * tf.reduce_sum(log_scale)
-
-  def inverse_and_log_det(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    return self.inverse_and_log_det_with(self.current_parameters(), x)
-
-  def forward_and_log_det(self, z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    return self.forward_and_log_det_with(self.current_parameters(), z)
 
 
 # Channels whose standard deviation in the init batch is below this are degenerate (constant): they get

@@ -23,6 +23,8 @@ layer is our `inverse`.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from typing import Any, Callable
 
 import keras
@@ -61,7 +63,8 @@ class GlowBijector(tfb.Bijector):
   def __init__(
     self,
     *,
-    layer: keras.layers.Layer | None,
+    layer: keras.layers.Layer | None = None,
+    stack: Stack | None = None,
     channels: int | None = None,
     is_constant_jacobian: bool = False,
     dtype: tf.DType = tf.float32,
@@ -70,6 +73,16 @@ class GlowBijector(tfb.Bijector):
     index: int | None = None,
     name: str,
   ):
+    # `stack`: this bijector is step k of a stack ((layer, k)), or the first step of a new one (`NewStack`);
+    # None: it owns its parameters. Either way the layer comes from the one place that declares them.
+    if isinstance(stack, NewStack):
+      layer, index = self._parameter_layer(stack.steps, stack.name), 0
+    elif stack is not None:
+      layer, index = stack
+    elif layer is None:
+      layer = self._parameter_layer(None, name)
+    if parameters is not None and 'stack' in parameters:  # TFP's copy() shares the stack, never rebuilds it
+      parameters = {**parameters, 'stack': None if index is None else (layer, index)}
     self._layer = layer
     self._index = index
     self._channels = channels  # the event's C on both sides, checked on every call; None: any
@@ -155,6 +168,34 @@ class GlowBijector(tfb.Bijector):
     return cached['ildj']
 
   # ---- parameters as arguments: how `tfp_glow.flow.stack.StepStack` runs K steps as one loop ----
+  #
+  # The stacking protocol (docs/design.md, "Adding a layer"): a layer declares its parameters ONCE, in
+  # `_parameter_layer(steps, name)` (one step's, or K steps' stacked [K, ...]), lists them in
+  # `parameter_variables()` and computes with them as arguments in `*_and_log_det_with`; its constructor
+  # passes `stack=` through. The generic `stacked` then builds a level's K views of one layer.
+
+  def _parameter_layer(self, steps: int | None, name: str) -> keras.layers.Layer | None:
+    """The Keras layer that holds this bijector's parameters: one bijector's (`steps` None) or, for a stack,
+    K = `steps` bijectors' with a leading [K] axis on every variable. Called from `__init__` after the
+    subclass stored its settings. None: no parameters (the default)."""
+    del steps, name
+    return None
+
+  @classmethod
+  def stacked(cls, channels: int, steps: int, **settings) -> list:
+    """K = `steps` bijectors of this class (constructor arguments `channels, **settings`, by name) that view
+    one layer of stacked parameters ([K, ...], built once by `_parameter_layer(K, name)`): step k is
+    `cls(..., name=f'{name}_{k}', stack=(layer, k))` (see `index`). What a Glow level uses."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+      raise ValueError(f'{cls.__name__}.stacked: steps must be an integer >= 1, got {steps!r}.')
+    if 'stack' in settings:
+      raise ValueError(f'{cls.__name__}.stacked: stack= is set by stacked itself.')
+    name = settings.pop('name', None) or _default_name(cls)
+    first = cls(channels, **settings, name=f'{name}_0', stack=NewStack(steps, name))
+    if first.layer is None:
+      raise ValueError(f'{cls.__name__}.stacked: the class declares no parameters (_parameter_layer).')
+    views = (cls(channels, **settings, name=f'{name}_{k}', stack=(first.layer, k)) for k in range(1, steps))
+    return [first, *views]
 
   def parameter_variables(self) -> list[keras.Variable] | None:
     """The variables this layer's math reads, in the order that `*_and_log_det_with` takes their
@@ -205,6 +246,23 @@ class GlowBijector(tfb.Bijector):
     if kwargs or self.parameter_variables() is None:
       raise NotImplementedError(f'{type(self).__name__} does not implement inverse_and_log_det.')
     return self.inverse_and_log_det_with(self.current_parameters(), y)
+
+
+@dataclasses.dataclass(frozen=True)
+class NewStack:
+  """`stack=` for the first step of a new stack: build `_parameter_layer(steps, name)` and be its step 0."""
+
+  steps: int
+  name: str
+
+
+# (layer, k): step k of the stack whose parameters `layer` holds; or a `NewStack`.
+Stack = tuple[keras.layers.Layer, int] | NewStack
+
+
+def _default_name(cls: type) -> str:
+  default = inspect.signature(cls).parameters.get('name')
+  return default.default if default is not None and isinstance(default.default, str) else cls.__name__.lower()
 
 
 def check_images(x: Tensor, dtype: tf.DType | None = None, who: str = 'tfp_glow') -> None:

@@ -4,10 +4,11 @@ the other half through a network."""
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from tfp_glow.bijectors import conditioners, transforms
-from tfp_glow.bijectors.base import GlowBijector, check_channels
+from tfp_glow.bijectors import conditioners, splits, transforms
+from tfp_glow.bijectors.base import GlowBijector, NewStack, Stack, check_channels
 from tfp_glow.bijectors.nets import (
   StackedCouplingNetworks,
   coupling_network,
@@ -19,11 +20,14 @@ from tfp_glow.bijectors.nets import (
 class Coupling(GlowBijector):
   """A coupling layer (Dinh et al. 2017) on `[..., H, W, C]`: split -> conditioner -> elementwise transform.
 
-  Image -> latent (`inverse`, the paper's direction):
+  Image -> latent (`inverse`, the paper's direction), with the default `split='channel'`:
     x_a, x_b = x[..., :C//2], x[..., C//2:]          x_a conditions, x_b is transformed
     h = NN(x_a)                                     [N, H, W, (C - C//2) * P], P = transform.params_per_channel
     z_b, log|det| = transform.couple(x_b, h);  z = concat(x_a, z_b)          one log-det per image
   Latent -> image (`forward`): x_b, log|det| = transform.uncouple(z_b, NN(z_a)).
+  `split` (`tfp_glow.bijectors.splits`): 'channel', or the spatial masks 'checkerboard' and 'stripes' (NN then
+  sees the masked image x * m, [N, H, W, C], and outputs C * P channels, used at the other pixels; a stack's
+  steps alternate the mask's parity). `Coupling.stacked(channels, K, ...)`: K steps, one stack of weights.
 
   `transform` (`tfp_glow.bijectors.transforms`): 'affine' (the paper's, scale = sigmoid(raw + 2)),
   'additive' (NICE), 'spline' (rational-quadratic, Durkan et al. 2019), or an instance with settings
@@ -51,73 +55,67 @@ class Coupling(GlowBijector):
     dtype: tf.DType = tf.float32,
     validate_args: bool = False,
     name: str = 'coupling',
-    stack: tuple[keras.layers.Layer, int] | None = None,
+    stack: Stack | None = None,
     *,
     conditioner: str | conditioners.Conditioner = 'conv',
     spatial: tuple[int, int] | None = None,
+    split: str | splits.Split = 'channel',
     parameters: dict | None = None,
   ):
     # `parameters`: a subclass's constructor arguments, for TFP's `copy()` (as TFP's own bijectors pass them).
     parameters = dict(locals()) if parameters is None else parameters
-    check_channels(channels, 2, name + ' (the coupling splits channels in two)')
     self._transform = transforms.transform_from(transform)
     self._conditioner = conditioners.conditioner_from(conditioner)
+    self._split = splits.split_from(split)
+    if self._split.spatial:
+      check_channels(channels, 1, name)
+      self._split.check((*(spatial or (None, None)), channels), name)
+    else:
+      check_channels(channels, 2, name + ' (the coupling splits channels in two)')
     if network is not None and self._conditioner.name != 'conv':
       raise ValueError(
         f'{name}: network= replaces the conditioner; conditioner={conditioner!r} cannot take it.'
       )
-    self._split = channels // 2  # size of x_a
-    out = (channels - self._split) * self._transform.params_per_channel
+    self._in = self._split.conditioner_channels(channels)  # the conditioner's input and output channels
+    self._out = self._split.transformed_channels(channels) * self._transform.params_per_channel
+    self._settings = (width, spatial, dtype)
     # The default network also runs with its weights as arguments (`parameter_variables`), which lets
     # a StepStack (`tfp_glow.flow.stack`) run K steps as one loop; a custom network is called as a Keras layer.
     self._default_network = network is None
-    index = None
-    if stack is not None:
-      network, index = stack
-    elif network is None and self._conditioner.name != 'conv':  # a stack of one: the same code as a level's
-      self._conditioner.check_spatial(spatial, name)
-      stack_of_one = (self._transform, dtype, name, self._conditioner, spatial)
-      network, index = _stacked_networks(channels, 1, width, *stack_of_one), 0
-    elif network is None:
-      network = coupling_network(self._split, out, width, network_policy(dtype), name=name + '_nn')
-    if index is None:
-      _build(network, self._split, out, name)
+    if network is not None and stack is None:
+      _build(network, self._in, self._out, name)
+    elif stack is None and (self._conditioner.name != 'conv' or self._split.spatial):
+      stack = NewStack(1, name)  # a stack of one: the same code as a level's
     super().__init__(
       layer=network,
+      stack=stack,
       channels=channels,
       dtype=dtype,
       validate_args=validate_args,
       parameters=parameters,
-      index=index,
       name=name,
     )
 
-  @classmethod
-  def stacked(
-    cls,
-    channels: int,
-    steps: int,
-    width: int = 512,
-    transform: str | transforms.Transform = 'affine',
-    dtype: tf.DType = tf.float32,
-    name: str = 'coupling',
-    *,
-    conditioner: str | conditioners.Conditioner = 'conv',
-    spatial: tuple[int, int] | None = None,
-  ) -> list:
-    """K = `steps` couplings with default conditioners whose weights are one stack of variables
-    (e.g. `tfp_glow.bijectors.nets.StackedCouplingNetworks`, see `GlowBijector.index`): what a Glow level uses.
-    `spatial`: the input's (h, w), which the transformer conditioner needs (and checks against its patch size)."""
-    transform = transforms.transform_from(transform)
-    conditioner = conditioners.conditioner_from(conditioner)
-    conditioner.check_spatial(spatial, name)
-    layer = _stacked_networks(channels, steps, width, transform, dtype, name, conditioner, spatial)
-    return [
-      Coupling(
-        channels, width, transform, dtype=dtype, name=f'{name}_{k}', stack=(layer, k), conditioner=conditioner
+  def _parameter_layer(self, steps, name) -> keras.layers.Layer:
+    """The conditioner's weights: one default conv network (`steps` None), or K stacked ([K, ...], e.g.
+    `tfp_glow.bijectors.nets.StackedCouplingNetworks`; see `GlowBijector.index`) with, for a spatial split,
+    each step's mask parity (step k: (parity + k) % 2, saved, not trained)."""
+    width, spatial, dtype = self._settings
+    policy = network_policy(dtype)
+    if steps is None:
+      return coupling_network(self._in, self._out, width, policy, name=name + '_nn')
+    self._conditioner.check_spatial(spatial, name)
+    layer = self._conditioner.stacked(self._in, self._out, steps, width, spatial, policy, name + '_nn')
+    if self._split.spatial:
+      parities = np.array([(self._split.parity + k) % 2 for k in range(steps)], np.int32)
+      layer.split_parity = layer.add_weight(
+        shape=(steps,),
+        dtype='int32',
+        trainable=False,
+        initializer=lambda shape, dtype=None: tf.constant(parities, dtype=dtype),
+        name='split_parity',
       )
-      for k in range(steps)
-    ]
+    return layer
 
   @property
   def transform(self) -> transforms.Transform:
@@ -130,6 +128,11 @@ class Coupling(GlowBijector):
     return self._conditioner
 
   @property
+  def split_spec(self) -> splits.Split:
+    """Which elements condition and which are transformed (`tfp_glow.bijectors.splits`)."""
+    return self._split
+
+  @property
   def network(self) -> keras.layers.Layer:
     """The coupling network (for a step of a stack: the stacked networks' weights)."""
     return self.layer
@@ -139,12 +142,14 @@ class Coupling(GlowBijector):
     """True where the conditioner has hand-built kernels (the conv, `conditioners.Conv.has_kernels`) and is
     stacked over a level's steps: the hand-built gradients then take its VJP from stored activations
     (`tfp_glow.flow.kernels`). Else they take each step's VJP under a tape (the generic path)."""
-    return self._conditioner.has_kernels and isinstance(self.network, StackedCouplingNetworks)
+    stacked_conv = self._conditioner.has_kernels and isinstance(self.network, StackedCouplingNetworks)
+    return stacked_conv and not self._split.spatial  # the kernels split channels
 
   def parameter_variables(self) -> list | None:
     """The default conditioner's weights (in the order its `apply` takes them); None for a custom network."""
-    if self.index is not None:  # a stack (of one, for an unstacked transformer)
-      return self.network.weights_in_order()
+    if self.index is not None:  # a stack (of one, for an unstacked transformer or spatial split)
+      weights = self.network.weights_in_order()
+      return [*weights, self.layer.split_parity] if self._split.spatial else weights
     return coupling_network_weights(self.network) if self._default_network else None
 
   def _network_compute_dtype(self) -> str:
@@ -171,20 +176,32 @@ class Coupling(GlowBijector):
     return self._transform.uncouple(z_b, h)
 
   def split(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """x [..., C] -> (x_a [..., C//2], x_b [..., C - C//2]): the conditioning and the transformed half."""
-    # tf.split, not two slices: its gradient is one concat, where each slice's gradient would be a
-    # full-size zero-padded tensor, added up afterwards.
-    return tuple(tf.split(x, [self._split, self.channels - self._split], axis=-1))
+    """The channel split's x [..., C] -> (x_a [..., C//2], x_b [..., C - C//2]) (what `tfp_glow.flow.kernels`
+    uses; a spatial split goes through `split_spec.divide`)."""
+    return self._split.divide(x)[:2]
+
+  def _parity_and_weights(self, parameters):
+    """A spatial split's parity (the stack's slice, the last parameter; or the split's own) and the
+    conditioner's weights (None: a custom network)."""
+    if not self._split.spatial:
+      return None, parameters
+    return (self._split.parity, None) if parameters is None else (parameters[-1], parameters[:-1])
 
   def inverse_and_log_det_with(self, parameters, x, context=None):
-    x_a, x_b = self.split(x)
-    z_b, log_det = self.couple(x_b, self._network_output(parameters, x_a, context))
-    return tf.concat([x_a, z_b], axis=-1), log_det
+    self._split.check(x.shape, self.name)
+    parity, weights = self._parity_and_weights(parameters)
+    x_a, x_b, kept = self._split.divide(x, parity)
+    h = self._split.select(self._network_output(weights, x_a, context), parity)
+    z_b, log_det = self.couple(x_b, h)
+    return self._split.join(kept, z_b, parity), log_det
 
   def forward_and_log_det_with(self, parameters, z, context=None):
-    z_a, z_b = self.split(z)
-    x_b, log_det = self.uncouple(z_b, self._network_output(parameters, z_a, context))
-    return tf.concat([z_a, x_b], axis=-1), log_det
+    self._split.check(z.shape, self.name)
+    parity, weights = self._parity_and_weights(parameters)
+    z_a, z_b, kept = self._split.divide(z, parity)
+    h = self._split.select(self._network_output(weights, z_a, context), parity)
+    x_b, log_det = self.uncouple(z_b, h)
+    return self._split.join(kept, x_b, parity), log_det
 
   def inverse_and_log_det(self, x, context=None):
     return self.inverse_and_log_det_with(self.current_parameters(), x, context)
@@ -207,40 +224,13 @@ class AffineCoupling(Coupling):
     dtype: tf.DType = tf.float32,
     validate_args: bool = False,
     name: str = 'affine_coupling',
-    stack: tuple[StackedCouplingNetworks, int] | None = None,
+    stack: Stack | None = None,
   ):
     parameters = dict(locals())
     transform = 'additive' if additive else 'affine'
     super().__init__(
       channels, width, transform, network, dtype, validate_args, name, stack, parameters=parameters
     )
-
-  @classmethod
-  def stacked(
-    cls,
-    channels: int,
-    steps: int,
-    width: int = 512,
-    additive: bool = False,
-    dtype: tf.DType = tf.float32,
-    name: str = 'affine_coupling',
-  ) -> list:
-    """K = `steps` affine (or additive) couplings sharing one `StackedCouplingNetworks` (see `Coupling.stacked`)."""
-    transform = transforms.transform_from('additive' if additive else 'affine')
-    layer = _stacked_networks(channels, steps, width, transform, dtype, name)
-    return [
-      cls(channels, width, additive, dtype=dtype, name=f'{name}_{k}', stack=(layer, k)) for k in range(steps)
-    ]
-
-
-def _stacked_networks(
-  channels, steps, width, transform, dtype, name, conditioner=None, spatial=None
-) -> keras.layers.Layer:
-  """The K default conditioners of a level's couplings as one stack: x_a [.., C//2] -> h [.., (C - C//2) * P]."""
-  conditioner = conditioners.Conv() if conditioner is None else conditioner
-  split = channels // 2
-  out = (channels - split) * transform.params_per_channel
-  return conditioner.stacked(split, out, steps, width, spatial, network_policy(dtype), name + '_nn')
 
 
 def _build(network: keras.layers.Layer, in_channels: int, out_channels: int, who: str) -> None:

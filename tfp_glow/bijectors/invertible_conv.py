@@ -97,35 +97,20 @@ class Invertible1x1Conv(GlowBijector):
     stack: tuple[InvertibleConvParameters, int] | None = None,
   ):
     parameters = dict(locals())
-    check_channels(channels, 1, name)
-    layer, index = stack or (InvertibleConvParameters(channels, lu_decomposed, seed, dtype, name), None)
+    self._settings = (check_channels(channels, 1, name), lu_decomposed, seed, dtype)
     super().__init__(
-      layer=layer,
+      stack=stack,
       channels=channels,
       is_constant_jacobian=True,
       dtype=dtype,
       validate_args=validate_args,
       parameters=parameters,
-      index=index,
       name=name,
     )
 
-  @classmethod
-  def stacked(
-    cls,
-    channels: int,
-    steps: int,
-    lu_decomposed: bool = True,
-    seed: int | None = None,
-    dtype: tf.DType = tf.float32,
-    name: str = 'invertible_1x1_conv',
-  ) -> list:
-    """K = `steps` 1x1 convolutions whose parameters are one stack of variables ([K, ...], each step its
-    own random rotation; see `GlowBijector.index`): what a Glow level uses."""
-    layer = InvertibleConvParameters(channels, lu_decomposed, seed, dtype, name, steps=steps)
-    return [
-      cls(channels, lu_decomposed, dtype=dtype, name=f'{name}_{k}', stack=(layer, k)) for k in range(steps)
-    ]
+  def _parameter_layer(self, steps, name) -> InvertibleConvParameters:
+    # `Invertible1x1Conv.stacked(channels, steps, seed=...)`: each step its own random rotation
+    return InvertibleConvParameters(*self._settings, name, steps=steps)
 
   def parameter_variables(self) -> list:
     """[kernel], or the LU form's [permutation, lower, upper, log_abs_s, sign_s]."""
@@ -177,12 +162,6 @@ class Invertible1x1Conv(GlowBijector):
   ) -> tuple[tf.Tensor, tf.Tensor]:
     w_inv, log_det = self.inverse_weight(parameters)
     return _conv1x1(z, w_inv), -num_pixels(z, self.dtype) * log_det
-
-  def inverse_and_log_det(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    return self.inverse_and_log_det_with(self.current_parameters(), x)
-
-  def forward_and_log_det(self, z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    return self.forward_and_log_det_with(self.current_parameters(), z)
 
 
 def _log_abs_det(w: tf.Tensor) -> tf.Tensor:

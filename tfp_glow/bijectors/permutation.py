@@ -45,18 +45,21 @@ class ChannelPermutation(GlowBijector):
     stack: tuple[PermutationParameters, int] | None = None,
   ):
     parameters = dict(locals())
-    permutation = _checked(permutation, name)
-    layer, index = stack or (PermutationParameters(permutation, dtype, name), None)
+    self._permutation, self._layer_dtype = _checked(permutation, name), dtype
     super().__init__(
-      layer=layer,
-      channels=len(permutation),
+      stack=stack,
+      channels=len(self._permutation),
       is_constant_jacobian=True,
       dtype=dtype,
       validate_args=validate_args,
       parameters=parameters,
-      index=index,
       name=name,
     )
+
+  def _parameter_layer(self, steps, name) -> PermutationParameters:
+    if steps is not None:  # each step has its own permutation: `stacked` takes them all
+      raise ValueError(f'{name}: stack permutations with ChannelPermutation.stacked(rows).')
+    return PermutationParameters(self._permutation, self._layer_dtype, name)
 
   @classmethod
   def stacked(
@@ -66,7 +69,8 @@ class ChannelPermutation(GlowBijector):
     name: str = 'channel_permutation',
   ) -> list:
     """One ChannelPermutation per row of `permutations` [K, C], their permutations one stacked variable
-    (see `GlowBijector.index`): what a Glow level uses."""
+    (see `GlowBijector.index`): what a Glow level uses. (Not the base class's `stacked`: each step has its
+    own permutation, not the same settings.)"""
     rows = np.stack([_checked(p, name) for p in permutations])
     layer = PermutationParameters(rows, dtype, name)
     return [cls(row, dtype, name=f'{name}_{k}', stack=(layer, k)) for k, row in enumerate(rows)]
@@ -95,12 +99,6 @@ class ChannelPermutation(GlowBijector):
   ) -> tuple[tf.Tensor, tf.Tensor]:
     (permutation,) = parameters
     return tf.gather(z, tf.math.invert_permutation(permutation), axis=-1), tf.zeros([], self.dtype)
-
-  def inverse_and_log_det(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    return self.inverse_and_log_det_with(self.current_parameters(), x)
-
-  def forward_and_log_det(self, z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    return self.forward_and_log_det_with(self.current_parameters(), z)
 
 
 def _checked(permutation: Sequence[int] | np.ndarray, name: str) -> np.ndarray:

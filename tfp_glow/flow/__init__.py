@@ -1,8 +1,8 @@
 """The flow: the multi-scale Glow bijector, its levels, their step stacks, and how they are differentiated.
 
 glow.py        Glow: squeeze -> K steps -> split, level by level, as one TFP bijector
-level.py       Step, Level, and `build_steps` (a StepStack or a StepList, decided once)
-stack.py       StepStack (stacked parameters, one loop) and StepList (steps owning their layers)
+level.py       Level, and `build_steps` (a StepStack or a StepList, decided once)
+stack.py       Step; StepStack (stacked parameters, one loop) and StepList (steps owning their layers); why_not_stacked
 gradients.py   the gradient switch: 'autodiff', 'stored', 'checkpoint', 'inverse'; one backward loop
 kernels.py     the per-step gradient kernels of the default coupling network
 tape_state.py  what TensorFlow's autodiff records now (private TF helpers, with fallbacks)

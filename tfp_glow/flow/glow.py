@@ -134,7 +134,7 @@ class Glow(GlowBijector):
         c = c // 2
     self._squeeze = Squeeze(2, dtype=dtype)
     # tf.Module finds sub-bijectors (and their tf.Variables) in this flat list.
-    self._bijectors = [b for lv in self._levels for s in lv.steps.steps for b in s.bijectors()]
+    self._bijectors = [b for lv in self._levels for s in lv.steps for b in s.bijectors()]
     self._bijectors += [lv.exit for lv in self._levels if lv.exit is not None]
     layers = list({id(b.layer): b.layer for b in self._bijectors}.values())  # a stack's layer once
     layer = LayerGroup(layers, dtype, name)
@@ -183,7 +183,7 @@ class Glow(GlowBijector):
 
   @property
   def actnorms(self) -> list[ActNorm]:
-    return [s.actnorm for lv in self._levels for s in lv.steps.steps]
+    return [s.actnorm for lv in self._levels for s in lv.steps]
 
   @property
   def is_initialized(self) -> tf.Tensor:

@@ -152,7 +152,7 @@ def _list_gradient(steps, x, gradient, ask):
   """'checkpoint' or 'inverse' for a StepList (steps owning their variables), unrolled."""
   owner = {
     _tf_variable(v).ref(): k
-    for k, s in enumerate(steps.steps)
+    for k, s in enumerate(steps)
     for b in s.bijectors()
     for v in b.trainable_variables
   }

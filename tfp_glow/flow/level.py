@@ -15,7 +15,7 @@ from typing import Callable
 import keras
 import numpy as np
 
-from tfp_glow.bijectors import transforms
+from tfp_glow.bijectors import splits, transforms
 from tfp_glow.bijectors.actnorm import ActNorm
 from tfp_glow.bijectors.base import GlowBijector
 from tfp_glow.bijectors.coupling import AffineCoupling, Coupling
@@ -23,26 +23,16 @@ from tfp_glow.bijectors.invertible_conv import Invertible1x1Conv
 from tfp_glow.bijectors.permutation import ChannelPermutation
 from tfp_glow.bijectors.split import SplitPrior
 from tfp_glow.bijectors.top_prior import TopPrior
-from tfp_glow.flow.stack import StepList, Steps, StepStack, takes_parameters
-
-
-@dataclasses.dataclass(frozen=True)
-class Step:
-  """One step of flow, image -> latent order: actnorm -> permutation -> coupling."""
-
-  actnorm: ActNorm
-  permutation: GlowBijector
-  coupling: GlowBijector  # a Coupling (split -> conditioner -> transform), or a user's coupling layer
-
-  def bijectors(self) -> tuple[GlowBijector, GlowBijector, GlowBijector]:
-    return (self.actnorm, self.permutation, self.coupling)
+from tfp_glow.flow.stack import Step, StepList, Steps, StepStack, why_not_stacked
 
 
 @dataclasses.dataclass(frozen=True)
 class Level:
   """squeeze -> K steps -> exit: a SplitPrior (all levels but the last) or the TopPrior (or None)."""
 
-  steps: Steps  # a StepStack or a StepList (`tfp_glow.flow.stack`); iterate over `steps.steps`
+  steps: (
+    Steps  # a StepStack or a StepList (`tfp_glow.flow.stack`): `for step in level.steps`, `level.steps[k]`
+  )
   exit: SplitPrior | TopPrior | None
   shape: tuple[int, int, int]  # [h, w, c] after the squeeze
   latent_shape: tuple[int, int, int]  # the part of the latent this level emits
@@ -52,54 +42,66 @@ NetworkFn = Callable[[int, int], keras.layers.Layer]  # (in_channels, out_channe
 
 
 def build_steps(
-  level, c, steps, width, coupling, permutation, coupling_network, rng, dtype, conditioner=None, spatial=None
+  level,
+  c,
+  steps,
+  width,
+  coupling,
+  permutation,
+  coupling_network,
+  rng,
+  dtype,
+  conditioner=None,
+  spatial=None,
+  split: str | splits.Split = 'channel',
 ) -> Steps:
   """Level `level`'s K = `steps` steps on c channels: a StepStack where every layer can be stacked, else a
   StepList. `coupling`, `permutation`: a name (see Glow) or a GlowBijector subclass (docs/design.md).
   `rng`: the flow's numpy Generator (random rotations and shuffles). `conditioner`: the built-in coupling's
-  conditioner spec (`tfp_glow.bijectors.conditioners`; None: 'conv'); `spatial`: the level's (h, w)."""
+  conditioner spec (`tfp_glow.bijectors.conditioners`; None: 'conv'); `spatial`: the level's (h, w). `split`:
+  the built-in coupling's split (`tfp_glow.bijectors.splits`: 'channel', 'checkerboard', 'stripes')."""
+  split = splits.split_from(split)
+  who = f'Glow level {level} ({spatial[0]}x{spatial[1]}x{c})' if spatial else f'Glow level {level}'
   _check_conditioner(conditioner, coupling, coupling_network)
+  _check_split(split, coupling, spatial, c, who)
   if coupling_network is not None:
     _check_custom_network(coupling, permutation)
     return StepList(
       [
-        step_with_own_layers(level, k, c, width, coupling, permutation, coupling_network, rng, dtype)
+        step_with_own_layers(level, k, c, width, coupling, permutation, coupling_network, rng, dtype, split)
         for k in range(steps)
       ]
     )
   prefix = f'level{level}_'
   missing = [
-    name for name, kind in (('coupling', coupling), ('permutation', permutation)) if not _stackable(kind)
+    f'the {role} cannot be stacked ({why})'
+    for role, kind in (('coupling', coupling), ('permutation', permutation))
+    if isinstance(kind, type) and (why := why_not_stacked(kind))
   ]
   layers = [ActNorm.stacked(c, steps, dtype=dtype, name=prefix + 'actnorm')]
   layers.append(_permutations(permutation, c, steps, int(rng.integers(2**31)), dtype, prefix))
-  if conditioner is not None and conditioner.name != 'conv':
-    conditioner.check_spatial(spatial, f'Glow level {level} ({spatial[0]}x{spatial[1]}x{c})')
+  if (conditioner is not None and conditioner.name != 'conv') or split.spatial:
+    if conditioner is not None:
+      conditioner.check_spatial(spatial, who)
+    options = dict(conditioner=conditioner or 'conv', spatial=spatial, split=split)
     layers.append(
       Coupling.stacked(
-        c, steps, width, coupling, dtype, prefix + 'coupling', conditioner=conditioner, spatial=spatial
+        c, steps, width=width, transform=coupling, dtype=dtype, name=prefix + 'coupling', **options
       )
     )
   else:
     layers.append(_couplings(coupling, c, steps, width, dtype, prefix))
   built = [Step(*step) for step in zip(*layers)]
-  missing += [
-    f'{type(b).__name__} (parameter_variables, inverse_and_log_det_with, forward_and_log_det_with)'
-    for b in built[0].bijectors()
-    if not takes_parameters(b)
-  ]
+  if not missing:  # built stacked: each layer must also take its parameters as arguments
+    missing = [f'the {why}' for b in built[0].bijectors() if (why := why_not_stacked(b))]
   if not missing:
     return StepStack(built)
   warnings.warn(
     f'Glow level {level}: its {steps} steps run unrolled (a graph that grows with K), not as one loop: '
-    f'{", ".join(missing)} cannot be stacked. See docs/design.md, "Adding a layer".',
+    f'{"; ".join(missing)}. See docs/design.md, "Adding a layer".',
     stacklevel=3,
   )
   return StepList(built)
-
-
-def _stackable(kind) -> bool:
-  return _is_transform(kind) or callable(getattr(kind, 'stacked', None))
 
 
 def _check_custom_network(coupling, permutation) -> None:
@@ -135,6 +137,19 @@ def _check_conditioner(conditioner, coupling, coupling_network) -> None:
     )
 
 
+def _check_split(split, coupling, spatial, c, who) -> None:
+  """A spatial split is the built-in coupling's: a coupling class of its own cannot take it (refused, never
+  silently dropped); the level's size must split evenly under both parities."""
+  if not split.spatial:
+    return
+  if not _is_transform(coupling):
+    raise ValueError(
+      f'Glow: split={split.name!r} belongs to the built-in coupling; coupling={coupling!r} is a class of its '
+      f'own. Pass a transform name ({", ".join(transforms.TRANSFORMS)}) or a transform instance.'
+    )
+  split.check((*(spatial or (None, None)), c), who)
+
+
 def _is_transform(kind) -> bool:
   return isinstance(kind, str) or isinstance(kind, tuple(transforms.TRANSFORMS.values()))
 
@@ -142,11 +157,11 @@ def _is_transform(kind) -> bool:
 def _couplings(kind, c, steps, width, dtype, prefix) -> list[GlowBijector]:
   if kind in ('affine', 'additive'):  # the paper's couplings (their class and names as ever)
     return AffineCoupling.stacked(
-      c, steps, width, additive=(kind == 'additive'), dtype=dtype, name=prefix + 'coupling'
+      c, steps, width=width, additive=(kind == 'additive'), dtype=dtype, name=prefix + 'coupling'
     )
   if _is_transform(kind):
-    return Coupling.stacked(c, steps, width, kind, dtype=dtype, name=prefix + 'coupling')
-  if _stackable(kind):
+    return Coupling.stacked(c, steps, width=width, transform=kind, dtype=dtype, name=prefix + 'coupling')
+  if not why_not_stacked(kind):
     return kind.stacked(c, steps, width=width, dtype=dtype, name=prefix + 'coupling')
   return [kind(c, width=width, dtype=dtype, name=f'{prefix}step{k}_coupling') for k in range(steps)]
 
@@ -154,23 +169,32 @@ def _couplings(kind, c, steps, width, dtype, prefix) -> list[GlowBijector]:
 def _permutations(kind, c, steps, seed, dtype, prefix) -> list[GlowBijector]:
   if kind in ('conv_lu', 'conv'):
     name = prefix + 'invertible_1x1_conv'
-    return Invertible1x1Conv.stacked(c, steps, kind == 'conv_lu', seed, dtype, name=name)
+    return Invertible1x1Conv.stacked(
+      c, steps, lu_decomposed=kind == 'conv_lu', seed=seed, dtype=dtype, name=name
+    )
   if isinstance(kind, str):
     rng = np.random.default_rng(seed)
     rows = [rng.permutation(c) if kind == 'shuffle' else np.arange(c)[::-1] for _ in range(steps)]
     return ChannelPermutation.stacked(rows, dtype, name=prefix + kind)
-  if _stackable(kind):
+  if not why_not_stacked(kind):
     return kind.stacked(c, steps, seed=seed, dtype=dtype, name=prefix + 'permutation')
   return [kind(c, seed=seed + k, dtype=dtype, name=f'{prefix}step{k}_permutation') for k in range(steps)]
 
 
-def step_with_own_layers(level, k, c, width, coupling, permutation, coupling_network, rng, dtype) -> Step:
-  """Step k of a level whose layers each own their parameters (a custom coupling network)."""
-  prefix = f'level{level}_step{k}_'
+def step_with_own_layers(
+  level, k, c, width, coupling, permutation, coupling_network, rng, dtype, split='channel'
+) -> Step:
+  """Step k of a level whose layers each own their parameters (a custom coupling network; a spatial split's
+  parity alternates over the steps, as a stack's does)."""
+  prefix, split = f'level{level}_step{k}_', splits.split_from(split)
   perm = _make_permutation(permutation, c, int(rng.integers(2**31)), dtype, prefix)
   transform = transforms.transform_from(coupling)
-  net = coupling_network(c // 2, (c - c // 2) * transform.params_per_channel)
-  if coupling in ('affine', 'additive'):
+  out = split.transformed_channels(c) * transform.params_per_channel
+  net = coupling_network(split.conditioner_channels(c), out)
+  if split.spatial:
+    split = dataclasses.replace(split, parity=(split.parity + k) % 2)
+    layer = Coupling(c, width, transform, net, dtype=dtype, name=prefix + 'coupling', split=split)
+  elif coupling in ('affine', 'additive'):
     layer = AffineCoupling(c, width, coupling == 'additive', net, dtype=dtype, name=prefix + 'coupling')
   else:
     layer = Coupling(c, width, transform, net, dtype=dtype, name=prefix + 'coupling')

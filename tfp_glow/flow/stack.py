@@ -21,7 +21,8 @@ stacks split with one `tf.unstack` each): XLA compiles unrolled steps well and w
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+import dataclasses
+from typing import Sequence
 
 import tensorflow as tf
 
@@ -29,8 +30,17 @@ from tfp_glow.bijectors.actnorm import ActNorm, data_init
 from tfp_glow.bijectors.base import GlowBijector
 from tfp_glow.flow.xla import tracing_for_xla
 
-if TYPE_CHECKING:
-  from tfp_glow.flow.level import Step
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+  """One step of flow, image -> latent order: actnorm -> permutation -> coupling."""
+
+  actnorm: ActNorm
+  permutation: GlowBijector
+  coupling: GlowBijector  # a Coupling (split -> conditioner -> transform), or a user's coupling layer
+
+  def bijectors(self) -> tuple[GlowBijector, GlowBijector, GlowBijector]:
+    return (self.actnorm, self.permutation, self.coupling)
 
 
 class _Steps:
@@ -215,12 +225,26 @@ class StepList(_Steps):
 Steps = StepStack | StepList
 
 
-def takes_parameters(bijector: GlowBijector) -> bool:
-  """True if `bijector` can be one of a StepStack's layers: it lists its (stacked) parameters and
-  implements both `*_and_log_det_with` (see docs/design.md, 'Adding a layer')."""
-  cls = type(bijector)
-  return (
-    bijector.parameter_variables() is not None
-    and cls.inverse_and_log_det_with is not GlowBijector.inverse_and_log_det_with
-    and cls.forward_and_log_det_with is not GlowBijector.forward_and_log_det_with
-  )
+def why_not_stacked(layer: GlowBijector | type) -> str | None:
+  """Why `layer` (a bijector, or a class before any is built) cannot be one of a StepStack's layers; None if
+  it can. The stacking protocol (`GlowBijector`, docs/design.md "Adding a layer"): the parameters declared once
+  (`_parameter_layer`, or a `stacked` of its own), listed (`parameter_variables`), taken as arguments (both
+  `*_and_log_det_with`). The one place that decides it, for `tfp_glow.flow.level.build_steps`."""
+  cls = layer if isinstance(layer, type) else type(layer)
+  missing = []
+  stacked = getattr(cls, 'stacked', None)
+  if not callable(stacked):
+    missing.append('stacked')
+  elif (
+    stacked.__func__ is GlowBijector.stacked.__func__
+    and cls._parameter_layer is GlowBijector._parameter_layer
+  ):
+    missing.append('_parameter_layer')
+  if cls.parameter_variables is GlowBijector.parameter_variables:
+    missing.append('parameter_variables')
+  elif not isinstance(layer, type) and layer.parameter_variables() is None:
+    missing.append('parameter_variables (None: e.g. a custom network)')
+  for method in ('inverse_and_log_det_with', 'forward_and_log_det_with'):
+    if getattr(cls, method) is getattr(GlowBijector, method):
+      missing.append(method)
+  return f'{cls.__name__} lacks {", ".join(missing)}' if missing else None
