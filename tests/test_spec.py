@@ -37,6 +37,27 @@ def test_every_model_and_training_setting_reaches_every_reader():
   assert set(specs.run_keys()) == set(TrainingSpec.keys()) | set(ModelSpec.keys()) - set(specs.FROM_DATA)
 
 
+def test_a_new_model_setting_is_written_once(monkeypatch):
+  """A field added to ModelSpec (here by a subclass standing in for the edit) is, with no other edit, an argument
+  of GlowModel, in its config, a run's setting with its default (config.json, the CLI's DEFAULTS) and --set."""
+  from tfp_glow.specs import fields  # noqa: PLC0415
+
+  @dataclasses.dataclass(frozen=True)
+  class Extended(ModelSpec):
+    foo: int = fields.setting(7, fields.POSITIVE_INT)
+
+  for module in ('tfp_glow.specs.run', 'tfp_glow.specs.model', 'tfp_glow.training.model'):
+    monkeypatch.setattr(f'{module}.ModelSpec', Extended)
+  model = tfp_glow.GlowModel(**TINY, foo=3)
+  assert model.spec.foo == 3 and model.get_config()['foo'] == 3
+  assert tfp_glow.GlowModel.from_config(model.get_config()).spec.foo == 3
+  assert specs.run_defaults('digits')['foo'] == 7  # what cli.DEFAULTS is built from
+  assert runs.run_config(dataset='digits')['foo'] == 7  # config.json
+  assert _train_config('--set', 'foo=4')['foo'] == 4
+  with pytest.raises(ValueError, match='GlowModel: foo must be a positive integer, got 0.'):
+    tfp_glow.GlowModel(**TINY, foo=0)
+
+
 def test_signature_defaults_are_the_specs():
   """Glow's and GlowModel's defaults are ModelSpec's (no second copy to drift)."""
   defaults = specs.field_defaults(ModelSpec)

@@ -53,7 +53,8 @@ class Glow(GlowBijector):
       forward/inverse/log_prob/sample.
     coupling_network: optional (in_channels, out_channels) -> Keras layer, replacing the default.
     conditioner: the built-in coupling's network (`tfp_glow.bijectors.conditioners`): 'conv' (the paper's,
-      `width` hidden channels) or 'transformer' (a ViT on patches, Jet-style), or an instance with settings.
+      `width` hidden channels; None: the coupling spec's, 'conv') or 'transformer' (a ViT on patches,
+      Jet-style), or an instance with settings.
     conditioner_settings: a named conditioner's settings as one dict, e.g. {'depth': 2, 'width': 128,
       'heads': 4, 'patch_size': 2} (`conditioners.Transformer`); each level's size must be divisible by
       patch_size.

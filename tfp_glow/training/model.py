@@ -11,7 +11,6 @@ config and the properties; the rest comes from one mixin per concept:
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Sequence
 
 import keras
@@ -113,8 +112,8 @@ class GlowModel(Trainer, PublicCalls, Files, keras.Model):
     spec: ModelSpec | None = None,
     **kwargs,
   ):
-    if spec is None:
-      spec = _spec_of(locals())
+    if spec is None:  # a ModelSpec field without an argument of its own here comes in kwargs
+      spec = _spec_of({**locals(), **{k: kwargs.pop(k) for k in list(kwargs) if k in ModelSpec.keys()}})
     elif not isinstance(spec, ModelSpec) or spec.image_shape is None:
       raise ValueError(f'GlowModel: spec must be a ModelSpec with an image_shape, got {spec!r}.')
     else:
@@ -172,7 +171,7 @@ class GlowModel(Trainer, PublicCalls, Files, keras.Model):
   @property
   def _glow_config(self) -> dict:
     """The settings by name, for the mixins (trainer.py, ...): `spec` as a dict."""
-    return dataclasses.asdict(self._spec)
+    return vars(self._spec)  # no copy: read per step by the trainer
 
   # ---- the TFP side --------------------------------------------------------------------------
 
