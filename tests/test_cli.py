@@ -177,7 +177,7 @@ def test_rerun_with_fresh_after_a_finished_run_trains_afresh(tmp_path, capsys):
     '--seed',
     '3',
     '--tensorboard',
-    '--memory-saving',
+    '--gradient',
     'inverse',
     '--fresh',
   ]  # without --fresh: a no-op
@@ -186,8 +186,8 @@ def test_rerun_with_fresh_after_a_finished_run_trains_afresh(tmp_path, capsys):
   assert '--fresh: training a new model' in capsys.readouterr().out
   second = json.loads((out / 'metrics.json').read_text())
   assert second['epochs_this_run'] == 1 and second['config']['seed'] == 3 and first['config']['seed'] == 0
-  assert first['config']['memory_saving'] == 'off' and second['config']['memory_saving'] == 'inverse'
-  assert cli._load_model(str(out)).get_config()['memory_saving'] == 'inverse'  # trained and saved with it
+  assert first['config']['gradient'] == 'stored' and second['config']['gradient'] == 'inverse'
+  assert cli._load_model(str(out)).get_config()['gradient'] == 'inverse'  # trained and saved with it
   assert _history_epochs(out) == [0]  # a fresh history, not appended
   assert not (out / 'backup').exists()
 

@@ -127,12 +127,13 @@ def test_the_choice_lists_match_what_the_library_accepts():
   """tfp_glow.names lists each choice once for the CLI; the implementing modules read it from there."""
   from tfp_glow import data, dequantization, ood  # noqa: PLC0415
   from tfp_glow.bijectors.conditioners import CONDITIONERS  # noqa: PLC0415
-  from tfp_glow.flow import glow, gradients  # noqa: PLC0415
+  from tfp_glow.flow import gradients  # noqa: PLC0415
+  from tfp_glow.specs import model as spec  # noqa: PLC0415 (Glow's and GlowModel's checks)
   from tfp_glow.training import distribute, precision  # noqa: PLC0415
 
-  assert tuple(TRANSFORMS) == names.COUPLINGS == glow.COUPLINGS
+  assert tuple(TRANSFORMS) == names.COUPLINGS == spec.COUPLINGS
   assert tuple(CONDITIONERS) == names.CONDITIONERS
-  assert glow.PERMUTATIONS is names.PERMUTATIONS and gradients.GRADIENTS is names.GRADIENTS
+  assert spec.PERMUTATIONS is names.PERMUTATIONS and gradients.GRADIENTS is names.GRADIENTS
   assert precision.PRECISIONS is names.PRECISIONS and dequantization.DEQUANTIZATIONS is names.DEQUANTIZATIONS
   assert distribute.STRATEGIES is names.STRATEGIES and data.DATASETS is names.DATASETS
   assert (

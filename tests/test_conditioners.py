@@ -205,7 +205,8 @@ def test_glow_model_trains_a_transformer_coupling_and_round_trips_through_keras(
   after = [v.numpy() for v in model.trainable_variables if 'head' in v.name]
   assert before and any(np.abs(a - b).max() > 0 for a, b in zip(after, before)), 'the head did not train'
   config = model.get_config()
-  assert config['conditioner'] == 'transformer' and config['conditioner_settings']['width'] == 8
+  coupling = config['coupling']  # the model's CouplingSpec (tfp_glow.specs)
+  assert coupling['conditioner'] == 'transformer' and coupling['conditioner_settings']['width'] == 8
   path = str(tmp_path / 'vit.keras')
   model.save(path)
   loaded = keras.models.load_model(path)
@@ -216,8 +217,8 @@ def test_glow_model_trains_a_transformer_coupling_and_round_trips_through_keras(
 def test_a_config_saved_before_conditioners_existed_loads_as_conv():
   model = tg.GlowModel((4, 4, 3), levels=1, steps=1, width=4, n_bins=16)
   config = model.get_config()
-  assert config['conditioner'] == 'conv' and config['conditioner_settings'] == {}
-  old = {k: v for k, v in config.items() if not k.startswith('conditioner')}
+  assert config['coupling']['conditioner'] == 'conv' and config['coupling']['conditioner_settings'] == {}
+  old = dict(config, coupling='affine')  # the flat config of before: the transform's name, no conditioner
   assert tg.GlowModel.from_config(old).glow.conditioner == conditioners.Conv()
 
 
@@ -228,8 +229,8 @@ def test_the_cli_flag_parses_into_the_training_config(capsys):
   def config(*argv):
     return train_command._train_config(cli._build_parser().parse_args(['train', *argv]))
 
-  assert config('--conditioner', 'transformer')['conditioner'] == 'transformer'
-  assert config()['conditioner'] == 'conv'
+  assert config('--conditioner', 'transformer')['coupling']['conditioner'] == 'transformer'
+  assert config()['coupling']['conditioner'] == 'conv'
   with pytest.raises(SystemExit):
     cli._build_parser().parse_args(['train', '--conditioner', 'vit'])
   assert "invalid choice: 'vit'" in capsys.readouterr().err

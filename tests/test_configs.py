@@ -125,10 +125,11 @@ def _config(*argv):
 def test_cli_config_sets_the_flags_and_explicit_flags_override():
   c = _config('--config', 'cifar10_conditional')
   expected = configs.get_config('cifar10_conditional').train_flags()
+  assert c['coupling']['transform'] == expected.pop('coupling') == 'additive'  # the coupling: its spec's dict
   assert {k: c[k] for k in expected} == expected
   assert c['config'] == 'cifar10_conditional'
   c = _config('--config', 'cifar10', '--levels', '2', '--coupling', 'additive', '--no-conditional')
-  assert (c['levels'], c['coupling'], c['conditional'], c['steps'], c['width']) == (
+  assert (c['levels'], c['coupling']['transform'], c['conditional'], c['steps'], c['width']) == (
     2,
     'additive',
     False,
@@ -139,8 +140,8 @@ def test_cli_config_sets_the_flags_and_explicit_flags_override():
   assert c['dataset'] == 'fashion_mnist' and c['pad_to_32'] and c['levels'] == 3
   # without --config: the digits' defaults, as before
   c = _config()
-  assert c['dataset'] == 'digits' and c['coupling'] == 'affine' and c['permutation'] == 'conv_lu'
-  assert c['levels'] == cli.DEFAULTS['digits']['levels'] and 'config' not in c
+  assert c['dataset'] == 'digits' and c['coupling']['transform'] == 'affine' and c['permutation'] == 'conv_lu'
+  assert c['levels'] == cli.DEFAULTS['digits']['levels'] and c['config'] is None
 
 
 def test_cli_config_errors(capsys):

@@ -32,6 +32,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from tfp_glow import specs
+
+_MODEL = specs.field_defaults(specs.ModelSpec)  # the settings a config leaves out: the specs' defaults
+_TRAINING = specs.field_defaults(specs.TrainingSpec)
+
 _CIFAR10_TRAIN = 50_000
 _IMAGENET_TRAIN = 1_281_167  # downsampled ImageNet's train split
 _CELEBA_HQ_TRAIN = 27_000  # the reference's CelebA-HQ: 30,000 images, 3,000 held out
@@ -39,7 +44,9 @@ _CELEBA_HQ_TRAIN = 27_000  # the reference's CelebA-HQ: 30,000 images, 3,000 hel
 
 @dataclasses.dataclass(frozen=True)
 class GlowConfig:
-  """One experiment's settings. The fields named like `tfp-glow train` flags are what --config sets.
+  """One experiment's settings: overrides of the specs' (tfp_glow.specs). The fields named like run settings
+  (`tfp_glow.specs.run_keys()`: levels, batch_size, ...) are what --config sets; a field added here with a
+  run setting's name is set by --config with no other edit.
 
   image_shape: (H, W, C) the model sees (after resizing and padding), used to size the model and the
     memory estimates without loading data.
@@ -53,55 +60,40 @@ class GlowConfig:
   image_shape: tuple[int, int, int]
   levels: int
   steps: int
-  width: int = 512
-  coupling: str = 'affine'
-  permutation: str = 'conv_lu'
-  n_bits: int = 8
-  batch_size: int = 512
-  lr: float = 1e-3
+  width: int = _MODEL['width']
+  coupling: str | specs.CouplingSpec = _MODEL['coupling'].transform
+  permutation: str = _MODEL['permutation']
+  n_bits: int = _TRAINING['n_bits']
+  batch_size: int = 512  # the paper's (the CLI's own default is smaller)
+  lr: float = _TRAINING['lr']
   warmup_epochs: float = 10.0
   epochs: int = 1000
   ema: bool = False  # the reference keeps Polyak averages but evaluates the raw weights
-  conditional: bool = False
-  image_size: int | None = None
-  pad_to_32: bool = False
+  conditional: bool = _TRAINING['conditional']
+  image_size: int | None = _TRAINING['image_size']
+  pad_to_32: bool = _TRAINING['pad_to_32']
   published_bits_per_dim: float | None = None
   gpus: int = 8
   gpu_days: float | None = None
   data_hint: str | None = None  # what to give as --dataset when `dataset` is None
 
   def train_flags(self) -> dict:
-    """The settings as `tfp-glow train` flag values (keys as in `tfp_glow.cli.DEFAULTS`)."""
-    keys = (
-      'dataset',
-      'levels',
-      'steps',
-      'width',
-      'coupling',
-      'permutation',
-      'n_bits',
-      'batch_size',
-      'lr',
-      'warmup_epochs',
-      'epochs',
-      'ema',
-      'conditional',
-      'image_size',
-      'pad_to_32',
-    )
-    return {k: getattr(self, k) for k in keys}
+    """The run settings this configuration sets (keys of `tfp_glow.specs.run_keys()`, as in config.json)."""
+    fields = {f.name for f in dataclasses.fields(self)}
+    return {k: getattr(self, k) for k in specs.run_keys() if k in fields}
+
+  def model_spec(self) -> specs.ModelSpec:
+    """The model's spec (`tfp_glow.specs.ModelSpec`) of this configuration."""
+    settings = {
+      k: getattr(self, k) for k in ('image_shape', 'levels', 'steps', 'width', 'coupling', 'permutation')
+    }
+    return specs.ModelSpec.create(self.name, **settings, num_classes=10 if self.conditional else None)
 
   def model_args(self) -> dict:
     """Arguments of `tfp_glow.flow.glow.Glow` (and GlowModel) for this configuration."""
-    return dict(
-      image_shape=self.image_shape,
-      levels=self.levels,
-      steps=self.steps,
-      width=self.width,
-      coupling=self.coupling,
-      permutation=self.permutation,
-      num_classes=10 if self.conditional else None,
-    )
+    spec = self.model_spec()
+    keys = ('image_shape', 'levels', 'steps', 'width', 'coupling', 'permutation', 'num_classes')
+    return {k: getattr(spec, k) for k in keys}
 
 
 def _imagenet_hint(size: int) -> str:

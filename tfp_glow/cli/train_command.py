@@ -6,53 +6,67 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
-from tfp_glow import configs, runs
-from tfp_glow import data as glow_data
+from tfp_glow import runs, specs
 from tfp_glow.cli.common import Diverged, UsageError
-from tfp_glow.cli.flags import DEFAULTS, LARGE_DEFAULTS
 
 
 def _train_config(args) -> dict:
-  """The flags; unset ones from --config (tfp_glow.configs), then from the data set's DEFAULTS."""
-  preset = configs.get_config(args.config).train_flags() if args.config else {}
-  dataset = args.dataset or preset.pop('dataset', None) or ('digits' if not args.config else None)
-  preset.pop('dataset', None)
-  if dataset is None:
-    hint = (
-      configs.get_config(args.config).data_hint or f'{glow_data.FOLDER_PREFIX}PATH (a folder of its images)'
+  """The flags (None: not given) -> the run's settings (`tfp_glow.runs.run_config`: --config, then the data set's
+  defaults, then the specs'); the deprecated --memory-saving is noted on stderr and read as --gradient."""
+  if args.memory_saving not in (None, 'off'):
+    print(
+      f'note: --memory-saving {args.memory_saving} is deprecated; use --gradient {args.memory_saving}',
+      file=sys.stderr,
     )
-    raise UsageError(f'--config {args.config} names no data set we can download: give --dataset {hint}')
-  if dataset not in DEFAULTS and not glow_data.is_path_source(dataset):
+  settings = dict(args.settings or [])
+  unknown = sorted(set(settings) - set(specs.run_keys()))
+  if unknown:
     raise UsageError(
-      f'unknown data set {dataset!r}; accepted: {", ".join(glow_data.DATASETS)}, or {glow_data.SOURCES_HELP}'
+      f'--set: unknown setting(s) {", ".join(unknown)}; accepted: {", ".join(specs.run_keys())}'
     )
-  config = {
-    'dataset': dataset,
-    **{
-      k: getattr(args, k)
-      for k in (
-        'clipnorm',
-        'seed',
-        'max_consecutive_skips',
-        'memory_saving',
-        'precision',
-        'dequantization',
-        'background_noise',
-        'cache',
-        'bad_files',
-      )
-    },
-  }
-  fallback = dict(coupling='affine', permutation='conv_lu', conditional=False, conditioner='conv')
-  for key, default in {**DEFAULTS.get(dataset, LARGE_DEFAULTS), **fallback, **preset}.items():
-    config[key] = default if getattr(args, key) is None else getattr(args, key)
-  if not 0.0 <= config['background_noise'] <= 1.0:
-    raise UsageError(f'--background-noise must be a fraction in [0, 1], got {config["background_noise"]}')
-  config['sample_every'] = args.sample_every or max(1, config['epochs'] // 10)
-  if args.config:
-    config['config'] = args.config
-  return config
+  flags = {k: getattr(args, k) for k in _FLAGS}
+  flags.update({k: v for k, v in settings.items() if k not in flags or flags[k] is None})
+  flags['transform_settings'] = dict(args.coupling_option or []) or None
+  flags['conditioner_settings'] = dict(args.conditioner_option or []) or None
+  try:
+    return runs.run_config(**flags)
+  except runs.RunError as e:
+    raise UsageError(str(e)) from e
+
+
+# The flags that are run settings (`tfp_glow.runs.run_config`), by their names there.
+_FLAGS = (
+  'dataset',
+  'levels',
+  'steps',
+  'width',
+  'n_bits',
+  'batch_size',
+  'epochs',
+  'lr',
+  'warmup_epochs',
+  'coupling',
+  'permutation',
+  'conditioner',
+  'ema',
+  'clipnorm',
+  'conditional',
+  'seed',
+  'cache',
+  'bad_files',
+  'max_consecutive_skips',
+  'gradient',
+  'memory_saving',
+  'precision',
+  'dequantization',
+  'background_noise',
+  'sample_every',
+  'config',
+  'image_size',
+  'pad_to_32',
+)
 
 
 def train(args) -> int:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -15,26 +14,15 @@ from tfp_glow.bijectors.base import GlowBijector, LayerGroup, ValueAndLogDet, ch
 from tfp_glow.bijectors.split import SplitPrior
 from tfp_glow.bijectors.squeeze import Squeeze
 from tfp_glow.bijectors.top_prior import TopPrior
-from tfp_glow.bijectors.transforms import TRANSFORMS
+from tfp_glow.flow import choices
+from tfp_glow.flow.encoding import Encoding
 from tfp_glow.flow.gradients import check_gradient, encode_level
 from tfp_glow.flow.level import Level, NetworkFn, build_steps
-from tfp_glow.names import COUPLINGS, PERMUTATIONS
+from tfp_glow.specs import CouplingSpec, ModelSpec, field_defaults
 
-# The coupling transforms by name (`tfp_glow.bijectors.transforms`): 'affine', 'additive', 'spline'.
-
-
-@dataclasses.dataclass(frozen=True)
-class Encoding:
-  """Image -> latent, level by level (see `Glow.encode_with_log_det`).
-
-  latents: per level, standardized latents eps_i [N, h_i, w_i, c_i] (the last one is the top).
-  log_det: log|det d(latent)/d(image)| [N].
-  top: the top level's activations before its prior, [N, h_L, w_L, c_L] (for a class predictor).
-  """
-
-  latents: list[tf.Tensor]
-  log_det: tf.Tensor
-  top: tf.Tensor
+_DEFAULTS = field_defaults(ModelSpec)  # the defaults of Glow's settings: ModelSpec's (tfp_glow.specs)
+# The ModelSpec fields that are Glow's arguments of the same name.
+_SPEC_ARGS = ('levels', 'steps', 'width', 'coupling', 'permutation', 'learn_top', 'num_classes', 'seed')
 
 
 class Glow(GlowBijector):
@@ -53,17 +41,20 @@ class Glow(GlowBijector):
   Args (names and defaults after the reference code):
     image_shape: (H, W, C); H and W divisible by 2**levels.
     levels: L. steps: K per level. width: the coupling networks' hidden channels.
-    coupling: the coupling's elementwise transform (`tfp_glow.bijectors.transforms`): 'affine' (the paper's,
+    coupling: the whole coupling as a `tfp_glow.specs.CouplingSpec` (its transform and conditioner with their
+      settings, e.g. CouplingSpec('spline', {'bins': 8}, 'transformer', {'depth': 4})) or its dict; or the
+      coupling's elementwise transform (`tfp_glow.bijectors.transforms`): 'affine' (the paper's,
       scale = sigmoid(raw + 2)), 'additive', 'spline' (rational-quadratic, Durkan et al. 2019), or an instance
       with settings (`transforms.Spline(bins=8)`); or a GlowBijector subclass (see docs/design.md, "Adding a
-      layer").
+      layer"). Defaults here and below: `tfp_glow.specs.ModelSpec`'s (`Glow.from_spec` builds from one).
     permutation: 'conv_lu' (LU 1x1 conv), 'conv' (full 1x1 conv), 'shuffle' or 'reverse', or a subclass.
     learn_top: learn the top prior's per-channel mean and log-std (else N(0, 1)).
     num_classes: if set, the top prior is class-conditional: pass `labels=` (int [...]) to
       forward/inverse/log_prob/sample.
     coupling_network: optional (in_channels, out_channels) -> Keras layer, replacing the default.
     conditioner: the built-in coupling's network (`tfp_glow.bijectors.conditioners`): 'conv' (the paper's,
-      `width` hidden channels) or 'transformer' (a ViT on patches, Jet-style), or an instance with settings.
+      `width` hidden channels; None: the coupling spec's, 'conv') or 'transformer' (a ViT on patches,
+      Jet-style), or an instance with settings.
     conditioner_settings: a named conditioner's settings as one dict, e.g. {'depth': 2, 'width': 128,
       'heads': 4, 'patch_size': 2} (`conditioners.Transformer`); each level's size must be divisible by
       patch_size.
@@ -74,7 +65,7 @@ class Glow(GlowBijector):
       gradient, faster), 'checkpoint' (stores each step's input only) or 'inverse' (stores nothing:
       memory independent of K). The last three step aside to 'autodiff' wherever a higher order or
       forward mode is asked for.
-    memory_saving: the older spelling: True or 'inverse' -> gradient='inverse', 'checkpoint'.
+    memory_saving: deprecated (a DeprecationWarning): True or 'inverse' -> gradient='inverse', 'checkpoint'.
     validate_args: refuse NaN / Inf in images (inverse, encode, initialize) and latents (forward,
       decode) with an InvalidArgumentError. Never a range check: values are any reals.
 
@@ -85,30 +76,32 @@ class Glow(GlowBijector):
   def __init__(
     self,
     image_shape: Sequence[int],
-    levels: int = 3,
-    steps: int = 32,
-    width: int = 512,
-    coupling: str = 'affine',
-    permutation: str = 'conv_lu',
-    learn_top: bool = True,
-    num_classes: int | None = None,
+    levels: int = _DEFAULTS['levels'],
+    steps: int = _DEFAULTS['steps'],
+    width: int = _DEFAULTS['width'],
+    coupling: str | CouplingSpec | dict | Any = _DEFAULTS['coupling'].transform,
+    permutation: str = _DEFAULTS['permutation'],
+    learn_top: bool = _DEFAULTS['learn_top'],
+    num_classes: int | None = _DEFAULTS['num_classes'],
     coupling_network: NetworkFn | None = None,
-    seed: int | None = None,
+    seed: int | None = _DEFAULTS['seed'],
     dtype: tf.DType = tf.float32,
     gradient: str | None = None,
     memory_saving: bool | str = False,
     validate_args: bool = False,
     name: str = 'glow',
     *,
-    conditioner: str | conditioners.Conditioner = 'conv',
+    conditioner: str | conditioners.Conditioner | None = None,
     conditioner_settings: dict | None = None,
   ):
     parameters = dict(locals())
     dtype = tf.as_dtype(dtype)
-    self._conditioner = conditioners.conditioner_from(conditioner, conditioner_settings)
-    self._gradient = check_gradient(gradient, memory_saving)
-    self._image_shape = _check_config(
-      image_shape, levels, steps, width, coupling, permutation, num_classes, dtype
+    coupling, self._conditioner, self._coupling_spec = choices.resolve_coupling(
+      coupling, conditioner, conditioner_settings
+    )
+    self._gradient = check_gradient(choices.deprecated_memory_saving(gradient, memory_saving, 'Glow'))
+    self._image_shape = choices.check_config(
+      image_shape, levels, steps, width, permutation, num_classes, dtype
     )
     self._num_classes = num_classes
     rng = np.random.default_rng(seed)
@@ -147,6 +140,13 @@ class Glow(GlowBijector):
       name=name,
     )
 
+  @classmethod
+  def from_spec(cls, spec: ModelSpec, **kwargs: Any) -> Glow:
+    """The Glow of a `tfp_glow.specs.ModelSpec` (image_shape set); differentiated with `spec.gradient`.
+    kwargs: Glow's other arguments (validate_args, name, coupling_network, ...)."""
+    args = {k: getattr(spec, k) for k in _SPEC_ARGS}
+    return cls(spec.image_shape, **args, dtype=tf.as_dtype(spec.flow_dtype), gradient=spec.gradient, **kwargs)
+
   # ---- properties ----------------------------------------------------------------------------
 
   @property
@@ -161,6 +161,11 @@ class Glow(GlowBijector):
   def conditioner(self) -> conditioners.Conditioner:
     """The built-in coupling's conditioner spec (`tfp_glow.bijectors.conditioners`)."""
     return self._conditioner
+
+  @property
+  def coupling_spec(self) -> CouplingSpec | None:
+    """The coupling's spec (transform, conditioner, their settings); None for a GlowBijector class."""
+    return self._coupling_spec
 
   @property
   def gradient(self) -> str:
@@ -334,46 +339,5 @@ class Glow(GlowBijector):
     return checks.all_finite(x, f'{self.name}: the {what} contain NaN or Inf.')
 
 
-def _is_layer_class(kind) -> bool:
-  return isinstance(kind, type) and issubclass(kind, GlowBijector)
-
-
 def _flat(labels):
   return None if labels is None else tf.reshape(labels, [-1])
-
-
-def _is_transform(coupling) -> bool:
-  return (isinstance(coupling, str) and coupling in COUPLINGS) or isinstance(
-    coupling, tuple(TRANSFORMS.values())
-  )
-
-
-def _check_config(image_shape, levels, steps, width, coupling, permutation, num_classes, dtype):
-  """Validates the constructor's arguments with errors that name the problem."""
-  shape = tuple(image_shape)
-  if len(shape) != 3 or not all(isinstance(d, (int, np.integer)) and d > 0 for d in shape):
-    raise ValueError(f'Glow: image_shape must be (H, W, C) positive integers, got {image_shape!r}.')
-  shape = tuple(int(d) for d in shape)
-  for arg, value in (('levels', levels), ('steps', steps), ('width', width)):
-    if not isinstance(value, int) or value < 1:
-      raise ValueError(f'Glow: {arg} must be a positive integer, got {value!r}.')
-  f = 2**levels
-  if shape[0] % f or shape[1] % f:
-    raise ValueError(
-      f'Glow: image height and width must be divisible by 2**levels = {f} '
-      f'(one 2x2 squeeze per level), got {shape[0]}x{shape[1]} with levels={levels}.'
-    )
-  if not (_is_transform(coupling) or _is_layer_class(coupling)):
-    raise ValueError(
-      f'Glow: coupling must be one of {COUPLINGS}, a transform instance (tfp_glow.bijectors.transforms) or a '
-      f'GlowBijector subclass, got {coupling!r}.'
-    )
-  if not (permutation in PERMUTATIONS or _is_layer_class(permutation)):
-    raise ValueError(
-      f'Glow: permutation must be one of {PERMUTATIONS} or a GlowBijector subclass, got {permutation!r}.'
-    )
-  if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 2):
-    raise ValueError(f'Glow: num_classes must be None or an integer >= 2, got {num_classes!r}.')
-  if dtype not in (tf.float32, tf.float64):
-    raise TypeError(f'Glow: dtype must be float32 or float64, got {dtype.name}.')
-  return shape

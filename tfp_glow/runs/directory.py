@@ -28,6 +28,7 @@ import shutil
 import tensorflow as tf
 
 from tfp_glow import atomic
+from tfp_glow.runs.config import upgrade_saved
 from tfp_glow.runs.errors import Diverged, RunError
 from tfp_glow.runs.lock import describe_os_error, is_remote
 
@@ -167,7 +168,7 @@ class RunDirectory:
     return self._resume(config, f'resuming the interrupted run in {out}')
 
   def _resume(self, config: dict, note: str) -> str:
-    saved = read_json_dict(self.path('config.json'))
+    saved = upgrade_saved(read_json_dict(self.path('config.json')))  # also one written before the spec
     changed = [k for k in saved if k not in MAY_CHANGE_ON_RESUME and saved[k] != config.get(k)]
     if changed:
       raise RunError(

@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 import keras
 import tensorflow as tf
 
-from tfp_glow import atomic, ood
+from tfp_glow import atomic, ood, specs
 from tfp_glow import data as glow_data
 from tfp_glow.runs import lock
 from tfp_glow.runs.backup import EndResumedEpoch, RunBackup
@@ -206,20 +206,10 @@ class Run:
       if info.class_names:
         print('classes: ' + ', '.join(f'{i}={name}' for i, name in enumerate(info.class_names)))
       self.info = info
-      self.model = model = GlowModel(
-        info.image_shape,
-        levels=config['levels'],
-        steps=config['steps'],
-        width=config['width'],
-        coupling=config['coupling'],
-        conditioner=config['conditioner'],
-        permutation=config['permutation'],
-        num_classes=info.num_classes if config['conditional'] else None,
-        n_bins=info.n_bins,
-        max_consecutive_skips=config['max_consecutive_skips'],
-        memory_saving=False if config['memory_saving'] == 'off' else config['memory_saving'],
-        seed=config['seed'],
-        dequantization=config['dequantization'],
+      run_spec = specs.RunSpec.from_dict(config)
+      num_classes = info.num_classes if config['conditional'] else None
+      self.model = model = GlowModel.from_spec(
+        run_spec.model_spec(info.image_shape, num_classes, info.n_bins)
       )
       steps_per_epoch = math.ceil(info.num_examples / config['batch_size']) if info.num_examples else 1000
       model.compile(

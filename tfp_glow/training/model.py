@@ -11,23 +11,25 @@ config and the properties; the rest comes from one mixin per concept:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tfp_glow import dequantization as dequant
-from tfp_glow.bijectors.conditioners import conditioner_from, settings_of
 from tfp_glow.distribution import GlowDistribution
+from tfp_glow.flow import choices
 from tfp_glow.flow.glow import Glow
-from tfp_glow.flow.gradients import check_gradient
+from tfp_glow.specs import CouplingSpec, ModelSpec, SpecError, field_defaults, upgrade
 from tfp_glow.training import guard
 from tfp_glow.training import inputs as model_inputs
 from tfp_glow.training.compiled import CompiledCalls
 from tfp_glow.training.files import Files
 from tfp_glow.training.public_calls import PublicCalls
 from tfp_glow.training.trainer import Trainer
+
+_DEFAULTS = field_defaults(ModelSpec)  # the defaults of GlowModel's settings: ModelSpec's (tfp_glow.specs)
 
 
 @keras.saving.register_keras_serializable(package='tfp_glow')
@@ -54,6 +56,10 @@ class GlowModel(Trainer, PublicCalls, Files, keras.Model):
   Couplings (`coupling`): 'affine' (the paper's), 'additive', or 'spline' (rational-quadratic, Durkan et al.
   2019, `tfp_glow.bijectors.transforms.Spline`); see `tfp_glow.Glow` and docs/design.md, "Couplings".
   Conditioners (`conditioner`, `conditioner_settings`): 'conv' (default) or 'transformer' (`tfp_glow.Glow`).
+  Or the whole coupling as one `tfp_glow.specs.CouplingSpec` (or its dict) in `coupling`.
+
+  Settings: every argument's default and check is `tfp_glow.specs.ModelSpec`'s; `GlowModel.from_spec(spec)`
+  builds from one, `model.spec` is the model's, and `get_config()` is `spec.to_dict()` (older configs still load).
 
   Every parameter of every bijector lives in `self.flow` (one Keras layer), so `fit`,
   `trainable_variables`, `save_weights`, `model.save` and `keras.models.load_model` see them all.
@@ -65,7 +71,7 @@ class GlowModel(Trainer, PublicCalls, Files, keras.Model):
   memory does not grow with the depth K; 'checkpoint'; 'autodiff'), and says that it takes first-order
   parameter gradients only. Everything else (`log_prob`, `distribution`, your own tapes) uses
   TensorFlow's own gradient, so Jacobians, second order and forward mode work as for any TF function.
-  `memory_saving=True` / 'inverse' / 'checkpoint' is the older spelling. Mixed precision: set a Keras policy
+  `memory_saving=True` / 'inverse' / 'checkpoint' is the older spelling (deprecated: a DeprecationWarning). Mixed precision: set a Keras policy
   (`keras.mixed_precision.set_global_policy('mixed_bfloat16')`) before building the model; the
   coupling and prior networks then compute in that precision, everything else in float32.
 
@@ -82,64 +88,57 @@ class GlowModel(Trainer, PublicCalls, Files, keras.Model):
 
   def __init__(
     self,
-    image_shape: Sequence[int],
-    levels: int = 3,
-    steps: int = 32,
-    width: int = 512,
-    coupling: str = 'affine',
-    permutation: str = 'conv_lu',
-    learn_top: bool = True,
-    num_classes: int | None = None,
-    n_bins: int = 256,
-    class_loss_weight: float = 0.01,
-    init_batch_size: int = 256,
-    validate_inputs: bool = True,
-    max_consecutive_skips: int = 10,
-    seed: int | None = None,
-    flow_dtype: str = 'float32',
+    image_shape: Sequence[int] | None = None,
+    levels: int = _DEFAULTS['levels'],
+    steps: int = _DEFAULTS['steps'],
+    width: int = _DEFAULTS['width'],
+    coupling: str | CouplingSpec | dict | Any = _DEFAULTS['coupling'].transform,
+    permutation: str = _DEFAULTS['permutation'],
+    learn_top: bool = _DEFAULTS['learn_top'],
+    num_classes: int | None = _DEFAULTS['num_classes'],
+    n_bins: int = _DEFAULTS['n_bins'],
+    class_loss_weight: float = _DEFAULTS['class_loss_weight'],
+    init_batch_size: int = _DEFAULTS['init_batch_size'],
+    validate_inputs: bool = _DEFAULTS['validate_inputs'],
+    max_consecutive_skips: int = _DEFAULTS['max_consecutive_skips'],
+    seed: int | None = _DEFAULTS['seed'],
+    flow_dtype: str = _DEFAULTS['flow_dtype'],
     memory_saving: bool | str = False,
     gradient: str | None = None,
-    dequantization: str = 'uniform',
-    conditioner: str = 'conv',
+    dequantization: str = _DEFAULTS['dequantization'],
+    conditioner: str | None = None,
     conditioner_settings: dict | None = None,
+    *,
+    spec: ModelSpec | None = None,
     **kwargs,
   ):
-    config = {k: v for k, v in locals().items() if k not in ('self', 'kwargs', '__class__')}
-    # saved by name and settings (tfp_glow.bijectors.conditioners); a config without them loads as 'conv'
-    config['conditioner'], config['conditioner_settings'] = settings_of(
-      conditioner_from(conditioner, conditioner_settings)
-    )
+    if spec is None:  # a ModelSpec field without an argument of its own here comes in kwargs
+      spec = _spec_of({**locals(), **{k: kwargs.pop(k) for k in list(kwargs) if k in ModelSpec.keys()}})
+    elif not isinstance(spec, ModelSpec) or spec.image_shape is None:
+      raise ValueError(f'GlowModel: spec must be a ModelSpec with an image_shape, got {spec!r}.')
+    else:
+      spec = spec.replace(coupling=choices.complete(spec.coupling))
     super().__init__(**kwargs)
-    if not isinstance(n_bins, int) or n_bins < 2:
-      raise ValueError(f'GlowModel: n_bins must be an integer >= 2, got {n_bins!r}.')
-    if not isinstance(max_consecutive_skips, int) or max_consecutive_skips < 1:
-      raise ValueError(
-        f'GlowModel: max_consecutive_skips must be an integer >= 1, got {max_consecutive_skips!r}.'
-      )
-    if dequantization not in dequant.DEQUANTIZATIONS:
-      raise ValueError(
-        f'GlowModel: dequantization must be one of {dequant.DEQUANTIZATIONS}, got {dequantization!r}.'
-      )
-    self._glow_config = dict(config, image_shape=tuple(int(d) for d in image_shape))  # for get_config
+    self._spec = spec
     # The training step's gradient; the bijector itself keeps TensorFlow's own ('autodiff').
-    self._training_gradient = check_gradient(gradient or (None if memory_saving else 'stored'), memory_saving)
-    glow = Glow(**{k: config[k] for k in _GLOW_ARGS}, dtype=tf.as_dtype(flow_dtype))
+    self._training_gradient = spec.gradient
+    glow = Glow.from_spec(spec.replace(gradient='autodiff'))
     self.flow = glow.layer  # every flow parameter, in one Keras layer
     # The TFP objects hold no variables of their own; keep them out of Keras/TF tracking.
     self._tfp = _Untracked(glow=glow, distribution=GlowDistribution(glow))
     self._tfp.calls = CompiledCalls(self)  # the public calls' tf.functions, traced on first use
     # q(u|x) of variational dequantization (tfp_glow.dequantization); None: the data's uniform noise.
     self.dequantizer = None
-    if dequantization == 'variational':
-      self.dequantizer = dequant.VariationalDequantizer(image_shape, n_bins)
+    if spec.dequantization == 'variational':
+      self.dequantizer = dequant.VariationalDequantizer(spec.image_shape, spec.n_bins)
     self.classifier = None
-    if num_classes:
+    if spec.num_classes:
       self.classifier = keras.layers.Dense(
-        num_classes, kernel_initializer='zeros', dtype=flow_dtype, name='class_predictor'
+        spec.num_classes, kernel_initializer='zeros', dtype=spec.flow_dtype, name='class_predictor'
       )
       self.classifier.build((None, glow.levels[-1].shape[-1]))
-    self.num_dims = int(np.prod(image_shape))
-    self.n_bins = n_bins
+    self.num_dims = int(np.prod(spec.image_shape))
+    self.n_bins = spec.n_bins
     self.loss_tracker = guard.Mean(name='loss')
     self.bpd_tracker = guard.Mean(name='bits_per_dim')
     self.class_tracker = keras.metrics.SparseCategoricalAccuracy(name='class_accuracy')
@@ -148,8 +147,31 @@ class GlowModel(Trainer, PublicCalls, Files, keras.Model):
     self._guard_state = _Untracked(skip_causes=guard.SkipCauses(), packed_inputs={})
     self.built = True
 
-  def get_config(self):
-    return {**super().get_config(), **self._glow_config}
+  @classmethod
+  def from_spec(cls, spec: ModelSpec, **kwargs: Any) -> GlowModel:
+    """The model of a `tfp_glow.specs.ModelSpec` (with its image_shape); kwargs: Keras' (name, ...)."""
+    return cls(spec=spec, **kwargs)
+
+  @property
+  def spec(self) -> ModelSpec:
+    """Every setting of this model (`tfp_glow.specs.ModelSpec`): what get_config saves."""
+    return self._spec
+
+  def get_config(self) -> dict:
+    return {**super().get_config(), **self._spec.to_dict()}
+
+  @classmethod
+  def from_config(cls, config: dict) -> GlowModel:
+    """Also a config saved before the spec (flat `conditioner`, `memory_saving`: `tfp_glow.specs.upgrade`),
+    without a deprecation warning: the file is not the user's typing."""
+    config = upgrade(dict(config), 'GlowModel')
+    keras_args = {k: config.pop(k) for k in list(config) if k not in ModelSpec.keys()}
+    return cls.from_spec(ModelSpec.from_dict(config, 'GlowModel'), **keras_args)
+
+  @property
+  def _glow_config(self) -> dict:
+    """The settings by name, for the mixins (trainer.py, ...): `spec` as a dict."""
+    return vars(self._spec)  # no copy: read per step by the trainer
 
   # ---- the TFP side --------------------------------------------------------------------------
 
@@ -170,7 +192,7 @@ class GlowModel(Trainer, PublicCalls, Files, keras.Model):
   @property
   def dequantization(self) -> str:
     """'uniform' (u ~ U[0, 1), the paper) or 'variational' (u ~ q(u|x), `self.dequantizer`)."""
-    return self._glow_config['dequantization']
+    return self._spec.dequantization
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -199,28 +221,33 @@ class GlowModel(Trainer, PublicCalls, Files, keras.Model):
   # ---- input checks (tfp_glow.training.inputs) ----------------------------------------------------
 
   def _check_images(self, images, check_values: bool = True) -> tf.Tensor:
-    validate = check_values and self._glow_config['validate_inputs']
+    validate = check_values and self._spec.validate_inputs
     return model_inputs.check_images(images, self.image_shape, self.glow.dtype, validate)
 
   def _check_labels(self, labels, required: bool, batch=None, check_values: bool = True):
-    validate = check_values and self._glow_config['validate_inputs']
+    validate = check_values and self._spec.validate_inputs
     return model_inputs.check_labels(labels, self.num_classes, required, batch, validate)
 
 
-# The constructor arguments that GlowModel hands to the Glow bijector unchanged.
-_GLOW_ARGS = (
-  'image_shape',
-  'levels',
-  'steps',
-  'width',
-  'coupling',
-  'permutation',
-  'learn_top',
-  'num_classes',
-  'seed',
-  'conditioner',
-  'conditioner_settings',
-)
+def _spec_of(arguments: dict) -> ModelSpec:
+  """GlowModel's arguments -> its ModelSpec (each argument checked there, said as GlowModel's); the older
+  spellings (`conditioner` beside a transform name, `memory_saving`) folded in."""
+  args = {k: v for k, v in arguments.items() if k in ModelSpec.keys()}
+  args['coupling'] = choices.resolve_coupling(
+    args['coupling'], arguments['conditioner'], arguments['conditioner_settings'], 'GlowModel'
+  )[2]
+  if args['coupling'] is None:
+    raise ValueError(
+      'GlowModel: coupling must be a name, a transform instance or a CouplingSpec (a GlowBijector '
+      'class cannot be saved with the model; use tfp_glow.Glow for one).'
+    )
+  gradient = choices.deprecated_memory_saving(arguments['gradient'], arguments['memory_saving'], 'GlowModel')
+  args['gradient'] = gradient or _DEFAULTS['gradient']
+  if args['image_shape'] is None:
+    raise SpecError('GlowModel', 'image_shape', '(H, W, C) positive integers', None)
+  if isinstance(args['image_shape'], (tuple, list)):
+    args['image_shape'] = tuple(int(d) if hasattr(d, '__index__') else d for d in args['image_shape'])
+  return ModelSpec.create('GlowModel', **args)
 
 
 class _Untracked:
