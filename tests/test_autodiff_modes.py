@@ -10,7 +10,6 @@ Float64, perturbed parameters, a fresh input tensor for every call (TFP's cache 
 """
 
 import functools
-from unittest import mock
 
 import keras
 import numpy as np
@@ -19,8 +18,7 @@ import tensorflow as tf
 
 import tfp_glow as tg
 from tfp_glow.flow import GRADIENTS, gradients
-from tfp_glow.flow import glow as glow_module
-from tfp_glow.flow import level as level_module
+from tfp_glow.specs import CouplingSpec
 from tfp_glow.testing import perturb
 
 SHAPE = (4, 4, 2)
@@ -46,19 +44,20 @@ def flows(
   network: str, gradient: str, coupling: str = 'affine', conditioner: str = 'conv', split: str = 'channel'
 ):
   """(reference, flow): two Glows with equal values, the reference differentiated by TensorFlow alone. A spatial
-  `split` (one level: its 2x2 pixels split evenly) reaches the levels through `build_steps(split=...)`."""
-  kwargs = dict(levels=2, steps=2, width=8, seed=0, dtype=tf.float64, num_classes=None, coupling=coupling)
-  if conditioner == 'transformer':
-    kwargs.update(conditioner='transformer', conditioner_settings=VIT)
+  `split` (one level: its 2x2 pixels split evenly) is the coupling spec's."""
+  spec = CouplingSpec(
+    transform=coupling,
+    conditioner=conditioner,
+    conditioner_settings=VIT if conditioner == 'transformer' else {},
+    split=split,
+  )
+  kwargs = dict(levels=2, steps=2, width=8, seed=0, dtype=tf.float64, num_classes=None, coupling=spec)
   if network == 'list':
     kwargs['coupling_network'] = custom_network
   if split != 'channel':
     kwargs['levels'] = 1
-  with mock.patch.object(
-    glow_module, 'build_steps', functools.partial(level_module.build_steps, split=split)
-  ):
-    reference = tg.Glow(SHAPE, gradient='autodiff', **kwargs)
-    flow = tg.Glow(SHAPE, gradient=gradient, **kwargs)
+  reference = tg.Glow(SHAPE, gradient='autodiff', **kwargs)
+  flow = tg.Glow(SHAPE, gradient=gradient, **kwargs)
   reference.initialize(tf.constant(X))
   perturb(reference, 0.1)
   for a, b in zip(flow.variables, reference.variables):

@@ -6,10 +6,6 @@ alternate over a stack's steps; a level built with a spatial split runs as one S
 that cannot work is refused in one line.
 """
 
-import contextlib
-import functools
-from unittest import mock
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -17,21 +13,12 @@ import tensorflow as tf
 import tfp_glow as tg
 from tfp_glow import names
 from tfp_glow.bijectors import Coupling, splits
-from tfp_glow.flow import glow as glow_module
 from tfp_glow.flow import level as level_module
 from tfp_glow.flow.stack import StepStack
+from tfp_glow.specs import CouplingSpec
 from tfp_glow.testing import check_bijector, perturb
 
 X = tf.constant(np.random.default_rng(0).uniform(-0.5, 0.5, (3, 4, 4, 3)))
-
-
-@contextlib.contextmanager
-def glow_split(split):
-  """`Glow` builds its levels with `split` (until the coupling spec names it: `build_steps(split=...)`)."""
-  with mock.patch.object(
-    glow_module, 'build_steps', functools.partial(level_module.build_steps, split=split)
-  ):
-    yield
 
 
 def coupling(split, transform, **kwargs):
@@ -94,8 +81,8 @@ def test_a_stack_alternates_the_mask_over_its_steps():
 @SLOW
 @pytest.mark.parametrize('split, transform', [('checkerboard', 'spline'), ('stripes', 'affine')])
 def test_a_glow_with_a_spatial_split_runs_its_steps_as_one_loop(split, transform):
-  with glow_split(split):
-    glow = tg.Glow((8, 8, 1), levels=2, steps=2, width=8, coupling=transform, seed=0, dtype=tf.float64)
+  spec = CouplingSpec(transform=transform, split=split)
+  glow = tg.Glow((8, 8, 1), levels=2, steps=2, width=8, coupling=spec, seed=0, dtype=tf.float64)
   assert all(isinstance(level.steps, StepStack) for level in glow.levels)
   assert all(step.coupling.split_spec.name == split for level in glow.levels for step in level.steps)
   perturb(glow, 0.1)
@@ -112,13 +99,13 @@ def test_sizes_and_combinations_that_cannot_work_are_refused_in_one_line():
     ValueError, match=r"coupling split must be one of \('channel', 'checkerboard', 'stripes'\)"
   ):
     Coupling(2, 8, split='diagonal')
-  with glow_split('checkerboard'), pytest.raises(ValueError, match=r'Glow level 1 \(1x1x16\).*split evenly'):
-    tg.Glow((4, 4, 2), levels=2, steps=1, width=8, seed=0)
-  with (
-    glow_split('stripes'),
-    pytest.raises(ValueError, match=r"split='stripes' belongs to the built-in coupling"),
-  ):
-    tg.Glow((4, 4, 2), levels=1, steps=1, width=8, coupling=tg.bijectors.AffineCoupling, seed=0)
+  with pytest.raises(ValueError, match=r'Glow level 1 \(1x1x16\).*split evenly'):
+    tg.Glow((4, 4, 2), levels=2, steps=1, width=8, seed=0, coupling=CouplingSpec(split='checkerboard'))
+  with pytest.raises(ValueError, match=r"split='stripes' belongs to the built-in coupling"):
+    rng = np.random.default_rng(0)
+    level_module.build_steps(
+      0, 8, 1, 8, tg.bijectors.AffineCoupling, 'reverse', None, rng, tf.float32, split='stripes'
+    )
 
 
 @SLOW

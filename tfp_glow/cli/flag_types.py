@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from typing import NoReturn
 
 from tfp_glow import names as glow_names
 
@@ -73,7 +74,7 @@ class Parser(argparse.ArgumentParser):
   """argparse, with a `Number` flag out of range reported as the commands' own checks are: one line
   `PROG: error: --flag must be ..., got VALUE` (no usage block); other errors as argparse does."""
 
-  def error(self, message: str):
+  def error(self, message: str) -> NoReturn:
     m = re.fullmatch(r'argument (-[^\s:]+): (must be .*)', message)
     if m:
       self.exit(2, f'{self.prog}: error: {m[1].split("/")[-1]} {m[2]}\n')

@@ -50,6 +50,7 @@ _FLAGS = (
   'coupling',
   'permutation',
   'conditioner',
+  'split',
   'ema',
   'clipnorm',
   'conditional',

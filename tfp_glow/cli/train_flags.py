@@ -92,6 +92,12 @@ def add_train_parser(commands: Any, handler: Callable[[argparse.Namespace], int]
     '4 heads). Default: conv',
   )
   p.add_argument(
+    '--split',
+    choices=glow_names.SPLITS,
+    help="which elements of a coupling condition: channel (halves, the paper's), or the spatial checkerboard "
+    'or stripes masks (RealNVP; the mask alternates over the steps). Default: channel',
+  )
+  p.add_argument(
     '--ema',
     action=argparse.BooleanOptionalAction,
     help='Polyak-average the weights (EMA, momentum 0.99), used after training; it lags a short '

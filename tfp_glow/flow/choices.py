@@ -27,8 +27,6 @@ def is_layer_class(kind: Any) -> bool:
 def coupling_parts(spec: CouplingSpec, who: str = 'Glow') -> tuple[Any, conditioners.Conditioner]:
   """(transform, conditioner) of a CouplingSpec: a transform without settings by its name (the paper's
   'affine' / 'additive' keep their own classes, `tfp_glow.flow.level`), else its instance."""
-  if spec.split != 'channel':
-    raise ValueError(f"{who}: coupling split {spec.split!r} is not built yet; use 'channel'.")
   transform: Any = spec.transform
   if spec.transform_settings:
     cls = transforms.TRANSFORMS[spec.transform]
@@ -77,7 +75,16 @@ def deprecated_memory_saving(gradient: str | None, memory_saving: bool | str, wh
   return specs.gradient_of(gradient, memory_saving, who)
 
 
-def check_config(image_shape, levels, steps, width, permutation, num_classes, dtype, who='Glow') -> tuple:
+def check_config(
+  image_shape: Any,
+  levels: int,
+  steps: int,
+  width: int,
+  permutation: Any,
+  num_classes: int | None,
+  dtype: Any,
+  who: str = 'Glow',
+) -> tuple[int, int, int]:
   """Validates Glow's arguments (the checks of ModelSpec's fields, said as `who`'s); returns (H, W, C)."""
   shape = tuple(image_shape) if isinstance(image_shape, (tuple, list)) else image_shape
   if isinstance(shape, tuple) and all(isinstance(d, np.integer) for d in shape):

@@ -110,7 +110,18 @@ class Glow(GlowBijector):
     for l in range(levels):
       h, w, c = h // 2, w // 2, c * 4
       steps_l = build_steps(
-        l, c, steps, width, coupling, permutation, coupling_network, rng, dtype, self._conditioner, (h, w)
+        l,
+        c,
+        steps,
+        width,
+        coupling,
+        permutation,
+        coupling_network,
+        rng,
+        dtype,
+        self._conditioner,
+        (h, w),
+        split=self._coupling_spec.split,
       )
       if l < levels - 1:
         exit_ = SplitPrior(c, dtype=dtype, name=f'level{l}_split_prior')

@@ -16,7 +16,7 @@ from tfp_glow.runs.errors import RunError
 
 # Older or shorter spellings a run still takes, folded into the spec's own fields: a conditioner by name beside
 # the coupling's transform, each part's settings, and the deprecated memory_saving ('off', 'inverse', ...).
-SHORTCUTS = ('conditioner', 'conditioner_settings', 'transform_settings', 'memory_saving')
+SHORTCUTS = ('conditioner', 'conditioner_settings', 'transform_settings', 'split', 'memory_saving')
 
 
 def run_config(**settings: Any) -> dict:
@@ -60,6 +60,7 @@ def run_config(**settings: Any) -> dict:
       given.get('conditioner'),
       given.get('conditioner_settings'),
       given.get('transform_settings'),
+      given.get('split'),
       base=base,
       who='run',
     ).to_dict()

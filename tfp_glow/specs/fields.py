@@ -98,12 +98,17 @@ def _jsonable(value: Any) -> Any:
   return value
 
 
+def _dataclass(spec: Any) -> Any:
+  """`spec` as it is: every Spec subclass is a dataclass, which type checkers cannot see on the base."""
+  return spec
+
+
 class Spec:
   """The shared behaviour of the frozen spec dataclasses: checks on construction, JSON round trip."""
 
   def __post_init__(self) -> None:
     self._normalize()
-    for f in dataclasses.fields(self):
+    for f in dataclasses.fields(_dataclass(self)):
       check_setting(type(self), f.name, getattr(self, f.name), type(self).__name__)
     self._check_together(type(self).__name__)
 
@@ -127,15 +132,15 @@ class Spec:
       raise ValueError(f'{who}: {str(e)[len(prefix) :]}') from None
 
   def replace(self: S, **changes: Any) -> S:
-    return dataclasses.replace(self, **changes)
+    return dataclasses.replace(_dataclass(self), **changes)
 
   def to_dict(self) -> dict[str, Any]:
     """Every setting, JSON-ready (`from_dict` reads it back)."""
-    return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+    return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(_dataclass(self))}
 
   @classmethod
   def keys(cls) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls))
+    return tuple(f.name for f in dataclasses.fields(_dataclass(cls)))
 
   @classmethod
   def from_dict(cls: type[S], values: dict[str, Any], who: str | None = None) -> S:

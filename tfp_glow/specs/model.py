@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from tfp_glow.names import CONDITIONERS, COUPLINGS, DEQUANTIZATIONS, GRADIENTS, PERMUTATIONS
+from tfp_glow.names import CONDITIONERS, COUPLINGS, DEQUANTIZATIONS, GRADIENTS, PERMUTATIONS, SPLITS
 from tfp_glow.specs.fields import (
   BOOL,
   NON_NEGATIVE_FLOAT,
@@ -30,7 +30,6 @@ from tfp_glow.specs.fields import (
   setting,
 )
 
-SPLITS = ('channel',)  # the coupling's split: channel halves (spatial masks: a later option)
 FLOW_DTYPES = ('float32', 'float64')
 IMAGE_SHAPE = (
   lambda s: isinstance(s, tuple) and len(s) == 3 and all(isinstance(d, int) and d > 0 for d in s),
@@ -65,7 +64,7 @@ def _named(part: Any, settings: dict | None, what: str, who: str) -> tuple[Any, 
       raise ValueError(
         f'{who}: {what}_settings={settings!r} given with a {what} instance {part!r}: give one.'
       )
-    return part.name, dataclasses.asdict(part)
+    return part.name, dataclasses.asdict(part)  # type: ignore[attr-defined]
   return part, settings
 
 
@@ -74,6 +73,7 @@ def coupling_spec(
   conditioner: Any = None,
   conditioner_settings: dict | None = None,
   transform_settings: dict | None = None,
+  split: str | None = None,
   *,
   base: CouplingSpec | None = None,
   who: str = 'CouplingSpec',
@@ -82,7 +82,8 @@ def coupling_spec(
 
   coupling: a CouplingSpec or its dict (the whole coupling), a transform name ('spline'), or a transform
     instance (`transforms.Spline(bins=8)`). conditioner: a name or an instance. *_settings: the named part's
-    settings, merged over the base's (a part whose name changes starts from {}).
+    settings, merged over the base's (a part whose name changes starts from {}). split: a split's name
+    ('channel', 'checkerboard', 'stripes'; `tfp_glow.bijectors.splits`).
   """
   spec = base or CouplingSpec()
   if isinstance(coupling, dict):
@@ -114,6 +115,8 @@ def coupling_spec(
       if not isinstance(extra, dict):
         raise SpecError(who, key, 'a dict of named settings', extra)
       spec = spec.replace(**{key: {**getattr(spec, key), **extra}})
+  if split is not None:
+    spec = spec.replace(split=split)
   return CouplingSpec.create(who, **dataclasses.asdict(spec))
 
 

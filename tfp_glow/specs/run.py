@@ -64,7 +64,7 @@ class TrainingSpec(Spec):
 
 # `tfp-glow train`'s model defaults where they differ from ModelSpec's (the paper's): a model that trains in
 # hours on one GPU, and a fixed seed (a rerun is the same run).
-RUN_MODEL_DEFAULTS = dict(steps=16, width=256, seed=0)
+RUN_MODEL_DEFAULTS: dict[str, Any] = dict(steps=16, width=256, seed=0)
 # Per data set, over RUN_MODEL_DEFAULTS and TrainingSpec's defaults (other data sets and folder:PATH: none).
 # Only digits trains in minutes on a CPU; 28x28 data allows levels <= 2 (28 = 4 * 7).
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -119,7 +119,7 @@ def run_defaults(dataset: str | None) -> dict[str, Any]:
     **field_defaults(TrainingSpec),
     **model,
     **RUN_MODEL_DEFAULTS,
-    **DATASET_DEFAULTS.get(dataset, {}),
+    **DATASET_DEFAULTS.get(dataset or '', {}),
   }
   defaults['coupling'] = defaults['coupling'].to_dict()
   if dataset is not None:
