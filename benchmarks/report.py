@@ -126,8 +126,18 @@ def likelihood_section(data: dict) -> str:
   return '\n'.join(out) + '\n'
 
 
+def defaults_study_section(data: dict) -> str:
+  import defaults_study  # noqa: PLC0415  (benchmarks/, next to this file)
+
+  return defaults_study.section(data)
+
+
 # Results files with a section of their own below the table.
-SECTIONS = {'public_api.json': public_api_section, 'likelihood.json': likelihood_section}
+SECTIONS = {
+  'public_api.json': public_api_section,
+  'likelihood.json': likelihood_section,
+  'defaults_study.json': defaults_study_section,
+}
 
 
 def main() -> None:

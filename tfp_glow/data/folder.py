@@ -31,6 +31,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tfp_glow.data import listing_cache
 from tfp_glow.data.info import _LOG, NAMED_SKIPS, ImageReport
 from tfp_glow.data.pipeline import shuffled_indices
 from tfp_glow.data.quantize import reduce_bits
@@ -85,16 +86,39 @@ def _walk(root: str):
     yield directory, dirs, files
 
 
-def _images_below(root: str, top: str) -> list[str]:
-  """Relative paths (to `root`) of every image file below root/top, recursively, hidden folders skipped."""
+def _images_below(root: str, top: str, walked: list[str]) -> list[str]:
+  """Relative paths (to `root`) of every image file below root/top, recursively, hidden folders skipped;
+  the directories walked are appended to `walked` (relative to root)."""
   found = []
   for directory, _, files in _walk(os.path.join(root, top)):
+    walked.append(os.path.relpath(directory, root))
     found += [os.path.relpath(os.path.join(directory, f), root) for f in files if _is_image(f)]
   return found
 
 
 def list_images(root: str) -> tuple[list[str], np.ndarray | None, tuple[str, ...] | None]:
   """(sorted relative paths, int32 labels or None, class names or None) of the folder `root`."""
+  return _list_images(root, [])
+
+
+def listing(
+  root: str,
+) -> tuple[np.ndarray | list[str], np.ndarray | None, tuple[str, ...] | None, np.ndarray]:
+  """`list_images(root)` and its `test_mask`, kept between runs where the folder has not changed
+  (`tfp_glow.data.listing_cache`); the paths are a list of str, or UTF-8 bytes [N] from the cache."""
+  if not tf.io.gfile.isdir(root):
+    raise ValueError(f'folder data set: {root!r} is not a directory')
+  kept = listing_cache.load(root)
+  if kept is not None:
+    return kept
+  walked = ['.']
+  relative, labels, class_names = _list_images(root, walked)
+  mask = test_mask(relative)
+  listing_cache.save(root, walked, relative, labels, class_names, mask)
+  return relative, labels, class_names, mask
+
+
+def _list_images(root: str, walked: list[str]) -> tuple[list[str], np.ndarray | None, tuple[str, ...] | None]:
   if not tf.io.gfile.isdir(root):
     raise ValueError(f'folder data set: {root!r} is not a directory')
   if '://' in root:
@@ -105,7 +129,7 @@ def list_images(root: str) -> tuple[list[str], np.ndarray | None, tuple[str, ...
       is_dir = {e.name: e.is_dir() for e in it if not e.name.startswith('.')}
   top_files = sorted(e for e, d in is_dir.items() if not d and _is_image(e))
   subdirs = sorted(e for e, d in is_dir.items() if d)
-  per_class = {d: sorted(_images_below(root, d)) for d in subdirs}
+  per_class = {d: sorted(_images_below(root, d, walked)) for d in subdirs}
   classes = tuple(d for d in subdirs if per_class[d])
   if top_files and classes:
     raise ValueError(
@@ -250,7 +274,7 @@ def folder_bins(
   """
   if bad_files not in BAD_FILES:
     raise ValueError(f'bad_files must be one of {", ".join(BAD_FILES)}, got {bad_files!r}')
-  relative, labels, class_names = list_images(root)
+  relative, labels, class_names, test = listing(root)
   if with_labels and class_names is None:
     raise ValueError(
       f'folder data set {root!r} has no class subfolders, so no labels: a class-conditional model '
@@ -258,15 +282,16 @@ def folder_bins(
     )
   if split == 'test' and len(relative) < 2:
     raise ValueError(f'folder data set: {root!r} has {len(relative)} image; a test split needs at least 2')
-  keep = test_mask(relative) if split == 'test' else ~test_mask(relative)
+  keep = test if split == 'test' else ~test
   # Full paths are joined in one vectorized op: no Python work per file beyond the listing.
-  relative_kept = np.asarray(relative, dtype=object)[keep]
-  paths_t = tf.strings.join([os.path.join(root, ''), tf.constant(list(relative_kept), tf.string)])
+  relative_kept = np.asarray(relative, dtype=None if isinstance(relative, np.ndarray) else object)[keep]
+  paths_t = tf.strings.join([os.path.join(root, ''), tf.constant(relative_kept, tf.string)])
   n = len(relative_kept)
   split_labels = labels[keep] if labels is not None else np.zeros(n, np.int32)
   # Probed over both splits' files, so that train and test agree on the shape and channels.
   picks = sorted({int(i) for i in np.linspace(0, len(relative) - 1, min(_PROBES, len(relative)))})
-  shape = _probe([os.path.join(root, relative[i]) for i in picks], image_size, bad_files)
+  names = [p.decode() if isinstance(p, bytes) else p for p in (relative[i] for i in picks)]
+  shape = _probe([os.path.join(root, name) for name in names], image_size, bad_files)
   resize = image_size is not None
   if bad_files == 'error':
     _check_every_file([p.decode() for p in paths_t.numpy()], shape, resize)
