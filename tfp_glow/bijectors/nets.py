@@ -14,6 +14,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from tfp_glow.bijectors.xla_conv import conv2d
 from tfp_glow.names import MIXED_POLICIES
 
 # exp(LOGSCALE_FACTOR * logs) scales the zero-initialized last layers' outputs (the reference's value)
@@ -143,9 +144,9 @@ def coupling_network_activations(
   (out, (a1, a2, pre)), with a1, a2 the two hidden ReLU outputs [N, H, W, width] and pre the last
   convolution's output before its exp(logscale_factor * logs) scale [N, H, W, out_channels]."""
   k_in, b_in, k_hidden, b_hidden, k_out, b_out, logs = (tf.cast(w, compute_dtype) for w in weights)
-  a1 = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(tf.cast(x, compute_dtype), k_in, 1, 'SAME'), b_in))
-  a2 = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(a1, k_hidden, 1, 'SAME'), b_hidden))
-  pre = tf.nn.bias_add(tf.nn.conv2d(a2, k_out, 1, 'SAME'), b_out)
+  a1 = tf.nn.relu(tf.nn.bias_add(conv2d(tf.cast(x, compute_dtype), k_in), b_in))
+  a2 = tf.nn.relu(tf.nn.bias_add(conv2d(a1, k_hidden), b_hidden))
+  pre = tf.nn.bias_add(conv2d(a2, k_out), b_out)
   return pre * tf.exp(logs * logscale_factor), (a1, a2, pre)
 
 

@@ -21,8 +21,9 @@ GlowModel's training step takes only first-order gradients: it says so by passin
 `training_gradient` (through `GlowDistribution.log_prob_parts` and `Glow.encode_with_log_det`), and the level
 gradient then applies without asking TensorFlow anything.
 
-Where the hand-built loop cannot be faster, 'stored' is 'autodiff': under XLA (TensorFlow's own gradient of
-unrolled steps compiles well) and for a StepList (unrolled steps, whose plain gradient stores the same).
+Where the hand-built loop cannot be faster, 'stored' is 'autodiff': for a StepList and a one-step stack (unrolled
+steps, whose plain gradient stores the same). Under XLA every mode keeps its loops (one XLA `while` each, with a
+known trip count: `tfp_glow.flow.stack`), so compile time does not grow with K.
 Gradients equal TensorFlow's own to rounding in every mode (tests/test_autodiff_modes.py).
 """
 

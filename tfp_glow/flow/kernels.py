@@ -12,7 +12,8 @@ Given the step's input x and the network's activations (stored in the forward lo
 step's output by `invert_step`, since NN's input x_a passes through the coupling unchanged), `step_vjp` gives
 the vector-Jacobian products of (y, log-det) with respect to x and every parameter: the cheap layers are
 recomputed under a tape, the network's VJP is taken from its activations (`network_vjp`, the same
-convolution-gradient kernels TensorFlow's own gradient uses). First order only: `tfp_glow.flow.gradients`
+convolution-gradient kernels TensorFlow's own gradient uses; under XLA those of
+`tfp_glow.bijectors.xla_conv`, which XLA:CPU runs fast inside a loop). First order only: `tfp_glow.flow.gradients`
 steps aside to plain autodiff wherever a higher order is asked for.
 """
 
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import tensorflow as tf
 
+from tfp_glow.bijectors import xla_conv
 from tfp_glow.bijectors.coupling import Coupling
 from tfp_glow.bijectors.nets import LOGSCALE_FACTOR, coupling_network_activations
 
@@ -93,15 +95,9 @@ def network_vjp(
   x_c = tf.cast(x, compute_dtype)
   grads, d = [], d_out * e
   for inputs, kernel in ((a2, k_out), (a1, k_hidden), (x_c, k_in)):
-    grads.append(
-      tf.raw_ops.Conv2DBackpropFilter(
-        input=inputs, filter_sizes=tf.shape(kernel), out_backprop=d, strides=[1, 1, 1, 1], padding='SAME'
-      )
-    )
+    grads.append(xla_conv.conv2d_filter_gradient(inputs, d, tf.shape(kernel)))
     grads.append(tf.raw_ops.BiasAddGrad(out_backprop=d))
-    d_inputs = tf.raw_ops.Conv2DBackpropInput(
-      input_sizes=tf.shape(inputs), filter=kernel, out_backprop=d, strides=[1, 1, 1, 1], padding='SAME'
-    )
+    d_inputs = xla_conv.conv2d_input_gradient(d, kernel, tf.shape(inputs))
     d = tf.raw_ops.ReluGrad(gradients=d_inputs, features=inputs) if inputs is not x_c else d_inputs
   d_k_out, d_b_out, d_k_hidden, d_b_hidden, d_k_in, d_b_in = grads
   ordered = [d_k_in, d_b_in, d_k_hidden, d_b_hidden, d_k_out, d_b_out, d_logs]

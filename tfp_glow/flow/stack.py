@@ -15,8 +15,13 @@ initialize actnorm from data (`initialize`). How a level is differentiated is ch
   latent -> image:  h_K = z;      h_k, ld_k = step^-1(params[k], h_{k+1})        k = K-1 .. 0
   log-det = sum_k ld_k,  step = actnorm -> permutation -> coupling (image -> latent order)
 
-Under XLA (`jit_compile=True`, `tfp_glow.flow.xla`) a stack's steps are unrolled with the same body (the
-stacks split with one `tf.unstack` each): XLA compiles unrolled steps well and while-loop gradients badly.
+The loop is the same under XLA (`jit_compile=True`): `tf.while_loop` with `maximum_iterations=K` becomes one
+XLA `while` with a known trip count, its TensorArrays fixed-size buffers [K, ...] read and written with dynamic
+slices, for the forward loop, TensorFlow's own gradient of it ('autodiff') and the hand-built backward loops
+('stored', 'inverse', `tfp_glow.flow.gradients`). So compiling a level costs one step's body whatever K is
+(unrolling, as before, grew compile time linearly with K). XLA:CPU runs a convolution inside a loop fast only
+in its canonical layout: the network's convolutions and their gradients are written that way
+(`tfp_glow.bijectors.xla_conv`). Only K = 1 runs unrolled.
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ import tensorflow as tf
 
 from tfp_glow.bijectors.actnorm import ActNorm, data_init
 from tfp_glow.bijectors.base import GlowBijector
-from tfp_glow.flow.xla import tracing_for_xla
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,8 +78,9 @@ class StepStack(_Steps):
     self._sizes = [len(b.parameter_variables()) for b in self.template]
 
   def unrolled(self) -> bool:
-    """True where the steps run as K copies of the body instead of one loop: under XLA, or K = 1."""
-    return len(self.steps) == 1 or tracing_for_xla()
+    """True where the steps run as K copies of the body instead of one loop: K = 1 only. Under XLA too the K
+    steps are one loop (an XLA `while` with a known trip count), so compile time does not grow with K."""
+    return len(self.steps) == 1
 
   # ---- the pieces of a step ----------------------------------------------------------------------
 

@@ -1,9 +1,9 @@
 """Whether TensorFlow is tracing a function for XLA (`jit_compile=True`).
 
 Some graph shapes that are fast for TensorFlow's executor are slow to compile or to run under XLA, as
-measured on this project's CPU (BENCHMARKS.md): the per-level step loops (`tfp_glow.flow.stack`) ran their
-gradients 30x slower, and the fused optimizer kernels (`tfp_glow.training.optim`) took the first step from 21 to 87 s.
-Those code paths ask this module and take the plain route under XLA.
+measured on this project's CPU (BENCHMARKS.md): the fused optimizer kernels (`tfp_glow.training.optim`) took the
+first step from 21 to 87 s, and TensorFlow's convolution gradients inside a loop ran as naive loop nests
+(`tfp_glow.bijectors.xla_conv`). Those code paths ask this module and take another route under XLA.
 """
 
 from __future__ import annotations
