@@ -107,22 +107,12 @@ class Glow(GlowBijector):
     rng = np.random.default_rng(seed)
     self._levels = []
     h, w, c = self._image_shape
+    # What every level's steps share (a GlowBijector class as coupling has no spec: the channel split).
+    shared = (steps, width, coupling, permutation, coupling_network, rng, dtype, self._conditioner)
+    split = self._coupling_spec.split if self._coupling_spec else 'channel'
     for l in range(levels):
       h, w, c = h // 2, w // 2, c * 4
-      steps_l = build_steps(
-        l,
-        c,
-        steps,
-        width,
-        coupling,
-        permutation,
-        coupling_network,
-        rng,
-        dtype,
-        self._conditioner,
-        (h, w),
-        split=self._coupling_spec.split,
-      )
+      steps_l = build_steps(l, c, *shared, (h, w), split=split)
       if l < levels - 1:
         exit_ = SplitPrior(c, dtype=dtype, name=f'level{l}_split_prior')
         latent_shape = (h, w, c - c // 2)
