@@ -184,16 +184,6 @@ class StepList(_Steps):
     self.steps = tuple(steps)
     self.variables = [v for s in self.steps for b in s.bijectors() for v in b.trainable_variables]
 
-  def unrolled(self) -> bool:
-    return True
-
-  def parameter_columns(self, unroll: bool) -> None:
-    return None  # each step reads its own variables
-
-  @staticmethod
-  def step_parameters(columns, k: int) -> int:
-    return k  # "step k's parameters" are its layers' own variables
-
   def apply_step(self, k: int, h: tf.Tensor, inverse: bool):
     """Step k, image -> latent if `inverse`, else latent -> image: (h, log-det [N])."""
     layers = self.steps[k].bijectors()
