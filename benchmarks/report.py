@@ -126,8 +126,19 @@ def likelihood_section(data: dict) -> str:
   return '\n'.join(out) + '\n'
 
 
+def couplings_section(data: dict) -> str:
+  """benchmarks/couplings.py: the couplings on natural images (`couplings_table.section`)."""
+  import couplings_table  # noqa: PLC0415  (benchmarks/, next to this file)
+
+  return couplings_table.section(data)
+
+
 # Results files with a section of their own below the table.
-SECTIONS = {'public_api.json': public_api_section, 'likelihood.json': likelihood_section}
+SECTIONS = {
+  'public_api.json': public_api_section,
+  'likelihood.json': likelihood_section,
+  'couplings.json': couplings_section,
+}
 
 
 def main() -> None:
