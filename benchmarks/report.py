@@ -132,11 +132,19 @@ def defaults_study_section(data: dict) -> str:
   return defaults_study.section(data)
 
 
+def couplings_section(data: dict) -> str:
+  """benchmarks/couplings.py: the couplings on natural images (`couplings_table.section`)."""
+  import couplings_table  # noqa: PLC0415  (benchmarks/, next to this file)
+
+  return couplings_table.section(data)
+
+
 # Results files with a section of their own below the table.
 SECTIONS = {
   'public_api.json': public_api_section,
   'likelihood.json': likelihood_section,
   'defaults_study.json': defaults_study_section,
+  'couplings.json': couplings_section,
 }
 
 
