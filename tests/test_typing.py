@@ -6,10 +6,10 @@ included), at module level or in a class whose name has no leading underscore; f
 not API. Fully annotated: every parameter but `self` / `cls`, and the return (as mypy, an `__init__` with
 annotated parameters may leave out `-> None`).
 
-Modules listed in NOT_YET_CHECKED are still being rewritten: mypy ignores their errors (the same list is in
-setup.cfg, checked below) and the annotation count skips them. PARTLY_CHECKED modules are annotated and checked
-but for the error codes that bijectors/base.py's interface causes in its users (setup.cfg says which). Take a
-module off the lists once it is clean.
+Every module is checked; PARTLY_CHECKED modules (the same list as setup.cfg's, checked below) for all but the
+error codes that bijectors/base.py's interface causes in its users (its Optional `layer` and
+`current_parameters()`, `**kwargs` in `*_and_log_det`, overrides that add `context` / `labels`: setup.cfg says
+which). No module is left out (no `ignore_errors`). Take a module off the list once it is clean.
 """
 
 from __future__ import annotations
@@ -25,36 +25,23 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / 'tfp_glow'
 
-# Modules (dotted names) not yet clean; setup.cfg's [mypy-...] section with `ignore_errors = True` lists them.
-NOT_YET_CHECKED = (
+PARTLY_CHECKED = (
+  'tfp_glow.bijectors.actnorm',
   'tfp_glow.bijectors.base',
   'tfp_glow.bijectors.conditioners',
-  'tfp_glow.bijectors.conditioners.transformer',
   'tfp_glow.bijectors.coupling',
-  'tfp_glow.cli.flags',
-  'tfp_glow.cli.train_command',
-  'tfp_glow.configs',
-  'tfp_glow.data.folder',
+  'tfp_glow.bijectors.invertible_conv',
+  'tfp_glow.bijectors.permutation',
+  'tfp_glow.bijectors.squeeze',
+  'tfp_glow.bijectors.top_prior',
   'tfp_glow.flow.glow',
+  'tfp_glow.flow.gradients',
+  'tfp_glow.flow.kernels',
   'tfp_glow.flow.level',
   'tfp_glow.flow.stack',
   'tfp_glow.runs.config',
   'tfp_glow.training.model',
 )
-PARTLY_CHECKED = (
-  'tfp_glow.bijectors.actnorm',
-  'tfp_glow.bijectors.invertible_conv',
-  'tfp_glow.bijectors.permutation',
-  'tfp_glow.bijectors.squeeze',
-  'tfp_glow.bijectors.top_prior',
-  'tfp_glow.flow.gradients',
-  'tfp_glow.flow.kernels',
-)
-
-
-def _module_name(path: pathlib.Path) -> str:
-  parts = path.relative_to(ROOT).with_suffix('').parts
-  return '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
 
 
 def _is_public(name: str) -> bool:
@@ -94,7 +81,7 @@ def _visit(node: ast.AST, where: str, prefix: str, in_class: bool, found: list[s
 
 
 def _checked_modules() -> list[pathlib.Path]:
-  return [p for p in sorted(PACKAGE.rglob('*.py')) if _module_name(p) not in NOT_YET_CHECKED]
+  return sorted(PACKAGE.rglob('*.py'))
 
 
 def test_every_public_function_and_method_is_annotated():
@@ -140,7 +127,7 @@ def _mypy_sections(option: str) -> list[str]:
 
 
 def test_setup_cfg_relaxes_mypy_in_exactly_the_modules_listed_here():
-  assert _mypy_sections('ignore_errors') == sorted(NOT_YET_CHECKED)
+  assert _mypy_sections('ignore_errors') == []  # every module is checked
   assert _mypy_sections('disable_error_code') == sorted(PARTLY_CHECKED)
 
 

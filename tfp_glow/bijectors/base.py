@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, TypeAlias
 
 import keras
 import tensorflow as tf
 from tensorflow_probability import bijectors as tfb
 from tensorflow_probability.python.internal import cache_util
 
-Tensor = tf.Tensor
+Tensor: TypeAlias = tf.Tensor
 # (value, log-det): the log-det has shape [N] (one per image) or [] (the same for every image).
 ValueAndLogDet = tuple[Tensor, Tensor]
 
@@ -182,7 +182,7 @@ class GlowBijector(tfb.Bijector):
     return None
 
   @classmethod
-  def stacked(cls, channels: int, steps: int, **settings) -> list:
+  def stacked(cls, channels: int, steps: int, **settings: Any) -> list:
     """K = `steps` bijectors of this class (constructor arguments `channels, **settings`, by name) that view
     one layer of stacked parameters ([K, ...], built once by `_parameter_layer(K, name)`): step k is
     `cls(..., name=f'{name}_{k}', stack=(layer, k))` (see `index`). What a Glow level uses."""
@@ -233,14 +233,14 @@ class GlowBijector(tfb.Bijector):
     """`forward_and_log_det` with `parameters` (as from `current_parameters`) in place of this layer's own."""
     raise NotImplementedError(f'{type(self).__name__} does not take its parameters as arguments.')
 
-  def forward_and_log_det(self, x: Tensor, **kwargs) -> ValueAndLogDet:
+  def forward_and_log_det(self, x: Tensor, **kwargs: Any) -> ValueAndLogDet:
     """Latent -> image on `[N, H, W, C]`: (y, log|det dy/dx|, shape [N] or []). Subclasses implement it,
     or implement `parameter_variables` and `forward_and_log_det_with` (then this calls the latter)."""
     if kwargs or self.parameter_variables() is None:
       raise NotImplementedError(f'{type(self).__name__} does not implement forward_and_log_det.')
     return self.forward_and_log_det_with(self.current_parameters(), x)
 
-  def inverse_and_log_det(self, y: Tensor, **kwargs) -> ValueAndLogDet:
+  def inverse_and_log_det(self, y: Tensor, **kwargs: Any) -> ValueAndLogDet:
     """Image -> latent on `[N, H, W, C]`: (x, log|det dx/dy|, shape [N] or []). Subclasses implement it,
     or implement `parameter_variables` and `inverse_and_log_det_with` (then this calls the latter)."""
     if kwargs or self.parameter_variables() is None:
@@ -302,7 +302,7 @@ class ParameterLayer(keras.layers.Layer):
     super().__init__(dtype=tf.as_dtype(dtype).name, name=name)
     self.built = True
 
-  def call(self, inputs):  # Keras wants a call; these layers are read, never called.
+  def call(self, inputs: Any) -> Any:  # Keras wants a call; these layers are read, never called.
     return inputs
 
 
@@ -314,5 +314,5 @@ class LayerGroup(keras.layers.Layer):
     self.members = list(members)
     self.built = True
 
-  def call(self, inputs):
+  def call(self, inputs: Any) -> Any:
     return inputs

@@ -3,6 +3,8 @@ the other half through a network."""
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -187,7 +189,9 @@ class Coupling(GlowBijector):
       return None, parameters
     return (self._split.parity, None) if parameters is None else (parameters[-1], parameters[:-1])
 
-  def inverse_and_log_det_with(self, parameters, x, context=None):
+  def inverse_and_log_det_with(
+    self, parameters: Sequence[tf.Tensor], x: tf.Tensor, context: tf.Tensor | None = None
+  ) -> tuple[tf.Tensor, tf.Tensor]:
     self._split.check(x.shape, self.name)
     parity, weights = self._parity_and_weights(parameters)
     x_a, x_b, kept = self._split.divide(x, parity)
@@ -195,7 +199,9 @@ class Coupling(GlowBijector):
     z_b, log_det = self.couple(x_b, h)
     return self._split.join(kept, z_b, parity), log_det
 
-  def forward_and_log_det_with(self, parameters, z, context=None):
+  def forward_and_log_det_with(
+    self, parameters: Sequence[tf.Tensor], z: tf.Tensor, context: tf.Tensor | None = None
+  ) -> tuple[tf.Tensor, tf.Tensor]:
     self._split.check(z.shape, self.name)
     parity, weights = self._parity_and_weights(parameters)
     z_a, z_b, kept = self._split.divide(z, parity)
@@ -203,10 +209,14 @@ class Coupling(GlowBijector):
     x_b, log_det = self.uncouple(z_b, h)
     return self._split.join(kept, x_b, parity), log_det
 
-  def inverse_and_log_det(self, x, context=None):
+  def inverse_and_log_det(
+    self, x: tf.Tensor, context: tf.Tensor | None = None
+  ) -> tuple[tf.Tensor, tf.Tensor]:
     return self.inverse_and_log_det_with(self.current_parameters(), x, context)
 
-  def forward_and_log_det(self, z, context=None):
+  def forward_and_log_det(
+    self, z: tf.Tensor, context: tf.Tensor | None = None
+  ) -> tuple[tf.Tensor, tf.Tensor]:
     return self.forward_and_log_det_with(self.current_parameters(), z, context)
 
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
@@ -70,7 +71,7 @@ _FLAGS = (
 )
 
 
-def train(args) -> int:
+def train(args: argparse.Namespace) -> int:
   """Trains, then writes model.keras, samples.png and metrics.json into --out (`tfp_glow.runs.train`)."""
   config = _train_config(args)
   out = args.out or os.path.join('runs', re.sub(r'[^A-Za-z0-9_.-]+', '_', config['dataset']).strip('_'))

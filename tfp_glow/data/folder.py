@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_glow.data import listing_cache
-from tfp_glow.data.info import _LOG, NAMED_SKIPS, ImageReport
+from tfp_glow.data.info import _LOG, NAMED_SKIPS, ImageReport, SkippedFiles
 from tfp_glow.data.pipeline import shuffled_indices
 from tfp_glow.data.quantize import reduce_bits
 from tfp_glow.data.transforms import convert_decoded, fit_to_size, orient
@@ -263,7 +263,7 @@ def folder_bins(
   bad_files: str = 'skip',
   encoded: bool = False,
   report: ImageReport | None = None,
-):
+) -> tuple[tf.data.Dataset, tuple[int, int, int], tuple[str, ...] | None, int, SkippedFiles | None]:
   """The streaming folder source -> (dataset of uint8 bins [, int32 labels], shape, class_names, n, skipped).
 
   Per element: read the file, decode it (a file that does not decode is skipped), turn it by its EXIF

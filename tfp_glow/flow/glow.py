@@ -113,6 +113,7 @@ class Glow(GlowBijector):
     for l in range(levels):
       h, w, c = h // 2, w // 2, c * 4
       steps_l = build_steps(l, c, *shared, (h, w), split=split)
+      exit_: SplitPrior | TopPrior | None
       if l < levels - 1:
         exit_ = SplitPrior(c, dtype=dtype, name=f'level{l}_split_prior')
         latent_shape = (h, w, c - c // 2)
@@ -308,12 +309,12 @@ class Glow(GlowBijector):
     parts = tf.split(tf.reshape(eps, tf.concat([n, [-1]], 0)), sizes, axis=-1)
     return [tf.reshape(p, tf.concat([n, s], 0)) for p, s in zip(parts, self.latent_shapes)]
 
-  def inverse_and_log_det(self, x, labels=None):
+  def inverse_and_log_det(self, x: tf.Tensor, labels: tf.Tensor | None = None) -> ValueAndLogDet:
     x = self._check_image_input(x)
     enc = self._encode_4d(x, labels)
     return self.join_latents(enc.latents), enc.log_det
 
-  def forward_and_log_det(self, eps, labels=None):
+  def forward_and_log_det(self, eps: tf.Tensor, labels: tf.Tensor | None = None) -> ValueAndLogDet:
     eps = self._check_image_input(eps, 'latents')
     return self._decode_4d(self.split_latent(eps), labels)
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Callable
+from typing import Any, Callable
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from tfp_glow.bijectors import splits, transforms
 from tfp_glow.bijectors.actnorm import ActNorm
@@ -42,17 +43,17 @@ NetworkFn = Callable[[int, int], keras.layers.Layer]  # (in_channels, out_channe
 
 
 def build_steps(
-  level,
-  c,
-  steps,
-  width,
-  coupling,
-  permutation,
-  coupling_network,
-  rng,
-  dtype,
-  conditioner=None,
-  spatial=None,
+  level: int,
+  c: int,
+  steps: int,
+  width: int,
+  coupling: Any,
+  permutation: Any,
+  coupling_network: Any,
+  rng: np.random.Generator,
+  dtype: tf.DType,
+  conditioner: Any = None,
+  spatial: tuple[int, int] | None = None,
   split: str | splits.Split = 'channel',
 ) -> Steps:
   """Level `level`'s K = `steps` steps on c channels: a StepStack where every layer can be stacked, else a
@@ -182,7 +183,16 @@ def _permutations(kind, c, steps, seed, dtype, prefix) -> list[GlowBijector]:
 
 
 def step_with_own_layers(
-  level, k, c, width, coupling, permutation, coupling_network, rng, dtype, split='channel'
+  level: int,
+  k: int,
+  c: int,
+  width: int,
+  coupling: Any,
+  permutation: Any,
+  coupling_network: Any,
+  rng: np.random.Generator,
+  dtype: tf.DType,
+  split: str | splits.Split = 'channel',
 ) -> Step:
   """Step k of a level whose layers each own their parameters (a custom coupling network; a spatial split's
   parity alternates over the steps, as a stack's does)."""

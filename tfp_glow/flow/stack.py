@@ -27,7 +27,7 @@ in its canonical layout: the network's convolutions and their gradients are writ
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Any, Sequence
 
 import tensorflow as tf
 
@@ -95,11 +95,13 @@ class StepStack(_Steps):
     ]
 
   @staticmethod
-  def step_parameters(columns: list, k) -> list[tf.Tensor]:
+  def step_parameters(columns: list, k: int | tf.Tensor) -> list[tf.Tensor]:
     """Step k's parameters from `parameter_columns`."""
     return [c[k] if isinstance(c, list) else c.read(k) for c in columns]
 
-  def apply_step(self, parameters: Sequence[tf.Tensor], h: tf.Tensor, inverse: bool, layers=None):
+  def apply_step(
+    self, parameters: Sequence[tf.Tensor], h: tf.Tensor, inverse: bool, layers: Sequence[Any] | None = None
+  ) -> tuple[tf.Tensor, tf.Tensor]:
     """One step with `parameters` (flat, as `step_parameters`): image -> latent if `inverse`, else latent
     -> image. `layers`: a prefix of the template (its parameters first in `parameters`). (h, log-det [N])."""
     layers = self.template if layers is None else layers
@@ -184,7 +186,7 @@ class StepList(_Steps):
     self.steps = tuple(steps)
     self.variables = [v for s in self.steps for b in s.bijectors() for v in b.trainable_variables]
 
-  def apply_step(self, k: int, h: tf.Tensor, inverse: bool):
+  def apply_step(self, k: int, h: tf.Tensor, inverse: bool) -> tuple[tf.Tensor, tf.Tensor]:
     """Step k, image -> latent if `inverse`, else latent -> image: (h, log-det [N])."""
     layers = self.steps[k].bijectors()
     log_det = tf.zeros(tf.shape(h)[:1], h.dtype)
@@ -231,7 +233,7 @@ def why_not_stacked(layer: GlowBijector | type) -> str | None:
   if not callable(stacked):
     missing.append('stacked')
   elif (
-    stacked.__func__ is GlowBijector.stacked.__func__
+    getattr(stacked, '__func__', None) is getattr(GlowBijector.stacked, '__func__', None)
     and cls._parameter_layer is GlowBijector._parameter_layer
   ):
     missing.append('_parameter_layer')

@@ -110,7 +110,7 @@ class GlowModel(Trainer, PublicCalls, Files, keras.Model):
     conditioner_settings: dict | None = None,
     *,
     spec: ModelSpec | None = None,
-    **kwargs,
+    **kwargs: Any,
   ):
     if spec is None:  # a ModelSpec field without an argument of its own here comes in kwargs
       spec = _spec_of({**locals(), **{k: kwargs.pop(k) for k in list(kwargs) if k in ModelSpec.keys()}})
@@ -213,7 +213,7 @@ class GlowModel(Trainer, PublicCalls, Files, keras.Model):
 
   # ---- actnorm init --------------------------------------------------------------------------
 
-  def initialize(self, images, labels=None) -> None:
+  def initialize(self, images: Any, labels: Any = None) -> None:
     """Actnorm data-dependent init from images [N, H, W, C] in [-0.5, 0.5); a no-op once done."""
     images = self._check_images(images)
     self.glow.initialize(images, self._check_labels(labels, required=False))
@@ -253,5 +253,8 @@ def _spec_of(arguments: dict) -> ModelSpec:
 class _Untracked:
   """Holds objects as plain Python attributes that Keras and TF checkpointing do not walk."""
 
-  def __init__(self, **objects):
+  def __init__(self, **objects: Any) -> None:
     self.__dict__.update(objects)
+
+  def __getattr__(self, name: str) -> Any:  # for type checkers: the attributes are set above
+    raise AttributeError(name)

@@ -22,7 +22,7 @@ patches, Jet-style: `tfp_glow.bijectors.conditioners.transformer`). Adding one: 
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar, Sequence
 
 import tensorflow as tf
 
@@ -41,11 +41,22 @@ class Conv:
   def check_spatial(self, spatial: tuple[int, int] | None, who: str) -> None:
     del spatial, who  # 'same' convolutions: any size
 
-  def stacked(self, in_channels, out_channels, steps, width, spatial, dtype, name) -> StackedCouplingNetworks:
+  def stacked(
+    self,
+    in_channels: int,
+    out_channels: int,
+    steps: int,
+    width: int,
+    spatial: tuple[int, int] | None,
+    dtype: Any,
+    name: str,
+  ) -> StackedCouplingNetworks:
     del spatial
     return StackedCouplingNetworks(in_channels, out_channels, width, steps, dtype, name=name)
 
-  def apply(self, weights, x, compute_dtype, context=None) -> tf.Tensor:
+  def apply(
+    self, weights: Sequence[tf.Tensor], x: tf.Tensor, compute_dtype: Any, context: tf.Tensor | None = None
+  ) -> tf.Tensor:
     if context is not None:
       raise ValueError("The 'conv' conditioner takes no context; use conditioner='transformer'.")
     return apply_coupling_network(weights, x, compute_dtype)
@@ -59,7 +70,11 @@ CONDITIONERS: dict[str, type] = {cls.name: cls for cls in (Conv, Transformer)}  
 def conditioner_from(spec: str | Conditioner, settings: dict | None = None) -> Conditioner:
   """A conditioner from its registry name and optional settings (`{'depth': 2, 'heads': 4}`), or an instance
   (returned as is; settings must then be None)."""
-  if isinstance(spec, tuple(CONDITIONERS.values())):
+  if not isinstance(spec, str):
+    if not isinstance(spec, tuple(CONDITIONERS.values())):
+      raise ValueError(
+        f'conditioner must be one of {tuple(CONDITIONERS)} or an instance of one, got {spec!r}.'
+      )
     if settings:
       raise ValueError(
         f'conditioner_settings={settings!r} given with a conditioner instance {spec!r}: give one.'

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import ClassVar
+from typing import Any, ClassVar, Sequence
 
 import keras
 import tensorflow as tf
@@ -75,7 +75,7 @@ class Transformer:
   name: ClassVar[str] = 'transformer'
   has_kernels: ClassVar[bool] = False  # no hand-built VJP: the gradients use the generic per-step path
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
     for field in ('depth', 'width', 'heads', 'patch_size', 'mlp_ratio'):
       value = getattr(self, field)
       if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -102,12 +102,23 @@ class Transformer:
         f'{h}x{w}; choose a patch_size that divides it (1 always does) or fewer levels.'
       )
 
-  def stacked(self, in_channels, out_channels, steps, width, spatial, dtype, name) -> StackedTransformers:
+  def stacked(
+    self,
+    in_channels: int,
+    out_channels: int,
+    steps: int,
+    width: int,
+    spatial: tuple[int, int],
+    dtype: Any,
+    name: str,
+  ) -> StackedTransformers:
     """K = `steps` conditioners x_a [.., C_a] -> h [.., out] as one stack (`width` is the conv's: unused)."""
     del width
     return StackedTransformers(self, in_channels, out_channels, spatial, steps, dtype, name)
 
-  def apply(self, weights, x, compute_dtype, context=None) -> tf.Tensor:
+  def apply(
+    self, weights: Sequence[tf.Tensor], x: tf.Tensor, compute_dtype: Any, context: tf.Tensor | None = None
+  ) -> tf.Tensor:
     return apply_transformer(self, weights, x, compute_dtype, context)
 
 
@@ -140,7 +151,13 @@ def from_patches(t: tf.Tensor, h: int, w: int, p: int) -> tf.Tensor:
   return tf.reshape(t, [-1, h, w, c])
 
 
-def apply_transformer(spec: Transformer, weights, x, compute_dtype, context=None) -> tf.Tensor:
+def apply_transformer(
+  spec: Transformer,
+  weights: Sequence[tf.Tensor],
+  x: tf.Tensor,
+  compute_dtype: Any,
+  context: tf.Tensor | None = None,
+) -> tf.Tensor:
   """One step's conditioner with its weights as arguments (`WEIGHT_NAMES` order, no step axis):
   x [N, H, W, C_a] -> h [N, H, W, out] in `compute_dtype`. `context`: [N, E] or None."""
   w = dict(zip(WEIGHT_NAMES, (tf.cast(v, compute_dtype) for v in weights)))
@@ -178,7 +195,16 @@ class StackedTransformers(keras.layers.Layer):
   N(0, 0.02^2) position embeddings, and a zero head (h = 0: the coupling starts at its transform's h = 0).
   """
 
-  def __init__(self, spec, in_channels, out_channels, spatial, steps, dtype='float32', name='transformer'):
+  def __init__(
+    self,
+    spec: Transformer,
+    in_channels: int,
+    out_channels: int,
+    spatial: tuple[int, int],
+    steps: int,
+    dtype: Any = 'float32',
+    name: str = 'transformer',
+  ) -> None:
     dtype = dtype if dtype in MIXED_POLICIES else tf.as_dtype(dtype).name
     super().__init__(dtype=dtype, name=name)
     self.spec = spec
@@ -228,5 +254,5 @@ class StackedTransformers(keras.layers.Layer):
   def weights_in_order(self) -> list[keras.Variable]:
     return list(self._ordered)
 
-  def call(self, inputs):  # Keras wants a call; this layer is read, never called.
+  def call(self, inputs: Any) -> Any:  # Keras wants a call; this layer is read, never called.
     return inputs
