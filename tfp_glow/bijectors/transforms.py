@@ -192,8 +192,11 @@ class Spline:
     x_k, w, y_k, t, d0, d1 = self._bin(xs, x, ds, ys)
     slope = t / w
     xi = (x - x_k) / w
-    y = y_k + t * _rational(slope, xi, d0, d1)
-    log_det = tf.where(inside, tf.math.log(_spline_derivative(slope, xi, d0, d1)), tf.zeros_like(x))
+    both = xi * (1 - xi)
+    denominator = slope + (d0 + d1 - 2 * slope) * both  # shared by the value and its derivative
+    y = y_k + t * (slope * xi**2 + d0 * both) / denominator
+    derivative = slope**2 * (d1 * xi**2 + 2 * slope * both + d0 * (1 - xi) ** 2) / denominator**2
+    log_det = tf.where(inside, tf.math.log(derivative), tf.zeros_like(x))
     return tf.where(inside, y, x_b), _sum_per_image(log_det)
 
   def uncouple(self, z_b: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
@@ -213,13 +216,6 @@ class Spline:
     x = x_k + xi * w
     log_det = tf.where(inside, -tf.math.log(_spline_derivative(slope, xi, d0, d1)), tf.zeros_like(y))
     return tf.where(inside, x, z_b), _sum_per_image(log_det)
-
-
-def _rational(slope: Tensor, xi: Tensor, d0: Tensor, d1: Tensor) -> Tensor:
-  """(y - y_k) / t of the rational-quadratic bin at xi (see `Spline`):
-  (S xi^2 + d0 xi (1 - xi)) / (S + (d0 + d1 - 2 S) xi (1 - xi))."""
-  both = xi * (1 - xi)
-  return (slope * xi**2 + d0 * both) / (slope + (d0 + d1 - 2 * slope) * both)
 
 
 def _spline_derivative(slope: Tensor, xi: Tensor, d0: Tensor, d1: Tensor) -> Tensor:
