@@ -173,16 +173,22 @@ class Spline:
     return knots(u, self.min_bin_width), knots(v, self.min_bin_height), derivatives
 
   def _bin(self, knots: list[Tensor], t: Tensor, derivatives: list[Tensor], y_knots: list[Tensor]):
-    """The bin of each element of t (clamped) by `knots`, and that bin's (x_k, w, y_k, t_k, d_k, d_k+1):
-    bin k is where t >= x_k for the last time, so a chain of K - 1 selects walks the bins left to right."""
-    x_k, x_next, y_k, y_next = knots[0], knots[1], y_knots[0], y_knots[1]
-    d0, d1 = derivatives[0], derivatives[1]
-    for i in range(1, self.bins):
-      right = t >= knots[i]
-      x_k, x_next = tf.where(right, knots[i], x_k), tf.where(right, knots[i + 1], x_next)
-      y_k, y_next = tf.where(right, y_knots[i], y_k), tf.where(right, y_knots[i + 1], y_next)
-      d0, d1 = tf.where(right, derivatives[i], d0), tf.where(right, derivatives[i + 1], d1)
-    return x_k, x_next - x_k, y_k, y_next - y_k, d0, d1
+    """The bin of each element of t (clamped) by `knots`, and that bin's (x_k, w, y_k, t_k, d_k, d_k+1),
+    picked as sum_k mask_k * value_k with exact 0/1 masks (mask_k = [t >= x_k] - [t >= x_k+1]): one term
+    is the value, the others exact zeros, so the pick is exact; products and sums are cheaper than selects
+    on CPUs, and so are their gradients (mask_k times the incoming gradient)."""
+    k = self.bins
+    if k == 1:
+      masks = [tf.ones_like(t)]
+    else:  # [t >= x_0] = 1 (t is clamped), [t >= x_K] counts as 0 (t = B is in the last bin)
+      above = [tf.cast(t >= knots[i], t.dtype) for i in range(1, k)]
+      masks = [1 - above[0], *(above[i - 1] - above[i] for i in range(1, k - 1)), above[-1]]
+
+    def pick(values: list[Tensor]) -> Tensor:
+      return tf.add_n([mask * value for mask, value in zip(masks, values)])
+
+    x_k, y_k, d0 = pick(knots[:-1]), pick(y_knots[:-1]), pick(derivatives[:-1])
+    return x_k, pick(knots[1:]) - x_k, y_k, pick(y_knots[1:]) - y_k, d0, pick(derivatives[1:])
 
   def couple(self, x_b: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
     xs, ys, ds = self._knots(h, x_b.shape[-1])
