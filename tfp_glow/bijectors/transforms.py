@@ -140,38 +140,55 @@ class Spline:
   def params_per_channel(self) -> int:
     return 3 * self.bins - 1
 
-  def _knots(self, h: Tensor, channels: int):
-    """From h [N, H, W, C_b * (3K - 1)]: knot positions x_k, y_k [N, H, W, C_b, K + 1] and derivatives
-    d_k [.., K + 1]."""
+  def _knots(self, h: Tensor, channels: int) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """From h [N, H, W, C_b * (3K - 1)]: the knot positions x_0..x_K, y_0..y_K and derivatives d_0..d_K,
+    each a list of K + 1 tensors [N, H, W, C_b] (x_0 = y_0 = -B, x_K = y_K = B, d_0 = d_K = 1 as scalars).
+
+    Why lists, not a [.., K + 1] axis: K is small, and softmax, cumsum and the bin's pick over a last axis
+    of a few numbers are slow (reductions and one-hot products over a tiny inner axis, and their
+    gradients), while a few elementwise ops on [N, H, W, C_b] tensors per bin are cheap."""
     k, dtype = self.bins, h.dtype
     h = tf.reshape(h, tf.concat([tf.shape(h)[:-1], [channels, self.params_per_channel]], 0))
-    u, v, s = tf.split(h, [k, k, k - 1], axis=-1)
+    params = tf.unstack(h, num=self.params_per_channel, axis=-1)
+    u, v, s = params[:k], params[k : 2 * k], params[2 * k :]
+    bound = tf.constant(self.bound, dtype)
 
-    def knots(logits, minimum):
-      sizes = minimum + (1 - minimum * k) * tf.nn.softmax(logits, axis=-1)
-      inner = tf.math.cumsum(sizes[..., :-1], axis=-1)  # the last knot is exactly B, not a rounded sum
-      first, last = tf.zeros_like(inner[..., :1]), tf.ones_like(inner[..., :1])
-      return (2 * tf.concat([first, inner, last], axis=-1) - 1) * tf.constant(self.bound, dtype)
+    def knots(logits: list[Tensor], minimum: float) -> list[Tensor]:
+      top = logits[0]
+      for logit in logits[1:]:
+        top = tf.maximum(top, logit)
+      top = tf.stop_gradient(top)  # softmax is shift-invariant: the max only guards exp from overflow
+      exps = [tf.exp(logit - top) for logit in logits]
+      scale = (1 - minimum * k) / tf.add_n(exps)
+      inner, running = [], None
+      for e in exps[:-1]:  # the cumulative sum; the last knot is exactly B, not a rounded sum
+        size = minimum + e * scale
+        running = size if running is None else running + size
+        inner.append((2 * running - 1) * bound)
+      return [-bound, *inner, bound]
 
-    offset = math.log(math.expm1(1 - self.min_derivative))
-    interior = self.min_derivative + tf.nn.softplus(s + tf.constant(offset, dtype))
-    ones = tf.ones_like(interior[..., :1])
-    derivatives = tf.concat([ones, interior, ones], axis=-1)
+    offset = tf.constant(math.log(math.expm1(1 - self.min_derivative)), dtype)
+    one = tf.constant(1.0, dtype)
+    derivatives = [one, *(self.min_derivative + tf.nn.softplus(s_k + offset) for s_k in s), one]
     return knots(u, self.min_bin_width), knots(v, self.min_bin_height), derivatives
 
-  def _bin(self, knots: Tensor, t: Tensor, derivatives: Tensor, y_knots: Tensor):
+  def _bin(self, knots: list[Tensor], t: Tensor, derivatives: list[Tensor], y_knots: list[Tensor]):
     """The bin of each element of t (clamped) by `knots`, and that bin's (x_k, w, y_k, t_k, d_k, d_k+1),
-    picked with a one-hot mask (no gather: K is small, and XLA and the gradient like it better)."""
+    picked as sum_k mask_k * value_k with exact 0/1 masks (mask_k = [t >= x_k] - [t >= x_k+1]): one term
+    is the value, the others exact zeros, so the pick is exact; products and sums are cheaper than selects
+    on CPUs, and so are their gradients (mask_k times the incoming gradient)."""
     k = self.bins
-    index = tf.reduce_sum(tf.cast(t[..., None] >= knots[..., 1:k], tf.int32), axis=-1)
-    mask = tf.one_hot(index, k, dtype=t.dtype)
+    if k == 1:
+      masks = [tf.ones_like(t)]
+    else:  # [t >= x_0] = 1 (t is clamped), [t >= x_K] counts as 0 (t = B is in the last bin)
+      above = [tf.cast(t >= knots[i], t.dtype) for i in range(1, k)]
+      masks = [1 - above[0], *(above[i - 1] - above[i] for i in range(1, k - 1)), above[-1]]
 
-    def pick(values):
-      return tf.reduce_sum(values * mask, axis=-1)
+    def pick(values: list[Tensor]) -> Tensor:
+      return tf.add_n([mask * value for mask, value in zip(masks, values)])
 
-    x_k, x_next = pick(knots[..., :-1]), pick(knots[..., 1:])
-    y_k, y_next = pick(y_knots[..., :-1]), pick(y_knots[..., 1:])
-    return x_k, x_next - x_k, y_k, y_next - y_k, pick(derivatives[..., :-1]), pick(derivatives[..., 1:])
+    x_k, y_k, d0 = pick(knots[:-1]), pick(y_knots[:-1]), pick(derivatives[:-1])
+    return x_k, pick(knots[1:]) - x_k, y_k, pick(y_knots[1:]) - y_k, d0, pick(derivatives[1:])
 
   def couple(self, x_b: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
     xs, ys, ds = self._knots(h, x_b.shape[-1])
@@ -182,10 +199,10 @@ class Spline:
     slope = t / w
     xi = (x - x_k) / w
     both = xi * (1 - xi)
-    denominator = slope + (d0 + d1 - 2 * slope) * both
+    denominator = slope + (d0 + d1 - 2 * slope) * both  # shared by the value and its derivative
     y = y_k + t * (slope * xi**2 + d0 * both) / denominator
-    derivative = _spline_derivative(slope, xi, d0, d1)
-    log_det = tf.where(inside, tf.math.log(derivative), tf.zeros_like(derivative))
+    derivative = slope**2 * (d1 * xi**2 + 2 * slope * both + d0 * (1 - xi) ** 2) / denominator**2
+    log_det = tf.where(inside, tf.math.log(derivative), tf.zeros_like(x))
     return tf.where(inside, y, x_b), _sum_per_image(log_det)
 
   def uncouple(self, z_b: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
@@ -203,8 +220,7 @@ class Spline:
     discriminant = tf.maximum(b**2 - 4 * a * c, 0.0)  # >= 0 in exact arithmetic; rounding may dip below
     xi = (2 * c) / (-b - tf.sqrt(discriminant))
     x = x_k + xi * w
-    derivative = _spline_derivative(slope, xi, d0, d1)
-    log_det = tf.where(inside, -tf.math.log(derivative), tf.zeros_like(derivative))
+    log_det = tf.where(inside, -tf.math.log(_spline_derivative(slope, xi, d0, d1)), tf.zeros_like(y))
     return tf.where(inside, x, z_b), _sum_per_image(log_det)
 
 
