@@ -1,8 +1,15 @@
-"""Shared test fixtures: quiet TensorFlow, fixed seeds."""
+"""Shared test fixtures: quiet TensorFlow, fixed seeds, a cache folder of the test run's own."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# The folder-listing cache (tfp_glow.data.listing_cache) and other XDG caches go to a temporary folder, removed
+# at exit, never the user's ~/.cache (subprocesses and notebook kernels inherit it).
+os.environ['XDG_CACHE_HOME'] = tempfile.mkdtemp(prefix='tfp_glow_test_cache_')
+atexit.register(shutil.rmtree, os.environ['XDG_CACHE_HOME'], True)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
