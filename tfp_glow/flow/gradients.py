@@ -37,18 +37,9 @@ from tfp_glow.flow.stack import Steps, StepStack
 from tfp_glow.names import GRADIENTS
 
 
-def check_gradient(gradient: str | None = None, memory_saving: bool | str | None = None) -> str:
-  """The gradient of a level from `gradient` (one of GRADIENTS) or the older `memory_saving` (False: the
-  default, True: 'inverse', 'inverse' or 'checkpoint'); `default` where neither is given."""
-  if memory_saving not in (None, False):
-    alias = 'inverse' if memory_saving is True else memory_saving
-    if alias not in ('inverse', 'checkpoint'):
-      raise ValueError(
-        f"memory_saving must be False, True, 'inverse' or 'checkpoint', got {memory_saving!r}."
-      )
-    if gradient not in (None, alias):
-      raise ValueError(f'gradient={gradient!r} and memory_saving={memory_saving!r} disagree; give one.')
-    return alias
+def check_gradient(gradient: str | None = None) -> str:
+  """The gradient of a level: `gradient` (one of GRADIENTS), 'autodiff' where None. (The deprecated
+  `memory_saving` spelling is mapped before this, once: `tfp_glow.specs.gradient_of`.)"""
   gradient = 'autodiff' if gradient is None else gradient
   if gradient not in GRADIENTS:
     raise ValueError(f'gradient must be one of {GRADIENTS}, got {gradient!r}.')
