@@ -176,10 +176,17 @@ def bench_convs(cfg, train_steps: int, sample_batches: int) -> dict:
       loss = tf.add_n([tf.reduce_sum(net(z)) for net, z in stacks])
     return tape.gradient(loss, weights + inputs)
 
+  @tf.function
+  def forward_only():  # what sampling and encoding must run at least: every network once, no gradient
+    return tf.add_n([tf.reduce_sum(net(z)) for net, z in stacks])
+
   convs_only()
   first_step = time.perf_counter() - t0
   train = timed_steps(convs_only, train_steps, batch)
-  return dict(first_step_s=first_step, train_images_per_s=train, peak_rss_gb=peak_rss_gb())
+  forward = timed_steps(forward_only, max(train_steps, 3), batch)
+  return dict(
+    first_step_s=first_step, train_images_per_s=train, forward_images_per_s=forward, peak_rss_gb=peak_rss_gb()
+  )
 
 
 def run_one(args) -> None:

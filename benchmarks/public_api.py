@@ -15,7 +15,8 @@ Settings: 32x32x3, L=3, K=8, width 128, batch 32, affine coupling, LU 1x1 convol
                  bare `tf.function` over `model.distribution` (`bare_*`) and, for sample and log_prob, run
                  eagerly (`eager_*`, what `GlowModel` did before its calls were compiled).
   tfp_glow:xla   the same after `compile(jit_compile=True)`: training and the public calls under XLA.
-  convs          the coupling networks' convolutions alone (TF, forward + backward): the training floor.
+  convs          the coupling networks' convolutions alone (TF): forward + backward (the training floor) and forward
+                 only (`forward_images_per_s`: the floor of sampling and encoding, which run each network once).
   torch:rosinality, torch:y0ast   rosinality/glow-pytorch and y0ast/Glow-PyTorch (benchmarks/torch_peers.py),
                  run by a Python that has torch (--torch-python, env TORCH_PYTHON) from their checkouts
                  (--rosinality / env GLOW_PYTORCH_ROSINALITY, --y0ast / env GLOW_PYTORCH_Y0AST); skipped with a
@@ -46,6 +47,7 @@ DEFAULT_IMPLS = ('tfp_glow', 'convs', 'torch:rosinality', 'torch:y0ast', 'cli')
 CALLS = ('sample', 'encode', 'log_prob', 'decode', 'interpolate')
 TABLE = (  # (metric, heading) of the summary table
   ('first_step_s', 'first step s'),
+  ('first_2000_images_s', 'first 2,000 images s'),
   ('train_images_per_s', 'training images/s'),
   ('sample_images_per_s', 'sample images/s (T=0.7)'),
   ('encode_images_per_s', 'encode images/s'),
@@ -54,6 +56,25 @@ TABLE = (  # (metric, heading) of the summary table
   ('interpolate_images_per_s', 'interpolate images/s'),
   ('peak_rss_gb', 'peak RSS GB'),
 )
+
+
+def cpu_busy_fraction(seconds: float = 3.0) -> float:
+  """The fraction of all CPUs' time spent busy over `seconds` (from /proc/stat; 0.0 where it is absent):
+  what other processes use while this one sleeps."""
+
+  def times() -> tuple[int, int]:
+    with open('/proc/stat') as f:
+      fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields), idle
+
+  try:
+    total0, idle0 = times()
+    time.sleep(seconds)
+    total1, idle1 = times()
+  except OSError:
+    return 0.0
+  return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
 
 
 def peak_rss_gb() -> float:
@@ -282,8 +303,11 @@ def medians(runs: list[dict]) -> dict:
   return {k: round(statistics.median([r[k] for r in runs if k in r]), 3) for k in keys}
 
 
-def summarize(results: dict[str, list[dict]]) -> dict:
+def summarize(results: dict[str, list[dict]], batch: int) -> dict:
   table = {impl: medians(runs) for impl, runs in results.items() if runs}
+  for m in table.values():  # what a user waits for until 2,000 images have trained: the first step counts
+    if 'first_step_s' in m and 'train_images_per_s' in m:
+      m['first_2000_images_s'] = round(m['first_step_s'] + (2000 - batch) / m['train_images_per_s'], 2)
   print('\n| impl | ' + ' | '.join(h for _, h in TABLE) + ' |')
   print('|---' * (len(TABLE) + 1) + '|')
   for impl, m in table.items():
@@ -295,12 +319,21 @@ def summarize(results: dict[str, list[dict]]) -> dict:
     for k in ('sample_images_per_s', 'encode_images_per_s', 'train_images_per_s'):
       if k in ours and k in theirs:
         ratios[f'tfp_glow / {peer} {k}'] = round(ours[k] / theirs[k], 3)
-    if 'first_step_s' in ours and 'first_step_s' in theirs:
-      ratios[f'tfp_glow / {peer} first_step_s'] = round(ours['first_step_s'] / theirs['first_step_s'], 3)
+    for k in ('first_step_s', 'first_2000_images_s'):
+      if k in ours and k in theirs:
+        ratios[f'tfp_glow / {peer} {k}'] = round(ours[k] / theirs[k], 3)
   if 'train_images_per_s' in ours and 'train_images_per_s' in table.get('convs', {}):
     ratios['tfp_glow / convs train_images_per_s'] = round(
       ours['train_images_per_s'] / table['convs']['train_images_per_s'], 3
     )
+  for name in (
+    'sample',
+    'encode',
+  ):  # the networks' forward passes alone: the floor of a call without gradient
+    if f'{name}_images_per_s' in ours and 'forward_images_per_s' in table.get('convs', {}):
+      ratios[f'tfp_glow {name} / convs forward'] = round(
+        ours[f'{name}_images_per_s'] / table['convs']['forward_images_per_s'], 3
+      )
   for name in CALLS:
     if f'{name}_images_per_s' in ours:
       ratios[f'GlowModel.{name} / bare tf.function'] = round(
@@ -359,6 +392,7 @@ def main(argv=None, default_out='public_api.json') -> None:
     run_child(args)
     return
   load_before = os.getloadavg()
+  busy_before = cpu_busy_fraction()
   settings = f'32x32x3, L=3, K={args.steps}, width {args.width}, batch {args.batch}, affine, LU'
   print(f'# {settings}; {args.rounds} rounds x {args.impl}; load {load_before[0]:.2f}', flush=True)
   results: dict[str, list[dict]] = {impl: [] for impl in args.impl}
@@ -386,13 +420,16 @@ def main(argv=None, default_out='public_api.json') -> None:
           continue
         results[impl].append(result)
         print(json.dumps(dict(round=r, **result)), flush=True)
-  summary = summarize(results)
-  # Other processes, judged before the run: the run's own processes raise the load average after it.
+  summary = summarize(results, args.batch)
+  # Other processes, judged before the run: the run's own processes raise the load average after it. The
+  # 1-minute load average also remembers what ran in the minute before (e.g. an earlier attempt of this
+  # benchmark), so the CPUs' busy fraction sampled just before the run decides.
   busiest = load_before[0]
-  loaded = busiest > 0.5 * (os.cpu_count() or 1)
+  loaded = busy_before > 0.25
   if loaded:
     notes.append(
-      f'the machine was loaded (load average {busiest:.1f} before the run on {os.cpu_count()} cores): every figure is '
+      f'the machine was loaded (CPUs {busy_before:.0%} busy just before the run, load average {busiest:.1f}, on '
+      f'{os.cpu_count()} cores): every figure is '
       "distorted, the PyTorch peers' most (their OpenMP threads spin-wait, so under contention they run up to "
       '20x slower, while TensorFlow degrades about 2x); rerun on a quiet machine before reading ratios'
     )
@@ -414,6 +451,7 @@ def main(argv=None, default_out='public_api.json') -> None:
     load_average_after=list(os.getloadavg()),
     cpu_count=os.cpu_count(),
     notes=notes,
+    cpu_busy_before=round(busy_before, 3),
     **summary,
     runs=results,
     metrics=metric_rows(summary, command, commit, date, settings, device, loaded),

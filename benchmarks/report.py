@@ -50,6 +50,7 @@ def public_api_section(data: dict) -> str:
     f'(load average before: {load}). tfp_glow through `GlowModel.fit` / `sample` / `encode` / ...; the PyTorch '
     'Glows and the convolutions alone at the same settings, each in its own process, alternating rounds.',
     *(['', f'**Read with care**: {"; ".join(data["notes"])}.'] if data.get('notes') else []),
+    *(['', f'Load: {data["quiet_note"]}.'] if data.get('quiet_note') else []),
     '',
     '| implementation | ' + ' | '.join(h for _, h in public_api.TABLE) + ' |',
     '|---' * (len(public_api.TABLE) + 1) + '|',

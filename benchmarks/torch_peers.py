@@ -82,6 +82,15 @@ def y0ast(torch, y0ast_model, args):
   return glow, loss_of, sample, encode
 
 
+def _restore_torch_qr(torch) -> None:
+  """y0ast/Glow-PyTorch initializes its 1x1 convolutions with `torch.qr`, which newer torch removed: the same
+  QR through `torch.linalg.qr` (reduced, as `torch.qr`'s default `some=True`), so the peer runs unchanged."""
+  try:
+    torch.qr(torch.eye(2))
+  except RuntimeError:
+    torch.qr = lambda a, some=True: torch.linalg.qr(a, mode='reduced' if some else 'complete')
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument('--impl', choices=('rosinality', 'y0ast'), required=True)
@@ -93,6 +102,7 @@ def main() -> None:
   args = parser.parse_args()
   import torch  # noqa: PLC0415  (imports are outside the first step, as for TensorFlow)
 
+  _restore_torch_qr(torch)
   sys.path.insert(0, args.code)
   peer = importlib.import_module('model')  # the peer's model.py, from --code
   t0 = time.perf_counter()
