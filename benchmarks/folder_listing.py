@@ -103,7 +103,9 @@ def main() -> None:
     ['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True
   ).stdout.strip()
   date = time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())
-  load = f'load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after: a shared machine'
+  load = f'load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after'
+  if load_before[0] > 0.5 * (os.cpu_count() or 1):
+    load += ': a shared machine'
   metrics = []
   for mode in ('cold', 'warm'):
     small, large = medians[f'10k {mode}'], medians[f'100k {mode}']
