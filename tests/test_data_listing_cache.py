@@ -111,3 +111,40 @@ def test_an_unreadable_cache_falls_back_to_listing(tmp_path, cache_home):
   cached.write_bytes(b'not an npz')
   again = folder_source.listing(str(root))
   assert again[0] == expected[0] and list(again[3]) == list(expected[3])
+
+
+def test_the_cache_keeps_only_the_most_recently_used_listings(tmp_path, cache_home, monkeypatch):
+  from tfp_glow.data import listing_cache
+
+  monkeypatch.setattr(listing_cache, 'MAX_ENTRIES', 2)
+  roots = []
+  for n in range(3):
+    root = tmp_path / f'folder{n}'
+    for i in range(3):
+      _png(root / f'{i:03d}.png', i)
+    _age(root)
+    roots.append(root)
+  folder_source.listing(str(roots[0]))
+  folder_source.listing(str(roots[1]))
+  older = time.time() - 600
+  for cached in cache_home.rglob('*.npz'):  # both written long ago ...
+    os.utime(cached, (older, older))
+  assert listing_cache.load(str(roots[0])) is not None  # ... and folder0 used again now
+  folder_source.listing(str(roots[2]))  # a third listing: folder1, the least recently used, goes
+  assert len(list(cache_home.rglob('*.npz'))) == 2
+  assert listing_cache.load(str(roots[1])) is None
+  assert listing_cache.load(str(roots[0])) is not None and listing_cache.load(str(roots[2])) is not None
+
+
+def test_eviction_removes_temporary_files_a_killed_writer_left(tmp_path, cache_home):
+  from tfp_glow.data import listing_cache
+
+  os.makedirs(listing_cache.cache_dir())
+  left = os.path.join(listing_cache.cache_dir(), 'abc.123.tmp.npz')
+  fresh = os.path.join(listing_cache.cache_dir(), 'abc.456.tmp.npz')
+  for path in (left, fresh):
+    open(path, 'wb').close()
+  long_ago = time.time() - 2 * listing_cache.STALE_TEMPORARY_SECONDS
+  os.utime(left, (long_ago, long_ago))
+  assert listing_cache.evict(keep=10) == 1
+  assert not os.path.exists(left) and os.path.exists(fresh)  # a writer may still be writing the fresh one

@@ -13,6 +13,10 @@ every one of those directories was last changed more than RACY_SECONDS ago: a fi
 clock tick as the listing would not change the time (git's "racy" entries), so a folder still being written
 is listed afresh each time. Remote paths (gs://...) are never cached. Any problem reading or writing the
 cache (no home, read-only, a half-written or foreign file) means listing the folder as before, silently.
+
+How big it grows: at most MAX_ENTRIES listings (one per folder). Each use refreshes a listing's file time, and
+each write removes the least recently used beyond that (and temporary files a killed writer left behind), so
+the cache stays bounded however many folders a machine sees (test suites and sweeps make many).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import numpy as np
 
 VERSION = 1  # bump when what is stored, or how the split is computed, changes
 RACY_SECONDS = 2.0
+MAX_ENTRIES = 64  # listings kept; the least recently used beyond this are removed on each write
+STALE_TEMPORARY_SECONDS = 3600.0  # a temporary file older than this was left by a killed writer
 
 
 def cache_dir() -> str:
@@ -55,9 +61,14 @@ def load(root: str) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...] | No
       if not np.array_equal(_mtimes(root, dirs), z['mtimes']):
         return None
       classes = tuple(str(c) for c in z['classes']) if z['classes'].size else None
-      return z['relative'], z['labels'] if classes else None, classes, z['mask']
+      listing = z['relative'], z['labels'] if classes else None, classes, z['mask']
   except (OSError, KeyError, ValueError):
     return None
+  try:
+    os.utime(_file(root))  # used now: the last to be evicted
+  except OSError:
+    pass
+  return listing
 
 
 def save(
@@ -90,6 +101,38 @@ def save(
       mask=np.asarray(mask, bool),
     )
     os.replace(temporary, path)  # whole or not at all: a reader never sees half a file
-    return True
   except (OSError, ValueError):
     return False
+  evict(MAX_ENTRIES)
+  return True
+
+
+def evict(keep: int) -> int:
+  """Removes all but the `keep` most recently used listings, and temporary files older than
+  STALE_TEMPORARY_SECONDS; returns how many files were removed. Errors (a file removed meanwhile by another
+  process, a read-only cache) are skipped: eviction never fails a run."""
+  try:
+    entries = [e for e in os.scandir(cache_dir()) if e.is_file() and e.name.endswith('.npz')]
+  except OSError:
+    return 0
+  now, listings, doomed = time.time(), [], []
+  for entry in entries:
+    try:
+      mtime = entry.stat().st_mtime
+    except OSError:
+      continue
+    if '.tmp.' in entry.name:
+      if now - mtime > STALE_TEMPORARY_SECONDS:
+        doomed.append(entry.path)
+    else:
+      listings.append((mtime, entry.path))
+  listings.sort(reverse=True)
+  doomed += [path for _, path in listings[keep:]]
+  removed = 0
+  for path in doomed:
+    try:
+      os.remove(path)
+      removed += 1
+    except OSError:
+      pass
+  return removed
