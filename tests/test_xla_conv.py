@@ -60,3 +60,34 @@ def test_even_kernels_are_refused_under_xla():
   x = tf.zeros([1, 4, 4, 2])
   with pytest.raises(ValueError, match='odd size'):
     tf.function(lambda x: tf.gradients(xla_conv.conv2d(x, tf.ones([2, 2, 2, 3])), x), jit_compile=True)(x)
+
+
+@pytest.mark.slow  # two XLA compilations
+def test_under_xla_second_order_and_forward_mode_equal_tensorflows():
+  """The canonical gradient is itself made of differentiable convolutions: a Hessian-vector product (the
+  gradient of a gradient) and a Jacobian-vector product (forward mode) through it equal TensorFlow's own.
+  (The second order differentiates those convolutions with TensorFlow's own gradients: right, though not in
+  the canonical layout; only the first order, what training runs, is kept canonical.)"""
+  x, kernel, dy = inputs(3)
+  v = tf.random.stateless_normal(x.shape, (7, 8), dtype=tf.float64)
+  tangent = tf.random.stateless_normal(kernel.shape, (9, 10), dtype=tf.float64)
+
+  def second_order_and_jvp(conv):
+    with tf.GradientTape() as outer:
+      outer.watch(kernel)
+      with tf.GradientTape() as inner:
+        inner.watch(x)
+        y = conv(x, kernel)
+        loss = tf.reduce_sum(tf.tanh(y) * dy)
+      dx = inner.gradient(loss, x)
+      directional = tf.reduce_sum(dx * v)
+    hessian_vector = outer.gradient(directional, kernel)  # d/dk of <d loss/dx, v>
+    with tf.autodiff.ForwardAccumulator(kernel, tangent) as accumulator:
+      y = conv(x, kernel)
+    return hessian_vector, accumulator.jvp(y)
+
+  under_xla = tf.function(lambda: second_order_and_jvp(xla_conv.conv2d), jit_compile=True)()
+  plain = second_order_and_jvp(lambda a, b: tf.nn.conv2d(a, b, 1, 'SAME'))
+  for a, b in zip(under_xla, plain):
+    assert a is not None and b is not None
+    np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)

@@ -15,7 +15,9 @@ tens of times slower. Written here by hand, each is one canonical convolution wh
                                                       dy^T = dy as [H, W, N, O] (a kernel); padding
                                                       (kh-1)/2, (kw-1)/2: output [C, kh, kw, O]
 
-Outside XLA these are plain `tf.nn.conv2d` and TensorFlow's own gradient kernels (oneDNN), unchanged.
+Outside XLA these are plain `tf.nn.conv2d` and TensorFlow's own gradient kernels (oneDNN), unchanged. Higher
+orders (a gradient of these gradients) and forward mode differentiate the convolutions above with TensorFlow's
+own rules: exact, but those second-order convolutions are not canonical (`tests/test_xla_conv.py`).
 """
 
 from __future__ import annotations
