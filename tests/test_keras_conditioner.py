@@ -20,7 +20,7 @@ from tfp_glow.bijectors import conditioners, transforms
 from tfp_glow.flow import kernels
 from tfp_glow.flow.stack import StepStack
 from tfp_glow.specs import CouplingSpec
-from tfp_glow.testing import check_bijector, perturb
+from tfp_glow.testing import assert_bijective, assert_log_det_matches_jacobian, check_bijector, perturb
 
 RNG = np.random.default_rng(5)
 SHAPE = (8, 8, 3)
@@ -112,6 +112,21 @@ def test_the_level_is_one_loop_whose_step_k_applies_the_layer_with_step_ks_weigh
   np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
   other = coupling.conditioner.apply([v[0] for v in variables], x_a, 'float64')
   assert not np.allclose(other, got), 'steps 0 and 1 should start and stay different'
+
+
+@pytest.mark.slow
+def test_with_a_spatial_split_the_layer_sees_the_masked_image_and_the_flow_stays_exact():
+  spec = CouplingSpec(transform='spline', conditioner='keras', split='checkerboard')
+  spec = spec.replace(conditioner_settings={'layer': TinyNet(4)})
+  flow = tg.Glow((4, 4, 3), levels=1, steps=2, width=8, coupling=spec, dtype=tf.float64)
+  assert isinstance(flow.levels[0].steps, StepStack)
+  kernel = flow.levels[0].steps[0].coupling.network.weights_in_order()[0]
+  assert kernel.shape[3] == 12  # [K, 3, 3, C, 4]: the layer sees all C channels of the masked image
+  x = tf.constant(X[:, :4, :4])
+  flow.initialize(x)
+  perturb(flow, 0.1)
+  assert_bijective(flow, x, rtol=1e-9, atol=1e-9)
+  assert_log_det_matches_jacobian(flow, x, rtol=1e-8, atol=1e-8)
 
 
 def test_a_fresh_flow_is_exactly_the_identity_in_its_couplings_whatever_the_layer_computes():
