@@ -143,7 +143,7 @@ class MyCoupling(tg.AffineCoupling):
     (dict(coupling=MyCoupling), "conditioner='transformer' feeds the built-in coupling; coupling=<class"),
     (dict(conditioner_settings={'depht': 2}), r"unknown setting\(s\) \['depht'\]"),
     (dict(conditioner_settings={'width': 10, 'heads': 4}), 'width 10 must be divisible by heads 4'),
-    (dict(conditioner='vit'), r"conditioner must be one of \('conv', 'transformer'\)"),
+    (dict(conditioner='vit'), r"conditioner must be one of \('conv', 'transformer', 'keras'\)"),
     (dict(conditioner=conditioners.Transformer(), conditioner_settings={'depth': 1}), 'give one'),
   ],
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 # The coupling's transform (tfp_glow.bijectors.transforms.TRANSFORMS, keyed by each class's `name`).
 COUPLINGS = ('affine', 'additive', 'spline')
 # The coupling's conditioner network (tfp_glow.bijectors.conditioners.CONDITIONERS, keyed by each class's `name`).
-CONDITIONERS = ('conv', 'transformer')
+CONDITIONERS = ('conv', 'transformer', 'keras')
 # Which elements of a coupling condition and which are transformed (tfp_glow.bijectors.splits.SPLITS).
 SPLITS = ('channel', 'checkerboard', 'stripes')
 # The channel mixing between steps (tfp_glow.flow.glow.Glow's `permutation`).

@@ -89,7 +89,7 @@ def add_train_parser(commands: Any, handler: Callable[[argparse.Namespace], int]
     '--conditioner',
     choices=glow_names.CONDITIONERS,
     help="the coupling's network: conv (the paper's) or transformer (a ViT on 2x2 patches, depth 2, width 128, "
-    '4 heads). Default: conv',
+    '4 heads); keras (your own Keras layer) is given from Python only. Default: conv',
   )
   p.add_argument(
     '--split',

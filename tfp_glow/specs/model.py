@@ -51,6 +51,12 @@ class CouplingSpec(Spec):
   def _normalize(self) -> None:
     for name in ('transform_settings', 'conditioner_settings'):  # None (older configs): no settings
       object.__setattr__(self, name, dict(getattr(self, name) or {}))
+    layer = self.conditioner_settings.get('layer')
+    if self.conditioner == 'keras' and layer is not None and not isinstance(layer, dict):
+      # a user's Keras layer object: kept as its serialized config, so the spec stays JSON (loads Keras only here)
+      from tfp_glow.bijectors.conditioners.keras_layer import serialized  # noqa: PLC0415
+
+      self.conditioner_settings['layer'] = serialized(layer)
 
 
 def _named(part: Any, settings: dict | None, what: str, who: str) -> tuple[Any, dict | None]:

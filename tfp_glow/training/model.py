@@ -55,7 +55,8 @@ class GlowModel(Trainer, PublicCalls, Files, keras.Model):
 
   Couplings (`coupling`): 'affine' (the paper's), 'additive', or 'spline' (rational-quadratic, Durkan et al.
   2019, `tfp_glow.bijectors.transforms.Spline`); see `tfp_glow.Glow` and docs/design.md, "Couplings".
-  Conditioners (`conditioner`, `conditioner_settings`): 'conv' (default) or 'transformer' (`tfp_glow.Glow`).
+  Conditioners (`conditioner`, `conditioner_settings`): 'conv' (default), 'transformer' (`tfp_glow.Glow`), or your
+  own registered Keras layer, `conditioner=tfp_glow.bijectors.conditioners.KerasLayer(MyNet(...))` ('keras').
   Or the whole coupling as one `tfp_glow.specs.CouplingSpec` (or its dict) in `coupling`.
 
   Settings: every argument's default and check is `tfp_glow.specs.ModelSpec`'s; `GlowModel.from_spec(spec)`

@@ -14,9 +14,12 @@ settings), with:
   apply(weights, x, compute_dtype, context=None) -> h       one step's network, weights as arguments
   check_spatial(spatial, who)                               refuses a level size it cannot work on
 
-Registered: 'conv' (the paper's conv network, `tfp_glow.bijectors.nets`; the default) and 'transformer' (a ViT on
-patches, Jet-style: `tfp_glow.bijectors.conditioners.transformer`). Adding one: a class with the members above
-(one module) and one line in `CONDITIONERS`.
+Registered: 'conv' (the paper's conv network, `tfp_glow.bijectors.nets`; the default), 'transformer' (a ViT on
+patches, Jet-style: `tfp_glow.bijectors.conditioners.transformer`) and 'keras' (a user's own Keras layer,
+`KerasLayer(MyNet(...))`, run through Keras 3's `stateless_call` with step k's weights and followed by a
+zero-initialized 1x1 projection; saved in the spec as its serialized config:
+`tfp_glow.bijectors.conditioners.keras_layer`). Adding one: a class with the members above (one module) and one
+line in `CONDITIONERS` (plus its name in `tfp_glow.names.CONDITIONERS`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any, ClassVar, Sequence
 
 import tensorflow as tf
 
+from tfp_glow.bijectors.conditioners.keras_layer import KerasLayer, StackedKerasLayers
 from tfp_glow.bijectors.conditioners.transformer import StackedTransformers, Transformer
 from tfp_glow.bijectors.nets import StackedCouplingNetworks, apply_coupling_network
 
@@ -62,9 +66,9 @@ class Conv:
     return apply_coupling_network(weights, x, compute_dtype)
 
 
-Conditioner = Conv | Transformer
-# Registry: the names `Glow(conditioner=...)`, `GlowModel` and the CLI's --conditioner accept.
-CONDITIONERS: dict[str, type] = {cls.name: cls for cls in (Conv, Transformer)}  # names: tfp_glow.names
+Conditioner = Conv | Transformer | KerasLayer
+# Registry: the names `Glow(conditioner=...)`, `GlowModel` and the CLI's --conditioner accept (tfp_glow.names).
+CONDITIONERS: dict[str, type] = {cls.name: cls for cls in (Conv, Transformer, KerasLayer)}
 
 
 def conditioner_from(spec: str | Conditioner, settings: dict | None = None) -> Conditioner:
@@ -103,6 +107,8 @@ __all__ = [
   'CONDITIONERS',
   'Conditioner',
   'Conv',
+  'KerasLayer',
+  'StackedKerasLayers',
   'StackedTransformers',
   'Transformer',
   'conditioner_from',
