@@ -111,7 +111,8 @@ class StepStack(_Steps):
       start += n
     log_det = tf.zeros(tf.shape(h)[:1], h.dtype)
     for b, p in parts if inverse else reversed(parts):
-      h, ld = (b.inverse_and_log_det_with if inverse else b.forward_and_log_det_with)(p, h)
+      with tf.name_scope(type(b).__name__):  # names the ops per layer (benchmarks/profile_step.py)
+        h, ld = (b.inverse_and_log_det_with if inverse else b.forward_and_log_det_with)(p, h)
       log_det += ld
     return h, log_det
 
