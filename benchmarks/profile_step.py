@@ -41,7 +41,10 @@ GROUPS = (
   ('coupling_net_other', "coupling networks' bias/ReLU gradients and output scale exp(3 logs)"),
   ('coupling_tail', "coupling's elementwise tail (sigmoid scale, shift, log-det sums)"),
   ('actnorm', 'actnorm (forward + gradients)'),
-  ('conv1x1', '1x1 convolutions and their log-dets (LU; forward + gradients)'),
+  (
+    'conv1x1',
+    '1x1 convolutions and their log-dets (LU; forward + gradients; with actnorm once it is folded in)',
+  ),
   ('priors', 'split priors and top prior (their ZeroConv2D included)'),
   ('loop', 'loop and TensorArray overhead (the StepStack loops)'),
   ('in_loop_other', 'other ops inside the level loops (split/concat, counters, log-det adds)'),
@@ -80,6 +83,8 @@ def classify(name: str, op_type: str) -> str:
     return 'metrics'
   if 'split_prior' in low or 'top_prior' in low:
     return 'priors'
+  if '_foldedhead' in low:  # actnorm folded into the 1x1 convolution (tfp_glow.flow.stack._FoldedHead)
+    return 'conv1x1'
   if '/actnorm/' in low or low.startswith('actnorm/'):
     return 'actnorm'
   if 'invertible1x1conv' in low:
@@ -329,6 +334,27 @@ def table(result: dict) -> list[str]:
     f'| {convs["op_ms_per_step"]:.1f} / {convs["wall_ms_per_step"]:.1f} | - |',
   ]
   return lines
+
+
+def section(data: dict) -> str:
+  """BENCHMARKS.md's section (benchmarks/report.py): the table with its command, commit, date and load."""
+  load = ', '.join(f'{v:.2f}' for v in data['load_average_before'])
+  ratios = '; '.join(f'{k}: {v:.2f}' for k, v in data['ratios'].items())
+  return '\n'.join(
+    [
+      '',
+      "## Where a training step's time goes",
+      '',
+      f'{data["settings"]}; medians of `{data["command"]}` at {data["commit"]}, {data["date"]} (load average '
+      f'before: {load}). Op self times from a `tf.profiler` trace of steady steps, grouped by name scope and op '
+      "type (see the script's docstring); docs/design.md reads it.",
+      '',
+      *table(data),
+      '',
+      f'Ratios: {ratios}.',
+      '',
+    ]
+  )
 
 
 def main() -> None:
