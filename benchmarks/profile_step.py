@@ -83,7 +83,7 @@ def classify(name: str, op_type: str) -> str:
     return 'metrics'
   if 'split_prior' in low or 'top_prior' in low:
     return 'priors'
-  if '_foldedhead' in low:  # actnorm folded into the 1x1 convolution (tfp_glow.flow.stack._FoldedHead)
+  if 'foldedhead' in low:  # actnorm folded into the 1x1 convolution (tfp_glow.flow.stack.FoldedHead)
     return 'conv1x1'
   if '/actnorm/' in low or low.startswith('actnorm/'):
     return 'actnorm'
@@ -98,7 +98,7 @@ def classify(name: str, op_type: str) -> str:
   if '/transform/' in low:
     return 'coupling_tail'
   in_loop = 'while' in low
-  if op_type in LOOP_TYPES or op_type.startswith('TensorArray'):
+  if op_type in LOOP_TYPES or op_type.startswith(('TensorArray', 'TensorList')):
     return 'loop'
   if op_type in NET_OTHER_TYPES:
     return 'coupling_net_other'
@@ -131,7 +131,7 @@ def op_events(logdir: str):
       base = line.timestamp_ns * 1000
       for ev in line.events:
         name = meta[ev.metadata_id].name
-        if ':' not in name or name.startswith('$') or ' ' in name.split(':')[-1]:
+        if ':' not in name or '::' in name or name.startswith('$') or ' ' in name.split(':')[-1]:
           continue
         op_name, _, op_type = name.rpartition(':')
         op_type = op_type.split('#')[0]
@@ -209,7 +209,7 @@ def profiled(run, steps: int):
 
   with tempfile.TemporaryDirectory() as logdir:
     options = tf.profiler.experimental.ProfilerOptions(
-      host_tracer_level=2, python_tracer_level=0, device_tracer_level=0
+      host_tracer_level=3, python_tracer_level=0, device_tracer_level=0
     )
     tf.profiler.experimental.start(logdir, options=options)
     t0 = time.perf_counter()
