@@ -348,13 +348,22 @@ def section(data: dict) -> str:
       f'{data["settings"]}; medians of `{data["command"]}` at {data["commit"]}, {data["date"]} (load average '
       f'before: {load}). Op self times from a `tf.profiler` trace of steady steps, grouped by name scope and op '
       "type (see the script's docstring); docs/design.md reads it.",
+      *(['', f'**Read with care**: {"; ".join(data["notes"])}.'] if data.get('notes') else []),
       '',
       *table(data),
       '',
       f'Ratios: {ratios}.',
+      *(['', after_cuts(data['after_cuts'])] if data.get('after_cuts') else []),
       '',
     ]
   )
+
+
+def after_cuts(after: dict) -> str:
+  """One line: each group's share of op time in a later run (`after_cuts`, added by hand to the JSON)."""
+  total = after['op_ms_per_step']
+  shares = ', '.join(f'{k} {100 * v / total:.1f}%' for k, v in after['groups_ms'].items() if v > 0)
+  return f'After the cuts ({after["tree"]}; `{after["command"]}`, {after["date"]}, load {after["load"]}): {shares}.'
 
 
 def main() -> None:
