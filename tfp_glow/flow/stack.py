@@ -191,10 +191,10 @@ class FoldedHead:
   def __init__(self, actnorm: tuple[ActNorm, list], conv: tuple[Invertible1x1Conv, list]):
     (_, (self.log_scale, self.bias)), (self.conv, self.conv_parameters) = actnorm, conv
 
-  def inverse_and_log_det_with(self, _, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  def inverse_and_log_det_with(self, _: None, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return self.conv.inverse_after_actnorm(self.conv_parameters, self.log_scale, self.bias, x)
 
-  def forward_and_log_det_with(self, _, z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  def forward_and_log_det_with(self, _: None, z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return self.conv.forward_before_actnorm(self.conv_parameters, self.log_scale, self.bias, z)
 
 
