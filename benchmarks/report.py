@@ -140,12 +140,20 @@ def couplings_section(data: dict) -> str:
   return couplings_table.section(data)
 
 
+def profile_step_section(data: dict) -> str:
+  """benchmarks/profile_step.py: where a training step's time goes."""
+  import profile_step  # noqa: PLC0415  (benchmarks/, next to this file)
+
+  return profile_step.section(data)
+
+
 # Results files with a section of their own below the table.
 SECTIONS = {
   'public_api.json': public_api_section,
   'likelihood.json': likelihood_section,
   'defaults_study.json': defaults_study_section,
   'couplings.json': couplings_section,
+  'profile_step.json': profile_step_section,
 }
 
 

@@ -171,11 +171,13 @@ class Coupling(GlowBijector):
   def couple(self, x_b: tf.Tensor, h: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """The transform image -> latent, given the network's output h = NN(x_a) (flow dtype):
     (z_b, log-det [N] or [])."""
-    return self._transform.couple(x_b, h)
+    with tf.name_scope('transform'):  # names its ops apart from the network's (benchmarks/profile_step.py)
+      return self._transform.couple(x_b, h)
 
   def uncouple(self, z_b: tf.Tensor, h: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """The transform latent -> image, given h = NN(z_a): (x_b, log-det [N] or [])."""
-    return self._transform.uncouple(z_b, h)
+    with tf.name_scope('transform'):
+      return self._transform.uncouple(z_b, h)
 
   def split(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """The channel split's x [..., C] -> (x_a [..., C//2], x_b [..., C - C//2]) (what `tfp_glow.flow.kernels`

@@ -100,9 +100,10 @@ class TopPrior(GlowBijector):
     return p.mean + mean, p.log_std + log_std
 
   def inverse_and_log_det(self, h: tf.Tensor, labels: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
-    mean, log_std = self.mean_and_log_std(labels)
-    eps = (h - mean) * tf.exp(-log_std)
-    return eps, -_sum_log_std(log_std, h, self.dtype)
+    with tf.name_scope('top_prior'):  # names its ops (benchmarks/profile_step.py)
+      mean, log_std = self.mean_and_log_std(labels)
+      eps = (h - mean) * tf.exp(-log_std)
+      return eps, -_sum_log_std(log_std, h, self.dtype)
 
   def forward_and_log_det(
     self, eps: tf.Tensor, labels: tf.Tensor | None = None

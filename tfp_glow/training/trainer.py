@@ -214,9 +214,10 @@ class Trainer(_KerasModel):
     weights = self._image_weights(weights, images)
     images = self._check_images(images, check_values=False)  # static checks raise at trace time
     labels = self._check_labels(labels, required=True, check_values=False)
-    finite, in_range, labels_ok = guard.batch_checks(
-      images, labels, self.num_classes, self._glow_config['validate_inputs']
-    )
+    with tf.name_scope('guard'):  # the op names say what they are for (benchmarks/profile_step.py)
+      finite, in_range, labels_ok = guard.batch_checks(
+        images, labels, self.num_classes, self._glow_config['validate_inputs']
+      )
     valid = finite & in_range & labels_ok
     if labels is not None:  # a data bug, not an accident: fit raises it as a ValueError (XLA: skipped)
       bad = tf.boolean_mask(labels, (labels < 0) | (labels >= self.num_classes))
@@ -241,11 +242,14 @@ class Trainer(_KerasModel):
     # A LossScaleOptimizer must see its overflowing (non-finite) gradients: it skips that step
     # itself and lowers its loss scale. Other optimizers get only finite gradients.
     mixed = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
-    ok = guard.all_replicas_agree(valid & guard.all_finite([loss] if mixed else [loss, *grads]))
-    guard.apply_if(self.optimizer, ok, grads, self.trainable_variables)
-    self.skip_causes.update(finite, in_range, labels_ok, ok)
-    self.skip_tracker.update_state(tf.cast(~ok, tf.float32) / replicas)  # the Sum adds up over replicas
-    logs = self._record_metrics(losses, bpd, labels, logits, weights * tf.cast(ok, weights.dtype))
+    with tf.name_scope('guard'):
+      ok = guard.all_replicas_agree(valid & guard.all_finite([loss] if mixed else [loss, *grads]))
+    with tf.name_scope('optimizer'):
+      guard.apply_if(self.optimizer, ok, grads, self.trainable_variables)
+    with tf.name_scope('metrics'):
+      self.skip_causes.update(finite, in_range, labels_ok, ok)
+      self.skip_tracker.update_state(tf.cast(~ok, tf.float32) / replicas)  # the Sum adds up over replicas
+      logs = self._record_metrics(losses, bpd, labels, logits, weights * tf.cast(ok, weights.dtype))
     return {**logs, 'skipped_steps': self.skip_tracker.result()}
 
   @tf.autograph.experimental.do_not_convert
