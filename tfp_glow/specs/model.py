@@ -182,9 +182,9 @@ class ModelSpec(Spec):
       object.__setattr__(self, 'coupling', coupling_spec(self.coupling, who=type(self).__name__))
 
   def _check_together(self, who: str) -> None:
-    if self.image_shape is not None:
+    if self.image_shape is not None:  # a model's spec (a run's leaves the shape and classes to its data)
       check_shape_and_levels(self.image_shape, self.levels, who)
-    check_class_context(self.class_context, self.num_classes, who)
+      check_class_context(self.class_context, self.num_classes, who)
 
   @classmethod
   def from_dict(cls, values: dict[str, Any], who: str | None = None) -> ModelSpec:
