@@ -109,7 +109,7 @@ def spy_on_the_hand_built_loops(monkeypatch):
 # ---- exactness ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('conditioner', ['conv', 'transformer'])
+@pytest.mark.parametrize('conditioner', ['conv', pytest.param('transformer', marks=pytest.mark.slow)])
 def test_a_context_reaches_the_couplings_and_the_flow_stays_exact(conditioner):
   glow, _ = flows(conditioner, 'stored')  # the reference: its Jacobians through TensorFlow's own gradient
   x, c = tf.constant(X), tf.constant(C)
@@ -126,12 +126,13 @@ def test_a_context_reaches_the_couplings_and_the_flow_stays_exact(conditioner):
 
 # ---- the hand-built gradients carry the context ------------------------------------------------------------
 
+# The default run: the conv's hand-built kernels under every gradient, the transformer's generic VJP once.
 GRADIENT_CASES = [
   ('conv', 'stored'),
   ('conv', 'inverse'),
   ('conv', 'checkpoint'),
   ('transformer', 'stored'),
-  ('transformer', 'inverse'),
+  pytest.param('transformer', 'inverse', marks=pytest.mark.slow),
 ]
 
 
@@ -200,6 +201,31 @@ def test_a_step_list_carries_the_context_and_its_gradient(gradient, monkeypatch)
   got = grad(flow)
   assert calls == [True, True]
   assert_equal_gradients(got, expected, flow.trainable_variables)
+
+
+def test_a_step_list_of_stacked_layers_sums_each_stack_s_gradient_over_its_steps():
+  """Without a context too: a StepList whose actnorms and couplings are views of stacks ([K, ...], read by every
+  step) gets each stack's gradient from every step, not from the last step that reads it alone."""
+  kwargs = dict(levels=2, steps=2, width=8, seed=0, dtype=tf.float64, permutation=OwnScale)
+  with pytest.warns(UserWarning, match='run unrolled'):
+    reference, flow = (
+      tg.Glow(SHAPE, gradient='autodiff', **kwargs),
+      tg.Glow(SHAPE, gradient='inverse', **kwargs),
+    )
+  reference.initialize(tf.constant(X))
+  perturb(reference, 0.1)
+  for a, b in zip(flow.variables, reference.variables):
+    a.assign(b)
+
+  def gradient(glow):
+    x = tf.constant(X)
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      loss = tf.reduce_sum(tf.sin(2 * glow.inverse(x))) + tf.reduce_sum(glow.inverse_log_det_jacobian(x, 3))
+    return tape.gradient(loss, [x, *glow.trainable_variables])
+
+  for g, e in zip(gradient(flow), gradient(reference)):
+    np.testing.assert_allclose(g, e, rtol=1e-8, atol=1e-12)
 
 
 # ---- the distribution ----------------------------------------------------------------------------------
