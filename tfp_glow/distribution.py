@@ -95,15 +95,42 @@ def _batch_labels(bijector_kwargs: dict, batch_shape, n) -> dict:
   return dict(bijector_kwargs, labels=labels)
 
 
+def _batch_context(bijector_kwargs: dict, batch_shape, n) -> dict:
+  """`context` [..., E] broadcast to the batch shape (one [E] vector: the same for every image), flattened to
+  [N, E] and padded like `_at_least_one`'s images; a batch part of any other shape is an error."""
+  context = bijector_kwargs.get('context')
+  if context is None:
+    return bijector_kwargs
+  context = tf.convert_to_tensor(context)
+  static_batch = tf.get_static_value(batch_shape)
+  if context.shape.rank is None or context.shape.rank < 1 or context.shape[-1] is None:
+    raise ValueError(f'GlowDistribution: context must be [..., E] with a known E, got shape {context.shape}.')
+  e = context.shape[-1]
+  if context.shape.rank > 1 and static_batch is not None:
+    if not context.shape[:-1].is_compatible_with(static_batch.tolist()):
+      raise ValueError(
+        f'GlowDistribution: context must be [E] (one for all images) or of the batch shape and E, '
+        f'{static_batch.tolist() + [e]} (one per image), got shape {context.shape.as_list()}.'
+      )
+  context = tf.reshape(tf.broadcast_to(context, tf.concat([batch_shape, [e]], 0)), [-1, e])
+  context = tf.concat([context, tf.zeros([tf.cast(tf.equal(n, 0), tf.int32), e], context.dtype)], 0)
+  return dict(bijector_kwargs, context=context)
+
+
+def _batch_kwargs(bijector_kwargs: dict, batch_shape, n) -> dict:
+  """The per-image bijector arguments, `labels` and `context`, batched as the images are."""
+  return _batch_context(_batch_labels(bijector_kwargs, batch_shape, n), batch_shape, n)
+
+
 def _split_kwargs(kwargs):
-  """`labels=` goes to the bijector; TFP's explicit bijector_/distribution_kwargs still work."""
+  """`labels=` and `context=` go to the bijector; TFP's explicit bijector_/distribution_kwargs still work."""
   kwargs = dict(kwargs)
   bijector_kwargs = dict(kwargs.pop('bijector_kwargs', {}))
   distribution_kwargs = dict(kwargs.pop('distribution_kwargs', {}))
-  if 'labels' in kwargs:
-    labels = kwargs.pop('labels')
-    if labels is not None:
-      bijector_kwargs['labels'] = labels
+  for key in ('labels', 'context'):
+    value = kwargs.pop(key, None)
+    if value is not None:
+      bijector_kwargs[key] = value
   if kwargs:
     raise TypeError(f'GlowDistribution: unexpected keyword arguments {sorted(kwargs)}.')
   return distribution_kwargs, bijector_kwargs
@@ -127,7 +154,9 @@ class GlowDistribution(_TransformedDistribution):
     sample(n, temperature=T, labels=None): eps ~ base, scaled by T (T < 1: typical images; the paper
       likes T = 0.7). With the N(0, I) base this scales the std of every level's prior by T.
     log_prob(x, labels=None), encode(x) -> per-level latents, decode(latents) -> images.
-  Class-conditional flows (num_classes set) need integer `labels` of the batch shape.
+  Class-conditional flows (num_classes set) need integer `labels` of the batch shape. A Glow whose conditioners
+  take a context (`tfp_glow.flow.context`) takes `context=` [..., E] (the batch shape, or one [E] for every
+  image) in each of these, as TFP's `bijector_kwargs={'context': c}` too.
 
   `base_distribution` (default N(0, I) of event shape [H, W, C]) may be any distribution with that
   event shape and the flow's dtype, e.g. a Student-t, a learned mixture.
@@ -189,7 +218,7 @@ class GlowDistribution(_TransformedDistribution):
     eps = self.distribution.sample(sample_shape, seed=seed, **distribution_kwargs)
     eps = eps * temperature
     flat, n, batch_shape = _at_least_one(eps)
-    bijector_kwargs = _batch_labels(bijector_kwargs, batch_shape, n)
+    bijector_kwargs = _batch_kwargs(bijector_kwargs, batch_shape, n)
     images = self.bijector.forward(flat, **bijector_kwargs)[:n]
     return tf.reshape(images, tf.concat([batch_shape, self.glow.image_shape], 0))
 
@@ -206,12 +235,16 @@ class GlowDistribution(_TransformedDistribution):
     distribution_kwargs, bijector_kwargs = self._kwargs_split_fn(kwargs)
     kwargs = {
       'distribution_kwargs': distribution_kwargs,
-      'bijector_kwargs': _batch_labels(bijector_kwargs, batch_shape, n),
+      'bijector_kwargs': _batch_kwargs(bijector_kwargs, batch_shape, n),
     }
     return tf.reshape(super()._log_prob(flat, **kwargs)[:n], batch_shape)
 
   def log_prob_parts(
-    self, images: tf.Tensor, labels: tf.Tensor | None = None, training_gradient: str | None = None
+    self,
+    images: tf.Tensor,
+    labels: tf.Tensor | None = None,
+    training_gradient: str | None = None,
+    context: tf.Tensor | None = None,
   ) -> LogProbParts:
     """log p(x) of images [N, H, W, C] with the encoding behind it (latents, log-det, top activations):
 
@@ -221,11 +254,13 @@ class GlowDistribution(_TransformedDistribution):
     as the bijector's `gradient` says; or one of `tfp_glow.flow.gradients.GRADIENTS`, for a training step
     whose only gradient is first order (of the loss w.r.t. the parameters and x): each level is
     differentiated with it, without asking TensorFlow whether a higher order may be taken."""
-    encoding = self.glow.encode_with_log_det(images, labels, training_gradient=training_gradient)
+    encoding = self.glow.encode_with_log_det(images, labels, training_gradient, context)
     log_prob = self.distribution.log_prob(self.glow.join_latents(encoding.latents)) + encoding.log_det
     return LogProbParts(log_prob, encoding)
 
-  def encode(self, images: tf.Tensor, labels: tf.Tensor | None = None) -> list[tf.Tensor]:
+  def encode(
+    self, images: tf.Tensor, labels: tf.Tensor | None = None, context: tf.Tensor | None = None
+  ) -> list[tf.Tensor]:
     """Images [..., H, W, C] -> per-level latents [eps_1, ..., eps_L], eps_i [..., h_i, w_i, c_i] (see
     `Glow.encode`): any batch shape, as `log_prob` and `sample` take (N may be 0); `labels` a scalar or
     of the batch shape."""
@@ -234,17 +269,21 @@ class GlowDistribution(_TransformedDistribution):
       raise ValueError(f'{self.name}: encode expects images [..., H, W, C], got {images.shape}.')
     images = self._check_finite(images, 'images')
     flat, n, batch_shape = _at_least_one(images)
-    labels = _batch_labels({'labels': labels}, batch_shape, n).get('labels')
-    latents = self.glow.encode(flat, labels)  # its error names a wrong image shape
+    kwargs = _batch_kwargs({'labels': labels, 'context': context}, batch_shape, n)
+    latents = self.glow.encode(
+      flat, kwargs['labels'], kwargs['context']
+    )  # its error names a wrong image shape
     return [tf.reshape(z[:n], tf.concat([batch_shape, tf.shape(z)[1:]], 0)) for z in latents]
 
-  def decode(self, latents: Sequence[tf.Tensor], labels: tf.Tensor | None = None) -> tf.Tensor:
+  def decode(
+    self, latents: Sequence[tf.Tensor], labels: tf.Tensor | None = None, context: tf.Tensor | None = None
+  ) -> tf.Tensor:
     """Per-level latents eps_i [..., h_i, w_i, c_i] -> images [..., H, W, C] (see `Glow.decode`): any
     batch shape, the same for every level (N may be 0); `labels` a scalar or of the batch shape."""
     latents = [self._check_finite(tf.convert_to_tensor(z, self.dtype), 'latents') for z in latents]
     ranks = {z.shape.rank for z in latents}
     if len(latents) != len(self.glow.latent_shapes) or len(ranks) != 1 or None in ranks or min(ranks) < 3:
-      return self.glow.decode(latents, labels)  # its error names the expected shapes
+      return self.glow.decode(latents, labels, context)  # its error names the expected shapes
     batch_shape = tf.shape(latents[0])[:-3]
     flat = [tf.reshape(z, tf.concat([[-1], tf.shape(z)[-3:]], 0)) for z in latents]
     if ranks != {4}:  # the 4-D case: Glow.decode checks the shapes; here the leading dims must agree
@@ -257,6 +296,6 @@ class GlowDistribution(_TransformedDistribution):
     n = tf.shape(flat[0])[0]
     pad = tf.cast(tf.equal(n, 0), tf.int32)
     padded = [tf.concat([z, tf.zeros(tf.concat([[pad], tf.shape(z)[1:]], 0), z.dtype)], 0) for z in flat]
-    labels = _batch_labels({'labels': labels}, batch_shape, n).get('labels')
-    images = self.glow.decode(padded, labels)[:n]
+    kwargs = _batch_kwargs({'labels': labels, 'context': context}, batch_shape, n)
+    images = self.glow.decode(padded, kwargs['labels'], kwargs['context'])[:n]
     return tf.reshape(images, tf.concat([batch_shape, self.glow.image_shape], 0))

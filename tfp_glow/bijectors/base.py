@@ -132,7 +132,9 @@ class GlowBijector(tfb.Bijector):
       return fn(x, **kwargs)
     batch_shape = tf.shape(x)[:-3]
     x4 = tf.reshape(x, [-1] + x.shape[-3:].as_list())
-    kwargs = {k: (tf.reshape(v, [-1]) if v is not None else None) for k, v in kwargs.items()}
+    # Per-image arguments fold as the images do: labels [...] -> [N], a context [..., E] -> [N, E].
+    inner = lambda v: tf.convert_to_tensor(v).shape.as_list()[x.shape.rank - 3 :]  # noqa: E731
+    kwargs = {k: (tf.reshape(v, [-1, *inner(v)]) if v is not None else None) for k, v in kwargs.items()}
     y4, ldj = fn(x4, **kwargs)
     y = tf.reshape(y4, tf.concat([batch_shape, y4.shape[1:].as_list()], axis=0))
     if ldj.shape.rank != 0:

@@ -38,8 +38,8 @@ class Coupling(GlowBijector):
   ViT on p x p patches that needs the input's `spatial` size (h, w); both end in a zero-initialized layer (h = 0
   at the start). Or your own Keras layer as `network` (built for inputs (None, None, None, C//2) if it is not
   built), which must output (C - C//2) * P channels. A `context` ([N, E], e.g. a class embedding) reaches the
-  conditioner through `inverse_and_log_det(x, context=...)` (TFP: `bijector.inverse(x, context=...)`): the
-  transformer adds it to its tokens when built with `context_size=E`.
+  conditioner through `inverse_and_log_det(x, context=...)` (TFP: `bijector.inverse(x, context=...)`) when it
+  is built with `context_size=E`: the transformer adds it to its tokens, the conv to its first hidden layer.
 
   The network runs once per transform-plus-log-det (see `GlowBijector`). Under a Keras mixed policy the
   default network computes in bfloat16/float16 and its output is cast back to the flow's dtype, so the
@@ -74,7 +74,7 @@ class Coupling(GlowBijector):
       self._split.check((*(spatial or (None, None)), channels), name)
     else:
       check_channels(channels, 2, name + ' (the coupling splits channels in two)')
-    if network is not None and self._conditioner.name != 'conv':
+    if network is not None and self._conditioner != conditioners.Conv():  # a conv with a context included
       raise ValueError(
         f'{name}: network= replaces the conditioner; conditioner={conditioner!r} cannot take it.'
       )
@@ -86,7 +86,7 @@ class Coupling(GlowBijector):
     self._default_network = network is None
     if network is not None and stack is None:
       _build(network, self._in, self._out, name)
-    elif stack is None and (self._conditioner.name != 'conv' or self._split.spatial):
+    elif stack is None and (self._conditioner != conditioners.Conv() or self._split.spatial):
       stack = NewStack(1, name)  # a stack of one: the same code as a level's
     super().__init__(
       layer=network,

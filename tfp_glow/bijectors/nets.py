@@ -127,11 +127,13 @@ def apply_coupling_network(
   x: tf.Tensor,
   compute_dtype: tf.DType | str,
   logscale_factor: float = LOGSCALE_FACTOR,
+  context: tf.Tensor | None = None,
 ) -> tf.Tensor:
   """`coupling_network`'s function with its weights as arguments (what `tfp_glow.flow.stack.StepStack` needs):
   the same ops as the Keras layers, computed in `compute_dtype` (bfloat16/float16 under a mixed policy,
-  the weights cast as Keras casts them). [N, H, W, in_channels] -> [N, H, W, out_channels]."""
-  return coupling_network_activations(weights, x, compute_dtype, logscale_factor)[0]
+  the weights cast as Keras casts them). [N, H, W, in_channels] -> [N, H, W, out_channels]. `context`
+  ([N, E]): see `coupling_network_activations`."""
+  return coupling_network_activations(weights, x, compute_dtype, logscale_factor, context)[0]
 
 
 def coupling_network_activations(
@@ -139,15 +141,38 @@ def coupling_network_activations(
   x: tf.Tensor,
   compute_dtype: tf.DType | str,
   logscale_factor: float = LOGSCALE_FACTOR,
+  context: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
   """`apply_coupling_network`, also returning what `coupling_network_vjp` needs, all in `compute_dtype`:
   (out, (a1, a2, pre)), with a1, a2 the two hidden ReLU outputs [N, H, W, width] and pre the last
-  convolution's output before its exp(logscale_factor * logs) scale [N, H, W, out_channels]."""
-  k_in, b_in, k_hidden, b_hidden, k_out, b_out, logs = (tf.cast(w, compute_dtype) for w in weights)
-  a1 = tf.nn.relu(tf.nn.bias_add(conv2d(tf.cast(x, compute_dtype), k_in), b_in))
+  convolution's output before its exp(logscale_factor * logs) scale [N, H, W, out_channels].
+
+  With a `context` c [N, E] (and the context kernel W_c [E, width], the 8th weight) the first hidden layer is
+    a1 = relu(conv3x3(x) + b_in + c @ W_c)        c @ W_c [N, width], the same at every pixel
+  Without one (or without W_c) the ops are the paper's network's, unchanged."""
+  k_in, b_in, k_hidden, b_hidden, k_out, b_out, logs = (tf.cast(w, compute_dtype) for w in weights[:7])
+  z1 = tf.nn.bias_add(conv2d(tf.cast(x, compute_dtype), k_in), b_in)
+  if context is not None:
+    z1 += context_projection(weights, context, compute_dtype)[:, None, None, :]
+  a1 = tf.nn.relu(z1)
   a2 = tf.nn.relu(tf.nn.bias_add(conv2d(a1, k_hidden), b_hidden))
   pre = tf.nn.bias_add(conv2d(a2, k_out), b_out)
   return pre * tf.exp(logs * logscale_factor), (a1, a2, pre)
+
+
+def context_projection(
+  weights: list[tf.Tensor], context: tf.Tensor, compute_dtype: tf.DType | str
+) -> tf.Tensor:
+  """c @ W_c [N, width] in `compute_dtype`: what a context adds to the first hidden layer's pre-activation.
+  Refuses a network built without a context kernel (`context_size` None) and a context of the wrong size."""
+  if len(weights) < 8:
+    raise ValueError("The 'conv' conditioner got a context but was built without context_size.")
+  kernel = weights[7]
+  if context.shape.rank != 2 or context.shape[-1] != kernel.shape[0]:
+    raise ValueError(
+      f"The 'conv' conditioner's context must be [N, {kernel.shape[0]}] (its context_size), got {context.shape}."
+    )
+  return tf.matmul(tf.cast(context, compute_dtype), tf.cast(kernel, compute_dtype))
 
 
 class StackedCouplingNetworks(keras.layers.Layer):
@@ -158,7 +183,9 @@ class StackedCouplingNetworks(keras.layers.Layer):
 
   Each step's weights start as a `coupling_network`'s do: Glorot-uniform kernels (drawn per step, with
   that step's fan-in and fan-out), zero biases, and a zero last layer (the coupling starts as the identity).
-  `dtype`: a dtype or a Keras mixed policy name (float32 variables, low-precision compute).
+  `dtype`: a dtype or a Keras mixed policy name (float32 variables, low-precision compute). `context_size` E:
+  also a context kernel [K, E, width] (Glorot-uniform), last in `weights_in_order()`, which projects a context
+  [N, E] onto the first hidden layer (`coupling_network_activations`); None: none (the paper's network).
   """
 
   def __init__(
@@ -169,6 +196,7 @@ class StackedCouplingNetworks(keras.layers.Layer):
     steps: int,
     dtype: tf.DType | str = 'float32',
     name: str = 'coupling_nn',
+    context_size: int | None = None,
   ):
     dtype = dtype if dtype in MIXED_POLICIES else tf.as_dtype(dtype).name
     super().__init__(dtype=dtype, name=name)
@@ -188,10 +216,13 @@ class StackedCouplingNetworks(keras.layers.Layer):
     self.conv_out_kernel = weight((3, 3, width, out_channels), 'zeros', 'conv_out_kernel')
     self.conv_out_bias = weight((out_channels,), 'zeros', 'conv_out_bias')
     self.conv_out_logs = weight((out_channels,), 'zeros', 'conv_out_logs')
+    self.context_kernel = None
+    if context_size is not None:
+      self.context_kernel = weight((context_size, width), per_step, 'conv_in_context_kernel')
     self.built = True
 
   def weights_in_order(self) -> list[keras.Variable]:
-    return [
+    ordered = [
       self.conv_in_kernel,
       self.conv_in_bias,
       self.conv_hidden_kernel,
@@ -200,6 +231,7 @@ class StackedCouplingNetworks(keras.layers.Layer):
       self.conv_out_bias,
       self.conv_out_logs,
     ]
+    return ordered if self.context_kernel is None else [*ordered, self.context_kernel]
 
   def call(self, inputs: Any) -> Any:  # Keras wants a call; this layer is read, never called.
     return inputs

@@ -55,13 +55,13 @@ def resolve_coupling(
 
 def complete(spec: CouplingSpec, transform: Any = None, conditioner: Any = None) -> CouplingSpec:
   """`spec` with every setting of its transform and conditioner written out (their defaults included), so
-  that a saved model keeps its shapes if a default changes later."""
+  that a saved model keeps its shapes if a default changes later; but a conditioner's None (an optional part
+  left out, e.g. `context_size`) is not written, so the default conv's settings stay {} as before it had one."""
   if transform is None:
     transform, conditioner = coupling_parts(spec)
   transform_settings = {} if isinstance(transform, str) else dataclasses.asdict(transform)
-  return spec.replace(
-    transform_settings=transform_settings, conditioner_settings=dataclasses.asdict(conditioner)
-  )
+  settings = {k: v for k, v in dataclasses.asdict(conditioner).items() if v is not None}
+  return spec.replace(transform_settings=transform_settings, conditioner_settings=settings)
 
 
 def deprecated_memory_saving(gradient: str | None, memory_saving: bool | str, who: str) -> str | None:

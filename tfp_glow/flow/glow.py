@@ -15,6 +15,7 @@ from tfp_glow.bijectors.split import SplitPrior
 from tfp_glow.bijectors.squeeze import Squeeze
 from tfp_glow.bijectors.top_prior import TopPrior
 from tfp_glow.flow import choices
+from tfp_glow.flow import context as flow_context
 from tfp_glow.flow.encoding import Encoding
 from tfp_glow.flow.gradients import check_gradient, encode_level
 from tfp_glow.flow.level import Level, NetworkFn, build_steps
@@ -23,6 +24,7 @@ from tfp_glow.specs import CouplingSpec, ModelSpec, field_defaults
 _DEFAULTS = field_defaults(ModelSpec)  # the defaults of Glow's settings: ModelSpec's (tfp_glow.specs)
 # The ModelSpec fields that are Glow's arguments of the same name.
 _SPEC_ARGS = ('levels', 'steps', 'width', 'coupling', 'permutation', 'learn_top', 'num_classes', 'seed')
+_SPEC_ARGS += ('class_context',)
 
 
 class Glow(GlowBijector):
@@ -57,7 +59,8 @@ class Glow(GlowBijector):
       Jet-style), or an instance with settings.
     conditioner_settings: a named conditioner's settings as one dict, e.g. {'depth': 2, 'width': 128,
       'heads': 4, 'patch_size': 2} (`conditioners.Transformer`); each level's size must be divisible by
-      patch_size.
+      patch_size. With {'context_size': E} every coupling also takes `context=` [N, E] (`tfp_glow.flow.context`).
+    class_context: E: a learned class embedding [num_classes, E] is every coupling's context (c = emb[labels]).
     seed: seeds the random rotations / shuffles.
     dtype: tf.float32 or tf.float64.
     gradient: how each level is differentiated image -> latent (`tfp_glow.flow.gradients`): 'autodiff'
@@ -93,12 +96,14 @@ class Glow(GlowBijector):
     *,
     conditioner: str | conditioners.Conditioner | None = None,
     conditioner_settings: dict | None = None,
+    class_context: int | None = _DEFAULTS['class_context'],
   ):
     parameters = dict(locals())
     dtype = tf.as_dtype(dtype)
-    coupling, self._conditioner, self._coupling_spec = choices.resolve_coupling(
-      coupling, conditioner, conditioner_settings
-    )
+    coupling, conditioner, spec = choices.resolve_coupling(coupling, conditioner, conditioner_settings)
+    takes_context = coupling_network is None and spec is not None  # the built-in coupling's conditioner
+    self._conditioner = flow_context.conditioner_for(conditioner, class_context, num_classes, takes_context)
+    self._coupling_spec = spec and choices.complete(spec, coupling, self._conditioner)
     self._gradient = check_gradient(choices.deprecated_memory_saving(gradient, memory_saving, 'Glow'))
     self._image_shape = choices.check_config(
       image_shape, levels, steps, width, permutation, num_classes, dtype
@@ -132,7 +137,8 @@ class Glow(GlowBijector):
     self._bijectors = [b for lv in self._levels for s in lv.steps for b in s.bijectors()]
     self._bijectors += [lv.exit for lv in self._levels if lv.exit is not None]
     layers = list({id(b.layer): b.layer for b in self._bijectors}.values())  # a stack's layer once
-    layer = LayerGroup(layers, dtype, name)
+    self._conditioning = flow_context.Conditioning(num_classes, class_context, self._conditioner, dtype, name)
+    layer = LayerGroup(layers + self._conditioning.layers, dtype, name)  # + the class embedding, if any
     super().__init__(
       layer=layer,
       channels=self._image_shape[-1],
@@ -200,7 +206,7 @@ class Glow(GlowBijector):
 
   # ---- data-dependent init ---------------------------------------------------------------------
 
-  def initialize(self, images: tf.Tensor, labels: tf.Tensor | None = None) -> None:
+  def initialize(self, images: tf.Tensor, labels: tf.Tensor | None = None, context: Any = None) -> None:
     """Actnorm data-dependent init from a batch of images [N, H, W, C] (the reference uses 256).
 
     Runs the flow image -> latent; each actnorm, in order, is initialized from the activations it
@@ -209,28 +215,33 @@ class Glow(GlowBijector):
     """
     images = self._check_image_input(tf.convert_to_tensor(images, dtype=self.dtype))
     images, labels = tf.reshape(images, [-1, *self._image_shape]), _flat(labels)
-    initialize = lambda x, y: self._encode_4d(x, y, initialize=True).log_det  # noqa: E731
+    initialize = lambda x, y, c: self._encode_4d(x, y, initialize=True, context=c).log_det  # noqa: E731
     # Eagerly, as one graph: TensorFlow's per-op dispatch would otherwise run K steps' ops one by one
     # (1.6 s at K=32, against 0.5 s traced). The assignments are the same either way.
-    (tf.function(initialize, autograph=False) if tf.executing_eagerly() else initialize)(images, labels)
+    run = tf.function(initialize, autograph=False) if tf.executing_eagerly() else initialize
+    run(images, labels, context)
 
   # ---- encode / decode -------------------------------------------------------------------------
 
   def encode_with_log_det(
-    self, images: tf.Tensor, labels: tf.Tensor | None = None, training_gradient: str | None = None
+    self,
+    images: tf.Tensor,
+    labels: tf.Tensor | None = None,
+    training_gradient: str | None = None,
+    context: Any = None,
   ) -> Encoding:
     """Image [N, H, W, C] -> per-level latents, the log-det, and the top activations. `training_gradient`:
     a training step's first-order-only gradient, used instead of `gradient` (`gradients.encode_level`)."""
     images = self._check_image_input(tf.convert_to_tensor(images, dtype=self.dtype))
     if images.shape.rank != 4:
       raise ValueError(f'{self.name}: encode expects images [N, H, W, C], got {images.shape}.')
-    return self._encode_4d(images, labels, training_gradient=training_gradient)
+    return self._encode_4d(images, labels, training_gradient=training_gradient, context=context)
 
-  def encode(self, images: tf.Tensor, labels: tf.Tensor | None = None) -> list[tf.Tensor]:
+  def encode(self, images: tf.Tensor, labels: Any = None, context: Any = None) -> list[tf.Tensor]:
     """Image [N, H, W, C] -> [eps_1, ..., eps_L], eps_i [N, h_i, w_i, c_i] (standardized)."""
-    return self.encode_with_log_det(images, labels).latents
+    return self.encode_with_log_det(images, labels, context=context).latents
 
-  def decode(self, latents: Sequence[tf.Tensor], labels: tf.Tensor | None = None) -> tf.Tensor:
+  def decode(self, latents: Sequence[tf.Tensor], labels: Any = None, context: Any = None) -> tf.Tensor:
     """[eps_1, ..., eps_L] (as from `encode`) -> images [N, H, W, C]."""
     if len(latents) != len(self._levels):
       raise ValueError(
@@ -244,24 +255,24 @@ class Glow(GlowBijector):
           f'got {[tuple(t.shape) for t in latents]}.'
         )
     latents = [self._check_finite(z, 'latents') for z in latents]
-    return self._decode_4d(latents, labels)[0]
+    return self._decode_4d(latents, labels, context)[0]
 
   # ---- the two directions on 4-D tensors ---------------------------------------------------------
 
   # Plain Python loops over layers, no tensor-dependent control flow: AutoGraph has nothing to convert,
   # and skipping its source transformation makes tracing a training step ~2.5x faster.
   @tf.autograph.experimental.do_not_convert
-  def _encode_4d(self, x, labels=None, initialize=False, training_gradient=None) -> Encoding:
+  def _encode_4d(self, x, labels=None, initialize=False, training_gradient=None, context=None) -> Encoding:
     h, log_det = x, tf.zeros(tf.shape(x)[:1], self.dtype)
     latents = []
-    self._check_labels(labels)
+    context = self._conditioning.context_of(x, labels, context)  # labels checked too
     for level in self._levels:
       h = self._squeeze.inverse_and_log_det(h)[0]
       # Each actnorm is initialized from the activations of the (initialized) steps before it.
       if initialize:
-        h, ld = level.steps.initialize(h)
+        h, ld = level.steps.initialize(h, context)
       else:
-        h, ld = encode_level(level.steps, h, self._gradient, training_gradient)
+        h, ld = encode_level(level.steps, h, self._gradient, training_gradient, context)
       log_det += ld
       top = h
       if isinstance(level.exit, SplitPrior):
@@ -278,8 +289,8 @@ class Glow(GlowBijector):
     return Encoding(latents, log_det, top)
 
   @tf.autograph.experimental.do_not_convert
-  def _decode_4d(self, latents, labels=None) -> ValueAndLogDet:
-    self._check_labels(labels)
+  def _decode_4d(self, latents, labels=None, context=None) -> ValueAndLogDet:
+    context = self._conditioning.context_of(latents[0], labels, context)
     log_det = tf.zeros(tf.shape(latents[0])[:1], self.dtype)
     h = None
     for level, eps in reversed(list(zip(self._levels, latents))):
@@ -291,7 +302,7 @@ class Glow(GlowBijector):
         log_det += ld
       else:
         h = eps
-      h, ld = level.steps.decode(h)
+      h, ld = level.steps.decode(h, context)
       log_det += ld
       h = self._squeeze.forward_and_log_det(h)[0]
     return h, log_det
@@ -309,14 +320,14 @@ class Glow(GlowBijector):
     parts = tf.split(tf.reshape(eps, tf.concat([n, [-1]], 0)), sizes, axis=-1)
     return [tf.reshape(p, tf.concat([n, s], 0)) for p, s in zip(parts, self.latent_shapes)]
 
-  def inverse_and_log_det(self, x: tf.Tensor, labels: tf.Tensor | None = None) -> ValueAndLogDet:
+  def inverse_and_log_det(self, x: tf.Tensor, labels: Any = None, context: Any = None) -> ValueAndLogDet:
     x = self._check_image_input(x)
-    enc = self._encode_4d(x, labels)
+    enc = self._encode_4d(x, labels, context=context)
     return self.join_latents(enc.latents), enc.log_det
 
-  def forward_and_log_det(self, eps: tf.Tensor, labels: tf.Tensor | None = None) -> ValueAndLogDet:
+  def forward_and_log_det(self, eps: tf.Tensor, labels: Any = None, context: Any = None) -> ValueAndLogDet:
     eps = self._check_image_input(eps, 'latents')
-    return self._decode_4d(self.split_latent(eps), labels)
+    return self._decode_4d(self.split_latent(eps), labels, context)
 
   def _check_image_input(self, images, what='images') -> tf.Tensor:
     """Shape and dtype errors now; with validate_args, `images` checked finite (no range: any real values)."""
@@ -327,12 +338,6 @@ class Glow(GlowBijector):
         f'{", ".join(map(str, self._image_shape))}], got {images.shape}.'
       )
     return self._check_finite(images, what)
-
-  def _check_labels(self, labels):
-    if labels is not None and not self._num_classes:
-      raise ValueError(
-        f'{self.name}: labels were given, but this Glow is not class-conditional (num_classes=None).'
-      )
 
   def _check_finite(self, x, what='images') -> tf.Tensor:
     """With validate_args, `x` refused (InvalidArgumentError) if it holds NaN or Inf; use the returned tensor."""

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfp_glow.bijectors import splits, transforms
+from tfp_glow.bijectors import conditioners, splits, transforms
 from tfp_glow.bijectors.actnorm import ActNorm
 from tfp_glow.bijectors.base import GlowBijector
 from tfp_glow.bijectors.coupling import AffineCoupling, Coupling
@@ -81,7 +81,7 @@ def build_steps(
   ]
   layers = [ActNorm.stacked(c, steps, dtype=dtype, name=prefix + 'actnorm')]
   layers.append(_permutations(permutation, c, steps, int(rng.integers(2**31)), dtype, prefix))
-  if (conditioner is not None and conditioner.name != 'conv') or split.spatial:
+  if (conditioner is not None and conditioner != conditioners.Conv()) or split.spatial:  # not the paper's
     if conditioner is not None:
       conditioner.check_spatial(spatial, who)
     options = dict(conditioner=conditioner or 'conv', spatial=spatial, split=split)
@@ -124,7 +124,7 @@ def _check_custom_network(coupling, permutation) -> None:
 def _check_conditioner(conditioner, coupling, coupling_network) -> None:
   """A conditioner other than the conv feeds the built-in coupling: a custom network or coupling class cannot
   take it (refused, never silently dropped)."""
-  if conditioner is None or conditioner.name == 'conv':
+  if conditioner is None or conditioner == conditioners.Conv():  # a conv with a context is refused below
     return
   if coupling_network is not None:
     raise ValueError(

@@ -11,9 +11,12 @@ initialize actnorm from data (`initialize`). How a level is differentiated is ch
 (`tfp_glow.flow.gradients`); it uses the per-step pieces here (`parameter_columns`, `step_parameters`,
 `apply_step`):
 
-  image -> latent:  h_0 = x;      h_{k+1}, ld_k = step(params[k], h_k)            k = 0 .. K-1
-  latent -> image:  h_K = z;      h_k, ld_k = step^-1(params[k], h_{k+1})        k = K-1 .. 0
+  image -> latent:  h_0 = x;      h_{k+1}, ld_k = step(params[k], h_k; c)         k = 0 .. K-1
+  latent -> image:  h_K = z;      h_k, ld_k = step^-1(params[k], h_{k+1}; c)     k = K-1 .. 0
   log-det = sum_k ld_k,  step = actnorm -> permutation -> coupling (image -> latent order)
+
+c: an optional conditioner context [N, E] (`tfp_glow.bijectors.conditioners`), the same for every step: a
+loop-invariant input of the loop body (captured, never unrolled), passed to each step's coupling only.
 
 The loop is the same under XLA (`jit_compile=True`): `tf.while_loop` with `maximum_iterations=K` becomes one
 XLA `while` with a known trip count, its TensorArrays fixed-size buffers [K, ...] read and written with dynamic
@@ -103,10 +106,16 @@ class StepStack(_Steps):
     return [c[k] if isinstance(c, list) else c.read(k) for c in columns]
 
   def apply_step(
-    self, parameters: Sequence[tf.Tensor], h: tf.Tensor, inverse: bool, layers: Sequence[Any] | None = None
+    self,
+    parameters: Sequence[tf.Tensor],
+    h: tf.Tensor,
+    inverse: bool,
+    layers: Sequence[Any] | None = None,
+    context: tf.Tensor | None = None,
   ) -> tuple[tf.Tensor, tf.Tensor]:
     """One step with `parameters` (flat, as `step_parameters`): image -> latent if `inverse`, else latent
-    -> image. `layers`: a prefix of the template (its parameters first in `parameters`). (h, log-det [N])."""
+    -> image. `layers`: a prefix of the template (its parameters first in `parameters`). `context`: the
+    coupling's conditioner context [N, E] or None. (h, log-det [N])."""
     layers = self.template if layers is None else layers
     parts, start = [], 0
     for b, n in zip(layers, self._sizes):
@@ -116,29 +125,32 @@ class StepStack(_Steps):
       parts = [(FoldedHead(*parts[:2]), None), *parts[2:]]
     log_det = tf.zeros(tf.shape(h)[:1], h.dtype)
     for b, p in parts if inverse else reversed(parts):
+      kwargs = _context_of(b, self.template[-1], context)
       with tf.name_scope(type(b).__name__):  # names the ops per layer (benchmarks/profile_step.py)
-        h, ld = (b.inverse_and_log_det_with if inverse else b.forward_and_log_det_with)(p, h)
+        h, ld = (b.inverse_and_log_det_with if inverse else b.forward_and_log_det_with)(p, h, **kwargs)
       log_det += ld
     return h, log_det
 
   # ---- the two directions, with plain autodiff ---------------------------------------------------
 
-  def encode(self, x: tf.Tensor, values: Sequence[tf.Tensor] | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+  def encode(
+    self, x: tf.Tensor, values: Sequence[tf.Tensor] | None = None, context: tf.Tensor | None = None
+  ) -> tuple[tf.Tensor, tf.Tensor]:
     """Image -> latent through the K steps: (y [N, h, w, c], sum of log-dets [N]). `values`: the stacks'
-    values, if already read."""
-    return self._loop(x, inverse=True, values=values)
+    values, if already read. `context`: the couplings' conditioner context [N, E] or None."""
+    return self._loop(x, inverse=True, values=values, context=context)
 
-  def decode(self, z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  def decode(self, z: tf.Tensor, context: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
     """Latent -> image, last step first: (x [N, h, w, c], sum of log-dets [N])."""
-    return self._loop(z, inverse=False)
+    return self._loop(z, inverse=False, context=context)
 
-  def _loop(self, h, inverse, values=None):
+  def _loop(self, h, inverse, values=None, context=None):
     k_steps, unroll = len(self.steps), self.unrolled()
     columns = self.parameter_columns(unroll, values)
 
     def body(k, h, log_det):
       parameters = self.step_parameters(columns, k if inverse else k_steps - 1 - k)
-      h, ld = self.apply_step(parameters, h, inverse)
+      h, ld = self.apply_step(parameters, h, inverse, context=context)  # context: loop-invariant, captured
       return k + 1, h, log_det + ld
 
     log_det = tf.zeros(tf.shape(h)[:1], h.dtype)
@@ -151,9 +163,9 @@ class StepStack(_Steps):
     )
     return h, log_det
 
-  def initialize(self, h: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  def initialize(self, h: tf.Tensor, context: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
     """Actnorm's data-dependent init of the K steps as one loop: step k's actnorm from the activations
-    it receives, then step k applied with them (each stack assigned once, after the loop):
+    it receives, then step k applied with them (with `context`; each stack assigned once, after the loop):
 
       (log_scale_k, bias_k) = data_init(h_k) unless initialized[k];   h_{k+1} = step_k(h_k)
 
@@ -169,7 +181,7 @@ class StepStack(_Steps):
       parameters = self.step_parameters(columns, k)
       done = tf.gather(flags, k)
       log_scale, bias = (tf.where(done, old, init) for old, init in zip(parameters[:2], data_init(h)))
-      h, ld = self.apply_step([log_scale, bias, *parameters[2:]], h, inverse=True)
+      h, ld = self.apply_step([log_scale, bias, *parameters[2:]], h, inverse=True, context=context)
       return k + 1, h, log_det + ld, log_scales.write(k, log_scale), biases.write(k, bias)
 
     log_det = tf.zeros(tf.shape(h)[:1], h.dtype)
@@ -208,40 +220,50 @@ class StepList(_Steps):
     self.steps = tuple(steps)
     self.variables = [v for s in self.steps for b in s.bijectors() for v in b.trainable_variables]
 
-  def apply_step(self, k: int, h: tf.Tensor, inverse: bool) -> tuple[tf.Tensor, tf.Tensor]:
-    """Step k, image -> latent if `inverse`, else latent -> image: (h, log-det [N])."""
+  def apply_step(
+    self, k: int, h: tf.Tensor, inverse: bool, context: tf.Tensor | None = None
+  ) -> tuple[tf.Tensor, tf.Tensor]:
+    """Step k, image -> latent if `inverse`, else latent -> image (`context`: the coupling's, or None):
+    (h, log-det [N])."""
     layers = self.steps[k].bijectors()
     log_det = tf.zeros(tf.shape(h)[:1], h.dtype)
     for b in layers if inverse else reversed(layers):
-      h, ld = (b.inverse_and_log_det if inverse else b.forward_and_log_det)(h)
+      kwargs = _context_of(b, layers[-1], context)
+      h, ld = (b.inverse_and_log_det if inverse else b.forward_and_log_det)(h, **kwargs)
       log_det += ld
     return h, log_det
 
-  def encode(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  def encode(self, x: tf.Tensor, context: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
     log_det = tf.zeros(tf.shape(x)[:1], x.dtype)
     for k in range(len(self.steps)):
-      x, ld = self.apply_step(k, x, inverse=True)
+      x, ld = self.apply_step(k, x, inverse=True, context=context)
       log_det += ld
     return x, log_det
 
-  def decode(self, z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  def decode(self, z: tf.Tensor, context: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
     log_det = tf.zeros(tf.shape(z)[:1], z.dtype)
     for k in reversed(range(len(self.steps))):
-      z, ld = self.apply_step(k, z, inverse=False)
+      z, ld = self.apply_step(k, z, inverse=False, context=context)
       log_det += ld
     return z, log_det
 
-  def initialize(self, h: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  def initialize(self, h: tf.Tensor, context: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
     """Each actnorm from the activations of the (initialized) steps before it; returns as `encode`."""
     log_det = tf.zeros(tf.shape(h)[:1], h.dtype)
     for k, step in enumerate(self.steps):
       step.actnorm.initialize(h)
-      h, ld = self.apply_step(k, h, inverse=True)
+      h, ld = self.apply_step(k, h, inverse=True, context=context)
       log_det += ld
     return h, log_det
 
 
 Steps = StepStack | StepList
+
+
+def _context_of(layer: Any, coupling: Any, context: tf.Tensor | None) -> dict:
+  """The keyword arguments that give `context` to a step's coupling (the last layer) alone; none without one, so
+  a layer that takes no context is called as ever."""
+  return {'context': context} if context is not None and layer is coupling else {}
 
 
 def why_not_stacked(layer: GlowBijector | type) -> str | None:

@@ -126,6 +126,15 @@ def coupling_spec(
   return CouplingSpec.create(who, **dataclasses.asdict(spec))
 
 
+def check_class_context(class_context: int | None, num_classes: int | None, who: str) -> None:
+  """A class embedding as the conditioners' context (`class_context`, its size E) needs classes to embed."""
+  if class_context is not None and not num_classes:
+    raise ValueError(
+      f'{who}: class_context={class_context!r} feeds a learned class embedding to the conditioners and needs '
+      'num_classes; set num_classes, or leave class_context None.'
+    )
+
+
 def check_shape_and_levels(image_shape: tuple[int, int, int], levels: int, who: str) -> None:
   """H and W divisible by 2**levels: one 2x2 squeeze per level."""
   f = 2**levels
@@ -142,6 +151,9 @@ class ModelSpec(Spec):
 
   image_shape: (H, W, C), or None where the data decides (a run's config). gradient: how the training step
   differentiates each level (`tfp_glow.flow.gradients`; the bijector's own calls keep 'autodiff').
+  class_context: E, the size of a learned class embedding [num_classes, E] that a class-conditional model feeds
+  to every coupling's conditioner as its context (`tfp_glow.flow.context`); None: the top prior alone is
+  conditioned on the class.
   """
 
   image_shape: tuple | None = setting(None, optional(IMAGE_SHAPE))
@@ -154,6 +166,7 @@ class ModelSpec(Spec):
   permutation: str = setting('conv_lu', one_of(PERMUTATIONS))
   learn_top: bool = setting(True, BOOL)
   num_classes: int | None = setting(None, optional(int_at_least(2)))
+  class_context: int | None = setting(None, optional(int_at_least(1)))
   n_bins: int = setting(256, int_at_least(2))
   class_loss_weight: float = setting(0.01, NON_NEGATIVE_FLOAT)
   init_batch_size: int = setting(256, POSITIVE_INT)
@@ -175,8 +188,9 @@ class ModelSpec(Spec):
       object.__setattr__(self, 'coupling', coupling_spec(self.coupling, who=type(self).__name__))
 
   def _check_together(self, who: str) -> None:
-    if self.image_shape is not None:
+    if self.image_shape is not None:  # a model's spec (a run's leaves the shape and classes to its data)
       check_shape_and_levels(self.image_shape, self.levels, who)
+      check_class_context(self.class_context, self.num_classes, who)
 
   @classmethod
   def from_dict(cls, values: dict[str, Any], who: str | None = None) -> ModelSpec:

@@ -45,7 +45,8 @@ class GlowModel(Trainer, PublicCalls, Files, keras.Model):
   (`tfp_glow.training.inputs.pad_batches`).
   Class-conditional (`num_classes`): data is (images, labels); the top prior depends on the label,
   and a zero-initialized linear classifier on the mean of the top activations adds
-  `class_loss_weight` * cross-entropy in bits (the reference's ycond and weight_y = 0.01).
+  `class_loss_weight` * cross-entropy in bits (the reference's ycond and weight_y = 0.01). With `class_context=E`
+  a learned class embedding [num_classes, E] is also every coupling's conditioner context (`tfp_glow.flow.context`).
 
   Dequantization (tfp_glow.dequantization): 'uniform' (the paper: the data pipeline's u ~ U[0, 1)), or
   'variational': the loss recovers each image's bins and draws u ~ q(u|x), a small conditional flow
