@@ -139,12 +139,20 @@ def couplings_section(data: dict) -> str:
   return couplings_table.section(data)
 
 
+def precision_study_section(data: dict) -> str:
+  """benchmarks/precision_study.py: mixed_bfloat16 against float32, paired by seed."""
+  import precision_study  # noqa: PLC0415  (benchmarks/, next to this file)
+
+  return precision_study.section(data)
+
+
 # Results files with a section of their own below the table.
 SECTIONS = {
   'public_api.json': public_api_section,
   'likelihood.json': likelihood_section,
   'defaults_study.json': defaults_study_section,
   'couplings.json': couplings_section,
+  'precision_study.json': precision_study_section,
 }
 
 
