@@ -40,7 +40,6 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / 'benchmarks' / 'results' / 'precision_study.json'
 PRECISIONS = ('float32', 'mixed_bfloat16')
-EQUAL = 0.0005  # bits/dim: a paired difference below this on every seed is the same computation
 
 STUDIES = {
   'digits': dict(what='`tfp-glow train` with every default (offline digits, 80 epochs)', flags=[]),
@@ -138,12 +137,10 @@ def one_run(flags: list[str], seed: int, precision: str, n_train: int) -> dict:
   )
 
 
-def _verdict(values: list[float], null: float, above: str, below: str, equal: float = 0.0) -> str:
+def _verdict(values: list[float], null: float, above: str, below: str) -> str:
   """'not shown' when |mean - null| <= 2 sd over seeds, else `above` / `below` (null: 0 for a difference,
-  1 for a ratio); 'equal' when every seed is within `equal` of null (the same computation)."""
+  1 for a ratio)."""
   mean = statistics.fmean(values)
-  if equal and max(abs(v - null) for v in values) < equal:
-    return f'equal (each seed within {equal})'
   if len(values) < 2:
     return 'one seed'
   sd = statistics.stdev(values)
@@ -166,10 +163,10 @@ def summarize(runs: list[dict]) -> dict:
     'rss_ratio': [by[s, bf16]['peak_rss_gb'] / by[s, f32]['peak_rss_gb'] for s in seeds],
   }
   verdicts = {
-    'test_bits_per_dim': (0.0, 'bf16 worse', 'bf16 better', EQUAL),
-    'train_bits_per_dim': (0.0, 'bf16 worse', 'bf16 better', EQUAL),
-    'speed_ratio': (1.0, 'bf16 faster', 'bf16 slower', 0.0),
-    'rss_ratio': (1.0, 'bf16 more', 'bf16 less', 0.0),
+    'test_bits_per_dim': (0.0, 'bf16 worse', 'bf16 better'),
+    'train_bits_per_dim': (0.0, 'bf16 worse', 'bf16 better'),
+    'speed_ratio': (1.0, 'bf16 faster', 'bf16 slower'),
+    'rss_ratio': (1.0, 'bf16 more', 'bf16 less'),
   }
   out: dict = dict(seeds=seeds)
   for name, values in pairs.items():
@@ -279,12 +276,14 @@ def main() -> None:
   parser.add_argument('--epochs', type=int, help="fewer epochs than the study's (a study of its own)")
   parser.add_argument('--out', default=str(RESULTS))
   parser.add_argument('--summarize-only', action='store_true')
+  parser.add_argument('--note', help="a note for BENCHMARKS' section (why a study was cut, ...)")
   args = parser.parse_args()
   path = pathlib.Path(args.out)
   data = json.loads(path.read_text()) if path.exists() else dict(studies={})
-  data['commit'] = _git_commit()
-  if 'machine' not in data or not args.summarize_only:
-    data['machine'] = machine()
+  if not args.summarize_only or 'machine' not in data:
+    data.update(commit=_git_commit(), machine=machine())
+  if args.note:
+    data['notes'] = args.note
   command = ' '.join(['python benchmarks/precision_study.py', *sys.argv[1:]])
   name = args.study + (f'_epochs{args.epochs}' if args.epochs else '')
   what = STUDIES[args.study]['what'] + (f', cut to {args.epochs} epochs' if args.epochs else '')
