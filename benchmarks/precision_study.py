@@ -286,9 +286,10 @@ def main() -> None:
     data['notes'] = args.note
   command = ' '.join(['python benchmarks/precision_study.py', *sys.argv[1:]])
   name = args.study + (f'_epochs{args.epochs}' if args.epochs else '')
-  what = STUDIES[args.study]['what'] + (f', cut to {args.epochs} epochs' if args.epochs else '')
+  what = STUDIES[args.study]['what'] + (f', cut to --epochs {args.epochs}' if args.epochs else '')
   block = data['studies'].setdefault(name, dict(command=command, runs=[]))
-  block.update(command=command, what=what, flags=study_flags(args))
+  if not args.summarize_only:  # the block keeps the command that ran it
+    block.update(command=command, what=what, flags=study_flags(args))
   n_train = train_images(args.study, args.data)
   done = {(r['seed'], r['precision']) for r in block['runs']}
   for seed, precision in plan(args.seeds) if not args.summarize_only else []:
