@@ -147,6 +147,13 @@ def profile_step_section(data: dict) -> str:
   return profile_step.section(data)
 
 
+def precision_study_section(data: dict) -> str:
+  """benchmarks/precision_study.py: mixed_bfloat16 against float32, paired by seed."""
+  import precision_study  # noqa: PLC0415  (benchmarks/, next to this file)
+
+  return precision_study.section(data)
+
+
 # Results files with a section of their own below the table.
 SECTIONS = {
   'public_api.json': public_api_section,
@@ -154,6 +161,7 @@ SECTIONS = {
   'defaults_study.json': defaults_study_section,
   'couplings.json': couplings_section,
   'profile_step.json': profile_step_section,
+  'precision_study.json': precision_study_section,
 }
 
 
