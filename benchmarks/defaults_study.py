@@ -8,13 +8,15 @@ defaults, read from tfp_glow.specs.run_defaults (Adamax, its lr, its warmup epoc
 image) -- in one factor only:
 
   adam          Adam instead of Adamax
-  lr_4e-3       learning rate 4e-3        lr_1e-3   learning rate 1e-3 (the paper's)
+  lr_4e-3, lr_8e-3, lr_1e-3   learning rate 4e-3, 8e-3, 1e-3 (the paper's)
   no_warmup     no warmup
   ema           weight EMA (momentum 0.99), the averaged weights scored
   split_10pct   10% of the training images held out (what a folder without test/ loses to its own split)
   compile_default  `GlowModel.compile()` with no arguments (its own optimizer and warmup steps)
   cli           `tfp-glow train --dataset npz:DIR` with its defaults (architecture and epochs set), in a
-                subprocess; its metrics.json's test bits/dim
+                subprocess; its metrics.json's test bits/dim, and the lr / warmup / EMA it trained with (the
+                code's defaults when it ran: with --defaults pinning a study whose defaults the code has since
+                changed, the CLI at the new defaults beside the study that chose them)
 and two that compare with rosinality/glow-pytorch (two factors from 'defaults'):
   adam_1e-3_no_warmup  the Python API with the peer's recipe (Adam, lr 1e-3, no warmup)
   rosinality    the peer's PyTorch model at the same architecture, batch, epochs and patches, Adam 1e-3, no
@@ -55,6 +57,7 @@ SETTINGS = {
   'adam': dict(optimizer='adam'),
   'no_warmup': dict(warmup_epochs=0.0),
   'lr_4e-3': dict(lr=4e-3),
+  'lr_8e-3': dict(lr=8e-3),
   'lr_1e-3': dict(lr=1e-3),
   'ema': dict(ema=True),
   'split_10pct': dict(train_fraction=0.9),
@@ -110,7 +113,7 @@ def api_run(data: str, setting: dict, seed: int, args: argparse.Namespace) -> di
   from tfp_glow.data import load_dataset  # noqa: PLC0415
   from tfp_glow.training.optim import default_optimizer  # noqa: PLC0415
 
-  s = dict(defaults(), **setting)
+  s = dict(args.base, **setting)
   keras.utils.clear_session()
   keras.utils.set_random_seed(seed)
   source = (
@@ -147,10 +150,12 @@ def cli_run(data: str, seed: int, args: argparse.Namespace) -> dict:
     if done.returncode:
       raise RuntimeError(f'{" ".join(command)} failed:\n{done.stderr[-3000:]}')
     metrics = json.loads(pathlib.Path(out, 'run', 'metrics.json').read_text())
+    config = json.loads(pathlib.Path(out, 'run', 'config.json').read_text())
   return dict(
     test_bits_per_dim=metrics['test_bits_per_dim'],
     train_seconds=metrics['train_seconds'],
     weights=metrics.get('weights'),
+    cli_defaults={k: config[k] for k in ('lr', 'warmup_epochs', 'ema')},  # what this CLI trained with
   )
 
 
@@ -163,7 +168,7 @@ def torch_run(data: str, seed: int, args: argparse.Namespace) -> dict:
   command = [
     args.torch_python, str(ROOT / 'benchmarks' / 'torch_natural.py'), '--code', args.rosinality,
     '--data', data, '--levels', str(args.levels), '--steps', str(args.steps), '--width', str(args.width),
-    '--batch-size', str(args.batch_size), '--epochs', str(args.epochs), '--seed', str(seed), '--threads', '2',
+    '--batch-size', str(args.batch_size), '--epochs', str(args.epochs), '--seed', str(seed), '--threads', str(args.torch_threads),
   ]  # fmt: skip
   env = dict(os.environ, PYTHONPATH=args.torch_pythonpath or '')  # not tfp_glow's: torch's own Python
   done = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -257,16 +262,24 @@ def main() -> None:
   parser.add_argument('--cli-seeds', type=int, nargs='*', default=[], help="extra seeds of the 'cli' setting")
   parser.add_argument('--torch-python', default=os.environ.get('TORCH_PYTHON'), help='a Python with torch')
   parser.add_argument('--torch-pythonpath', default=os.environ.get('TORCH_PYTHONPATH'), help='its PYTHONPATH')
+  parser.add_argument(
+    '--torch-threads', type=int, default=2, help="torch's threads (1 on a crowded machine: 2 spin-wait)"
+  )
   parser.add_argument('--rosinality', default=os.environ.get('ROSINALITY'), help='rosinality/glow-pytorch')
   parser.add_argument('--out', default=str(RESULTS))
   parser.add_argument('--summarize-only', action='store_true')
   parser.add_argument('--command', help='the command(s) to record (e.g. the parallel processes of one study)')
+  parser.add_argument(
+    '--defaults',
+    help="the study's 'defaults' as JSON (default: the code's, defaults()); pins a study whose defaults the code "
+    "has since changed, e.g. to run 'cli' at the new defaults beside it",
+  )
   parser.add_argument('--notes', help='a note for the report (what was cut to fit, ...)')
   args = parser.parse_args()
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   out = pathlib.Path(args.out)
   log = out.with_name(out.name.removesuffix('.json') + '.runs.jsonl')
-  base = defaults()
+  base = args.base = json.loads(args.defaults) if args.defaults else defaults()
   key = dict(
     levels=args.levels,
     steps=args.steps,

@@ -7,6 +7,7 @@ rosinality/glow-pytorch), and, when the results keep one, the study of the defau
 
 from __future__ import annotations
 
+import json
 import statistics
 
 NOT_API = ('cli', 'rosinality')  # neither is a setting of the Python API
@@ -47,6 +48,11 @@ def headline(data: dict) -> list[tuple[str, str]]:
     ('best through the Python API', f'Best through the Python API: {best} ({summary[best]["mean"]:.3f}).')
   )
   vs_best = paired(runs, 'cli', best)
+  trained = {json.dumps(r['cli_defaults']) for r in runs if r['setting'] == 'cli' and 'cli_defaults' in r}
+  if trained:
+    lines.append(
+      ('tfp-glow train trained with', f'`tfp-glow train` trained with: {"; ".join(sorted(trained))}.')
+    )
   if vs_best:
     upper = vs_best['mean'] + 2 * vs_best['sd']
     lines.append(
