@@ -8,7 +8,7 @@ defaults, read from tfp_glow.specs.run_defaults (Adamax, its lr, its warmup epoc
 image) -- in one factor only:
 
   adam          Adam instead of Adamax
-  lr_4e-3, lr_8e-3, lr_1e-3   learning rate 4e-3, 8e-3, 1e-3 (the paper's)
+  lr_4e-3, lr_8e-3, lr_16e-3, lr_1e-3   learning rate 4e-3, 8e-3, 1.6e-2, 1e-3 (the paper's)
   no_warmup     no warmup
   ema           weight EMA (momentum 0.99), the averaged weights scored
   split_10pct   10% of the training images held out (what a folder without test/ loses to its own split)
@@ -20,7 +20,8 @@ image) -- in one factor only:
 and two that compare with rosinality/glow-pytorch (two factors from 'defaults'):
   adam_1e-3_no_warmup  the Python API with the peer's recipe (Adam, lr 1e-3, no warmup)
   rosinality    the peer's PyTorch model at the same architecture, batch, epochs and patches, Adam 1e-3, no
-                warmup, scored as tfp_glow scores (benchmarks/torch_natural.py, run by --torch-python)
+                warmup, scored as tfp_glow scores (benchmarks/torch_natural.py, run by --torch-python;
+                unpaired: its difference to 'defaults' is the difference of the means +- Welch's standard error)
 
 Seeds are paired: a seed fixes the initial flow, the data order and the dequantization noise, the same in
 every tfp_glow setting, so a setting's effect is read from its per-seed difference to 'defaults' (mean and sd
@@ -47,6 +48,8 @@ import sys
 import tempfile
 import time
 
+import defaults_table  # benchmarks/, next to this file
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EQUAL = 0.005  # bits/dim: a paired difference below this is reported as equal (the same computation)
 RESULTS = ROOT / 'benchmarks' / 'results' / 'defaults_study.json'
@@ -58,6 +61,7 @@ SETTINGS = {
   'no_warmup': dict(warmup_epochs=0.0),
   'lr_4e-3': dict(lr=4e-3),
   'lr_8e-3': dict(lr=8e-3),
+  'lr_16e-3': dict(lr=16e-3),
   'lr_1e-3': dict(lr=1e-3),
   'ema': dict(ema=True),
   'split_10pct': dict(train_fraction=0.9),
@@ -198,7 +202,13 @@ def summarize(runs: list[dict], settings: list[str]) -> dict:
     values = [by[name, s] for s in seeds]
     row = dict(n=len(values), mean=statistics.fmean(values))
     diffs = [by[name, s] - by['defaults', s] for s in seeds if ('defaults', s) in by]
-    if name != 'defaults' and diffs:
+    if (
+      SETTINGS[name].get('torch') and diffs
+    ):  # shares only the seed number: unpaired (Welch's standard error)
+      d = defaults_table.unpaired(runs, name, 'defaults')
+      verdict = 'one seed' if math.isnan(d['sd']) else defaults_table.verdict(d, 'better', 'worse')
+      row.update(diff_mean=d['mean'], diff_sd=d['sd'], diff_n=len(diffs), verdict=verdict + ' (unpaired)')
+    elif name != 'defaults' and diffs:
       mean = statistics.fmean(diffs)
       sd = statistics.stdev(diffs) if len(diffs) >= 2 else float('nan')
       if max(abs(d) for d in diffs) < EQUAL:  # every seed's pair: the same computation
@@ -214,8 +224,6 @@ def summarize(runs: list[dict], settings: list[str]) -> dict:
 
 def metrics_rows(data: dict, args: argparse.Namespace) -> list[dict]:
   """The study's lines in BENCHMARKS.md's metrics table: one per setting, then the headline comparisons."""
-  import defaults_table  # noqa: PLC0415  (benchmarks/, next to this file)
-
   what = (
     f'L={args.levels} K={args.steps} width {args.width}, batch {args.batch_size}, {args.epochs} epochs, '
     f'every {args.train_every}th training patch'
