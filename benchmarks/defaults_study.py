@@ -4,22 +4,32 @@ On the natural-image patch set (benchmarks/natural_patches.py: 32x32x3 patches o
 held-out regions as the test split), every run trains the same architecture for the same number of epochs
 through the Python API (`GlowModel.compile` / `fit`, data from `load_dataset('npz:DIR')` as the CLI reads it)
 and scores the test split (bits/dim). Each setting differs from 'defaults' -- the CLI's folder / npz
-defaults (tfp_glow.cli.flags.LARGE_DEFAULTS: Adamax, lr 1e-3, one epoch of linear warmup, no EMA, every
-training image) -- in one factor only:
+defaults, read from tfp_glow.specs.run_defaults (Adamax, its lr, its warmup epochs, its EMA, every training
+image) -- in one factor only:
 
   adam          Adam instead of Adamax
-  lr_2e-3       learning rate 2e-3            lr_5e-4   learning rate 5e-4
+  lr_4e-3, lr_8e-3, lr_16e-3, lr_1e-3   learning rate 4e-3, 8e-3, 1.6e-2, 1e-3 (the paper's)
   no_warmup     no warmup
   ema           weight EMA (momentum 0.99), the averaged weights scored
   split_10pct   10% of the training images held out (what a folder without test/ loses to its own split)
-  compile_default  `GlowModel.compile()` with no arguments (Adamax 1e-3, warmup 1000 steps)
+  compile_default  `GlowModel.compile()` with no arguments (its own optimizer and warmup steps)
   cli           `tfp-glow train --dataset npz:DIR` with its defaults (architecture and epochs set), in a
-                subprocess; its metrics.json's test bits/dim
+                subprocess; its metrics.json's test bits/dim, and the lr / warmup / EMA it trained with (the
+                code's defaults when it ran: with --defaults pinning a study whose defaults the code has since
+                changed, the CLI at the new defaults beside the study that chose them)
+and two that compare with rosinality/glow-pytorch (two factors from 'defaults'):
+  adam_1e-3_no_warmup  the Python API with the peer's recipe (Adam, lr 1e-3, no warmup)
+  rosinality    the peer's PyTorch model at the same architecture, batch, epochs and patches, Adam 1e-3, no
+                warmup, scored as tfp_glow scores (benchmarks/torch_natural.py, run by --torch-python;
+                unpaired: its difference to 'defaults' is the difference of the means +- Welch's standard error)
 
 Seeds are paired: a seed fixes the initial flow, the data order and the dequantization noise, the same in
-every setting, so a setting's effect is read from its per-seed difference to 'defaults' (mean and sd over
-seeds; "not shown" when |mean| <= 2 sd). Runs go seed by seed, and each finished run is appended to
-RESULTS.runs.jsonl at once: a killed study resumes where it stopped (rerun the same command).
+every tfp_glow setting, so a setting's effect is read from its per-seed difference to 'defaults' (mean and sd
+over seeds; "not shown" when |mean| <= 2 sd). 'rosinality' shares only the seed number (torch's own
+initialization and data order). Runs go seed by seed, and each finished run is appended to RESULTS.runs.jsonl
+at once: a killed study resumes where it stopped (rerun the same command); two processes with different
+--settings may share the log (one line per run), and `--summarize-only` with every setting writes the result.
+The results file keeps the study before it ('previous') when the defaults have changed since.
 
   python benchmarks/natural_patches.py /tmp/natural32
   python benchmarks/defaults_study.py --data /tmp/natural32 --epochs 3
@@ -38,22 +48,40 @@ import sys
 import tempfile
 import time
 
+import defaults_table  # benchmarks/, next to this file
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EQUAL = 0.005  # bits/dim: a paired difference below this is reported as equal (the same computation)
 RESULTS = ROOT / 'benchmarks' / 'results' / 'defaults_study.json'
 
-BASE = dict(optimizer='adamax', lr=1e-3, warmup_epochs=1.0, ema=False, train_fraction=1.0)
+# The harness' own layout of a study's settings; 'defaults' is filled from the code's defaults (defaults()).
 SETTINGS = {
   'defaults': {},
   'adam': dict(optimizer='adam'),
   'no_warmup': dict(warmup_epochs=0.0),
+  'lr_4e-3': dict(lr=4e-3),
+  'lr_8e-3': dict(lr=8e-3),
+  'lr_16e-3': dict(lr=16e-3),
+  'lr_1e-3': dict(lr=1e-3),
   'ema': dict(ema=True),
-  'lr_2e-3': dict(lr=2e-3),
   'split_10pct': dict(train_fraction=0.9),
   'compile_default': dict(compile_default=True),
   'cli': dict(cli=True),
-  'lr_5e-4': dict(lr=5e-4),
+  'adam_1e-3_no_warmup': dict(optimizer='adam', lr=1e-3, warmup_epochs=0.0),
+  'rosinality': dict(torch='rosinality', optimizer='adam', lr=1e-3, warmup_epochs=0.0),
 }
+DEFAULT_SETTINGS = ['defaults', 'cli', 'adam', 'lr_4e-3', 'no_warmup', 'adam_1e-3_no_warmup', 'rosinality']
+
+
+def defaults() -> dict:
+  """'defaults': what `tfp-glow train --dataset npz:DIR` trains with (its optimizer is Adamax, the only one
+  the CLI builds), from the code, so that the study follows the defaults it measures."""
+  from tfp_glow.specs import run_defaults  # noqa: PLC0415
+
+  d = run_defaults('npz:DIR')
+  return dict(
+    optimizer='adamax', lr=d['lr'], warmup_epochs=d['warmup_epochs'], ema=d['ema'], train_fraction=1.0
+  )
 
 
 def _git_commit() -> str:
@@ -89,7 +117,7 @@ def api_run(data: str, setting: dict, seed: int, args: argparse.Namespace) -> di
   from tfp_glow.data import load_dataset  # noqa: PLC0415
   from tfp_glow.training.optim import default_optimizer  # noqa: PLC0415
 
-  s = dict(BASE, **setting)
+  s = dict(args.base, **setting)
   keras.utils.clear_session()
   keras.utils.set_random_seed(seed)
   source = (
@@ -119,24 +147,47 @@ def cli_run(data: str, seed: int, args: argparse.Namespace) -> dict:
     command = [
       sys.executable, '-m', 'tfp_glow.cli', 'train', '--dataset', f'npz:{data}', '--levels', str(args.levels),
       '--steps', str(args.steps), '--width', str(args.width), '--epochs', str(args.epochs),
-      '--seed', str(seed), '--out', os.path.join(out, 'run'),
+      '--batch-size', str(args.batch_size), '--seed', str(seed), '--out', os.path.join(out, 'run'),
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode:
       raise RuntimeError(f'{" ".join(command)} failed:\n{done.stderr[-3000:]}')
     metrics = json.loads(pathlib.Path(out, 'run', 'metrics.json').read_text())
+    config = json.loads(pathlib.Path(out, 'run', 'config.json').read_text())
   return dict(
     test_bits_per_dim=metrics['test_bits_per_dim'],
     train_seconds=metrics['train_seconds'],
     weights=metrics.get('weights'),
+    cli_defaults={k: config[k] for k in ('lr', 'warmup_epochs', 'ema')},  # what this CLI trained with
   )
+
+
+def torch_run(data: str, seed: int, args: argparse.Namespace) -> dict:
+  """rosinality/glow-pytorch (benchmarks/torch_natural.py) in the torch Python; its RESULT line."""
+  if not (args.torch_python and args.rosinality):
+    raise SystemExit(
+      "'rosinality' needs --torch-python (or env TORCH_PYTHON) and --rosinality (its checkout)"
+    )
+  command = [
+    args.torch_python, str(ROOT / 'benchmarks' / 'torch_natural.py'), '--code', args.rosinality,
+    '--data', data, '--levels', str(args.levels), '--steps', str(args.steps), '--width', str(args.width),
+    '--batch-size', str(args.batch_size), '--epochs', str(args.epochs), '--seed', str(seed), '--threads', str(args.torch_threads),
+  ]  # fmt: skip
+  env = dict(os.environ, PYTHONPATH=args.torch_pythonpath or '')  # not tfp_glow's: torch's own Python
+  done = subprocess.run(command, env=env, capture_output=True, text=True)
+  lines = [line for line in done.stdout.splitlines() if line.startswith('RESULT ')]
+  if done.returncode or not lines:
+    raise RuntimeError(f'{" ".join(command)} failed:\n{done.stderr[-3000:]}')
+  return json.loads(lines[-1][len('RESULT ') :])
 
 
 def one_run(data: str, name: str, seed: int, args: argparse.Namespace) -> dict:
   setting = SETTINGS[name]
   if setting.get('cli'):
     return cli_run(data, seed, args)
+  if setting.get('torch'):
+    return torch_run(data, seed, args)
   return api_run(data, setting, seed, args)
 
 
@@ -151,7 +202,13 @@ def summarize(runs: list[dict], settings: list[str]) -> dict:
     values = [by[name, s] for s in seeds]
     row = dict(n=len(values), mean=statistics.fmean(values))
     diffs = [by[name, s] - by['defaults', s] for s in seeds if ('defaults', s) in by]
-    if name != 'defaults' and diffs:
+    if (
+      SETTINGS[name].get('torch') and diffs
+    ):  # shares only the seed number: unpaired (Welch's standard error)
+      d = defaults_table.unpaired(runs, name, 'defaults')
+      verdict = 'one seed' if math.isnan(d['sd']) else defaults_table.verdict(d, 'better', 'worse')
+      row.update(diff_mean=d['mean'], diff_sd=d['sd'], diff_n=len(diffs), verdict=verdict + ' (unpaired)')
+    elif name != 'defaults' and diffs:
       mean = statistics.fmean(diffs)
       sd = statistics.stdev(diffs) if len(diffs) >= 2 else float('nan')
       if max(abs(d) for d in diffs) < EQUAL:  # every seed's pair: the same computation
@@ -165,57 +222,14 @@ def summarize(runs: list[dict], settings: list[str]) -> dict:
   return out
 
 
-def section(data: dict) -> str:
-  """The study's table for BENCHMARKS.md (benchmarks/report.py)."""
-  key, summary = data['key'], data['summary']
-  seeds = sorted({r['seed'] for r in data['runs']})
-  by = {(r['setting'], r['seed']): r for r in data['runs']}
-  loads = [r['loadavg_before'] for r in data['runs']]
-  lines = [
-    '',
-    f'## Defaults on natural images (`{data["command"].strip()}`)',
-    '',
-    f'benchmarks/natural_patches.py patches (32x32x3, 8 bits; every {key["train_every"]}th training patch, the '
-    f'whole held-out test.npz), L={key["levels"]} K={key["steps"]} width {key["width"]}, batch {key["batch"]}, '
-    f'{key["epochs"]} epochs, at {data["commit"]}, {data["date"]}; a shared machine (load average '
-    f'{min(loads):.0f}-{max(loads):.0f}: times are not comparable, bits/dim are). Test bits/dim; each setting '
-    "differs from 'defaults' (the CLI's folder / npz defaults: Adamax, lr 1e-3, 1 epoch of warmup, no EMA, "
-    'every training image) in one factor; the difference is paired by seed (same initial flow, data order, '
-    'noise); "not shown" when |mean| <= 2 sd.',
-    '',
-    '| setting | ' + ' | '.join(f'seed {s}' for s in seeds) + ' | mean | vs defaults (mean ± sd) | verdict |',
-    '|---|' + '---|' * len(seeds) + '---|---|---|',
-  ]
-  for name, row in summary.items():
-    cells = [f'{by[name, s]["test_bits_per_dim"]:.3f}' if (name, s) in by else '-' for s in seeds]
-    diff = f'{row["diff_mean"]:+.3f} ± {row["diff_sd"]:.3f}' if 'diff_mean' in row else '-'
-    lines.append(
-      f'| {name} | ' + ' | '.join(cells) + f' | {row["mean"]:.3f} | {diff} | {row.get("verdict", "-")} |'
-    )
-  api = {k: v['mean'] for k, v in summary.items() if k != 'cli'}
-  best = min(api, key=api.get)
-  paired = [s for s in seeds if ('cli', s) in by and (best, s) in by]
-  if paired:  # on the seeds both ran
-    gap = statistics.fmean(
-      by['cli', s]['test_bits_per_dim'] - by[best, s]['test_bits_per_dim'] for s in paired
-    )
-    lines += [
-      '',
-      f'Best through the Python API: {best} ({api[best]:.3f}); `tfp-glow train` with its defaults is '
-      f'{gap:+.3f} bits/dim from it (paired over seeds {", ".join(map(str, paired))}; target: within 0.05).',
-    ]
-  if data.get('notes'):
-    lines += ['', f'Cut to fit: {data["notes"]}.']
-  return '\n'.join(lines) + '\n'
-
-
-def metrics_rows(summary: dict, args: argparse.Namespace, command: str, commit: str, date: str) -> list[dict]:
-  rows = []
+def metrics_rows(data: dict, args: argparse.Namespace) -> list[dict]:
+  """The study's lines in BENCHMARKS.md's metrics table: one per setting, then the headline comparisons."""
   what = (
     f'L={args.levels} K={args.steps} width {args.width}, batch {args.batch_size}, {args.epochs} epochs, '
     f'every {args.train_every}th training patch'
   )
-  for name, row in summary.items():
+  values = []
+  for name, row in data['summary'].items():
     if 'diff_mean' in row:
       value = (
         f'{row["mean"]:.3f} bits/dim; vs defaults {row["diff_mean"]:+.3f} ± {row["diff_sd"]:.3f} '
@@ -223,16 +237,18 @@ def metrics_rows(summary: dict, args: argparse.Namespace, command: str, commit: 
       )
     else:
       value = f'{row["mean"]:.3f} bits/dim (n={row["n"]})'
-    rows.append(
-      dict(
-        metric=f'defaults study (natural 32x32 patches, {what}): {name}',
-        value=value,
-        command=command,
-        commit=commit,
-        date=date,
-      )
+    values.append((name, value))
+  values += defaults_table.headline(data)
+  return [
+    dict(
+      metric=f'defaults study (natural 32x32 patches, {what}): {name}',
+      value=value,
+      command=data['command'],
+      commit=data['commit'],
+      date=data['date'],
     )
-  return rows
+    for name, value in values
+  ]
 
 
 def main() -> None:
@@ -250,21 +266,28 @@ def main() -> None:
     help='train on every N-th training patch (1: all; fewer steps per epoch)',
   )
   parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-  parser.add_argument('--settings', nargs='+', default=list(SETTINGS)[:6], choices=list(SETTINGS))
+  parser.add_argument('--settings', nargs='+', default=DEFAULT_SETTINGS, choices=list(SETTINGS))
+  parser.add_argument('--cli-seeds', type=int, nargs='*', default=[], help="extra seeds of the 'cli' setting")
+  parser.add_argument('--torch-python', default=os.environ.get('TORCH_PYTHON'), help='a Python with torch')
+  parser.add_argument('--torch-pythonpath', default=os.environ.get('TORCH_PYTHONPATH'), help='its PYTHONPATH')
   parser.add_argument(
-    '--cli-seeds',
-    type=int,
-    nargs='*',
-    default=[0],
-    help="seeds of the 'cli' setting (its defaults = 'defaults')",
+    '--torch-threads', type=int, default=2, help="torch's threads (1 on a crowded machine: 2 spin-wait)"
   )
+  parser.add_argument('--rosinality', default=os.environ.get('ROSINALITY'), help='rosinality/glow-pytorch')
   parser.add_argument('--out', default=str(RESULTS))
   parser.add_argument('--summarize-only', action='store_true')
+  parser.add_argument('--command', help='the command(s) to record (e.g. the parallel processes of one study)')
+  parser.add_argument(
+    '--defaults',
+    help="the study's 'defaults' as JSON (default: the code's, defaults()); pins a study whose defaults the code "
+    "has since changed, e.g. to run 'cli' at the new defaults beside it",
+  )
+  parser.add_argument('--notes', help='a note for the report (what was cut to fit, ...)')
   args = parser.parse_args()
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  log = pathlib.Path(
-    args.out + '.runs.jsonl' if not args.out.endswith('.json') else args.out[:-5] + '.runs.jsonl'
-  )
+  out = pathlib.Path(args.out)
+  log = out.with_name(out.name.removesuffix('.json') + '.runs.jsonl')
+  base = args.base = json.loads(args.defaults) if args.defaults else defaults()
   key = dict(
     levels=args.levels,
     steps=args.steps,
@@ -272,41 +295,52 @@ def main() -> None:
     batch=args.batch_size,
     epochs=args.epochs,
     train_every=args.train_every,
+    defaults=base,  # a study of other defaults is another study
   )
   data = subset(args.data, keep_every=args.train_every) if args.train_every > 1 else args.data
-  runs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-  runs = [r for r in runs if r['key'] == key]
-  done = {(r['setting'], r['seed']) for r in runs}
-  command = 'python benchmarks/defaults_study.py ' + ' '.join(sys.argv[1:])
+
+  def logged() -> list[dict]:  # this study's runs so far (another process may be adding to the log)
+    runs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return [r for r in runs if r['key'] == key]
+
+  command = args.command or 'python benchmarks/defaults_study.py ' + ' '.join(sys.argv[1:])
   commit = _git_commit()
   plan = [(seed, name) for seed in args.seeds for name in args.settings]
   plan += [(seed, 'cli') for seed in args.cli_seeds if 'cli' not in args.settings]
   for seed, name in plan if not args.summarize_only else []:
-    if True:
-      if (name, seed) in done:
-        continue
-      load = os.getloadavg()[0]
-      started = time.time()
-      result = one_run(data, name, seed, args)
-      row = dict(key=key, setting=name, seed=seed, **result, wall_seconds=round(time.time() - started, 1),
-                 loadavg_before=round(load, 2), commit=commit)  # fmt: skip
-      runs.append(row)
-      with log.open('a') as f:
-        f.write(json.dumps(row) + '\n')
-      print(json.dumps(row), flush=True)
-  summary = summarize(runs, list(dict.fromkeys([*args.settings, 'cli'])))
+    if (name, seed) in {(r['setting'], r['seed']) for r in logged()}:
+      continue
+    load = os.getloadavg()[0]
+    started = time.time()
+    result = one_run(data, name, seed, args)
+    row = dict(key=key, setting=name, seed=seed, **result, wall_seconds=round(time.time() - started, 1),
+               loadavg_before=round(load, 2), commit=commit)  # fmt: skip
+    with log.open('a') as f:
+      f.write(json.dumps(row) + '\n')
+    print(json.dumps(row), flush=True)
+  runs = logged()
+  summary = summarize(runs, list(dict.fromkeys(['defaults', *args.settings, 'cli'])))
   date = time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())
   result = dict(
     command=command,
     commit=commit,
     date=date,
-    settings={k: dict(BASE, **v) for k, v in SETTINGS.items()},
+    settings={k: dict(base, **v) for k, v in SETTINGS.items()},
     key=key,
     runs=runs,
     summary=summary,
-    metrics=metrics_rows(summary, args, command, commit, date),
   )
-  pathlib.Path(args.out).write_text(json.dumps(result, indent=1) + '\n')
+  result['metrics'] = metrics_rows(result, args)
+  if args.notes:
+    result['notes'] = args.notes
+  previous = json.loads(out.read_text()) if out.exists() else {}
+  if previous.get('settings', {}).get('defaults') == base:  # the same study, summarized again
+    previous = previous.get('previous', {})
+  if previous:  # the study of the defaults before these: kept, without its own previous one
+    result['previous'] = {k: v for k, v in previous.items() if k not in ('previous', 'metrics')}
+  tmp = out.with_name(out.name + f'.{os.getpid()}.tmp')  # whole or not at all: processes may share `out`
+  tmp.write_text(json.dumps(result, indent=1) + '\n')
+  os.replace(tmp, out)
   print(json.dumps(summary, indent=1))
 
 

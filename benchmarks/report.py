@@ -128,9 +128,10 @@ def likelihood_section(data: dict) -> str:
 
 
 def defaults_study_section(data: dict) -> str:
-  import defaults_study  # noqa: PLC0415  (benchmarks/, next to this file)
+  """benchmarks/defaults_study.py: the defaults on natural images (`defaults_table.section`)."""
+  import defaults_table  # noqa: PLC0415  (benchmarks/, next to this file)
 
-  return defaults_study.section(data)
+  return defaults_table.section(data)
 
 
 def couplings_section(data: dict) -> str:

@@ -229,14 +229,14 @@ def test_the_coupling_split_is_a_spec_setting_from_python_the_cli_and_a_keras_fi
 
 
 def test_a_users_own_images_train_at_the_measured_lr_and_the_paper_data_sets_keep_theirs():
-  """BENCHMARKS "Defaults on natural images": lr 2e-3 beat 1e-3 beyond 2 sd; the tfds sets keep the paper's."""
+  """BENCHMARKS "Defaults on natural images": lr 4e-3 beat 2e-3 (and that 1e-3); the tfds sets keep the paper's."""
   from tfp_glow.training.optim import default_optimizer
 
   for source in ('folder:/data/photos', 'npz:/data/patches', 'tfrecord:/data/shards'):
-    assert specs.run_defaults(source)['lr'] == 2e-3, source
+    assert specs.run_defaults(source)['lr'] == 4e-3, source
   for dataset in ('cifar10', 'downsampled_imagenet/64x64', 'celeb_a'):
     assert specs.run_defaults(dataset)['lr'] == 1e-3, dataset
-  assert float(default_optimizer().learning_rate) == pytest.approx(2e-3)
+  assert float(default_optimizer().learning_rate) == pytest.approx(4e-3)
   model = tfp_glow.GlowModel(**TINY)
   model.compile()
-  assert float(model.optimizer.learning_rate) == pytest.approx(2e-3)
+  assert float(model.optimizer.learning_rate) == pytest.approx(4e-3)

@@ -129,7 +129,7 @@ class Trainer(_KerasModel):
     return None
 
   def compile(self, optimizer: keras.optimizers.Optimizer | str | None = None, **kwargs: Any) -> None:
-    """`keras.Model.compile`; the default optimizer is Adamax, lr 1e-3, with linear warmup."""
+    """`keras.Model.compile`; the default optimizer is `default_optimizer()` (Adamax with linear warmup)."""
     kwargs.setdefault('loss', None)
     super().compile(optimizer=optimizer or default_optimizer(), **kwargs)
     # Our variables exist from construction: build the optimizer's now, so that load_weights and
