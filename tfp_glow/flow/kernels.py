@@ -14,10 +14,11 @@ With a context c [N, E] (a conditioner built with `context_size`), NN's first hi
 Given the step's input x and the network's activations (stored in the forward loop, or recomputed from the
 step's output by `invert_step`, since NN's input x_a passes through the coupling unchanged), `step_vjp` gives
 the vector-Jacobian products of (y, log-det) with respect to x and every parameter: the cheap layers are
-recomputed under a tape, the network's VJP is taken from its activations (`network_vjp`, the same
-convolution-gradient kernels TensorFlow's own gradient uses; under XLA those of
-`tfp_glow.bijectors.xla_conv`, which XLA:CPU runs fast inside a loop). First order only: `tfp_glow.flow.gradients`
-steps aside to plain autodiff wherever a higher order is asked for.
+recomputed under a tape (a transform with its own `couple_vjp`, the spline, is differentiated by it instead),
+the network's VJP is taken from its activations (`network_vjp`, the same convolution-gradient kernels
+TensorFlow's own gradient uses; under XLA those of `tfp_glow.bijectors.xla_conv`, which XLA:CPU runs fast inside
+a loop). First order only: `tfp_glow.flow.gradients` steps aside to plain autodiff wherever a higher order is
+asked for.
 """
 
 from __future__ import annotations
@@ -132,13 +133,17 @@ def step_vjp(
   n_head = len(parameters) - len(coupling.parameter_variables())
   head_floats = [p for p in parameters[:n_head] if p.dtype.is_floating]
   h = tf.stop_gradient(network_output_from(coupling, parameters[n_head:], activations))
+  couple_vjp = getattr(coupling.transform, 'couple_vjp', None)  # the transform's own VJP (the spline's)
   with tf.GradientTape(persistent=True) as tape:
     tape.watch([x, *head_floats, h])
     mid, ld_head = stack.apply_step(parameters[:n_head], x, inverse=True, layers=head)
     x_a, x_b = coupling.split(mid)
-    z_b, ld = coupling.couple(x_b, h)
+    if couple_vjp is None:
+      z_b, ld = coupling.couple(x_b, h)
   dy_a, dy_b = coupling.split(dy)
-  if ld.shape.rank == 0:  # additive: a constant log-det
+  if couple_vjp is not None:  # no second trace of the transform under the tape
+    dh, dx_b = couple_vjp(x_b, h, dy_b, dlog_det)
+  elif ld.shape.rank == 0:  # additive: a constant log-det
     dh, dx_b = tape.gradient(z_b, [h, x_b], output_gradients=dy_b)
   else:
     dh, dx_b = tape.gradient([z_b, ld], [h, x_b], output_gradients=[dy_b, dlog_det])
