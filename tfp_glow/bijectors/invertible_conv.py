@@ -120,7 +120,7 @@ class Invertible1x1Conv(GlowBijector):
     """L = strict_lower(lower) + I,  U = strict_upper(upper) + diag(sign_s * exp(log_abs_s)): the strict
     triangles taken with constant 0/1 masks (the same values as band_part's, in fewer ops per step)."""
     c = self.channels
-    strict_lower = tf.constant(np.tril(np.ones((c, c)), -1), self.dtype)
+    strict_lower = tf.constant(np.tril(np.ones((int(c), int(c))), -1), self.dtype)
     lower = lower * strict_lower + tf.eye(c, dtype=self.dtype)
     upper = upper * tf.transpose(strict_lower) + tf.linalg.diag(sign_s * tf.exp(log_abs_s))
     return lower, upper

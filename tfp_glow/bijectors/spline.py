@@ -99,7 +99,7 @@ class Spline:
     exps = [tf.exp(logit - top) for logit in logits]
     scale = two_b * (1 - minimum * k) / tf.add_n(exps)
     extras = [e * scale for e in exps]
-    inner = []
+    inner: list[tf.Tensor] = []
     for q in extras[:-1]:  # the cumulative sum; the last knot is exactly B, not a rounded sum
       inner.append(q + (two_b * minimum - self.bound) if not inner else inner[-1] + two_b * minimum + q)
     return [-self.bound, *inner, self.bound], extras

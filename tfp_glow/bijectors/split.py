@@ -45,13 +45,13 @@ class SplitPrior(Coupling):
     )
 
   def inverse_and_log_det_with(
-    self, parameters: Sequence[tf.Tensor] | None, x: tf.Tensor, context: tf.Tensor | None = None
+    self, parameters: Sequence[tf.Tensor], x: tf.Tensor, context: tf.Tensor | None = None
   ) -> tuple[tf.Tensor, tf.Tensor]:
     with tf.name_scope('split_prior'):  # names its ops (benchmarks/profile_step.py)
       return super().inverse_and_log_det_with(parameters, x, context)
 
   def forward_and_log_det_with(
-    self, parameters: Sequence[tf.Tensor] | None, z: tf.Tensor, context: tf.Tensor | None = None
+    self, parameters: Sequence[tf.Tensor], z: tf.Tensor, context: tf.Tensor | None = None
   ) -> tuple[tf.Tensor, tf.Tensor]:
     with tf.name_scope('split_prior'):
       return super().forward_and_log_det_with(parameters, z, context)

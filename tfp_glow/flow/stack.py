@@ -117,7 +117,8 @@ class StepStack(_Steps):
     -> image. `layers`: a prefix of the template (its parameters first in `parameters`). `context`: the
     coupling's conditioner context [N, E] or None. (h, log-det [N])."""
     layers = self.template if layers is None else layers
-    parts, start = [], 0
+    parts: list[tuple[Any, Any]] = []
+    start = 0
     for b, n in zip(layers, self._sizes):
       parts.append((b, list(parameters[start : start + n])))
       start += n
