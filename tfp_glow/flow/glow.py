@@ -23,17 +23,7 @@ from tfp_glow.specs import CouplingSpec, ModelSpec, field_defaults
 
 _DEFAULTS = field_defaults(ModelSpec)  # the defaults of Glow's settings: ModelSpec's (tfp_glow.specs)
 # The ModelSpec fields that are Glow's arguments of the same name.
-_SPEC_ARGS: tuple[str, ...] = (
-  'levels',
-  'steps',
-  'width',
-  'coupling',
-  'permutation',
-  'learn_top',
-  'num_classes',
-  'seed',
-)
-_SPEC_ARGS += ('class_context',)
+_SPEC_ARGS = tuple('levels steps width coupling permutation learn_top num_classes seed class_context'.split())
 
 
 class Glow(GlowBijector):
