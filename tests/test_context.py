@@ -337,3 +337,29 @@ def test_what_cannot_work_is_refused_in_one_line():
   # the default network is today's: no context kernel, its settings {} in a config
   assert not [v for v in plain.variables if 'context' in v.name]
   assert tg.GlowModel(SHAPE, n_bins=16, **small).get_config()['coupling']['conditioner_settings'] == {}
+
+
+@pytest.mark.slow  # nested tapes through two Glows
+@pytest.mark.parametrize('gradient', ['stored', 'inverse'])
+def test_second_order_and_forward_mode_through_the_context_equal_autodiff(gradient):
+  """A Hessian-vector product (the context's gradient differentiated again, with respect to the context) and a
+  forward-mode JVP along the context: the hand-built gradients step aside or agree with TensorFlow's own."""
+  reference, flow = flows('conv', gradient)
+  x, c = tf.constant(X), tf.constant(C)
+  v = tf.constant(np.random.RandomState(3).normal(size=C.shape))
+
+  def hvp_and_jvp(glow):
+    with tf.GradientTape() as outer:
+      outer.watch(c)
+      with tf.GradientTape() as inner:
+        inner.watch(c)
+        loss = objective(glow, x, c)
+      directional = tf.reduce_sum(inner.gradient(loss, c) * v)
+    fresh = tf.identity(c)  # new tensors: TFP's bijector cache would return the z computed above, untraced
+    with tf.autodiff.ForwardAccumulator(fresh, v) as accumulator:
+      z = glow.inverse(tf.identity(x), context=fresh)
+    return outer.gradient(directional, c), accumulator.jvp(z)
+
+  for got, expected in zip(hvp_and_jvp(flow), hvp_and_jvp(reference)):
+    assert got is not None and np.max(np.abs(expected)) > 1e-6
+    np.testing.assert_allclose(got, expected, rtol=1e-7, atol=1e-10 * max(1.0, np.max(np.abs(expected))))
