@@ -309,3 +309,33 @@ def test_under_a_mixed_policy_the_layer_computes_in_bfloat16():
   assert set(seen) == {tf.bfloat16}
   assert z.dtype == log_det.dtype == tf.float32 and np.all(np.isfinite(log_det))
   np.testing.assert_allclose(flow.forward(tf.identity(z)), x, atol=1e-4)
+
+
+@pytest.mark.slow  # nested tapes through two Glows
+@pytest.mark.parametrize('gradient', ['stored', 'inverse'])
+def test_second_order_and_forward_mode_through_a_users_layer_equal_autodiff(gradient):
+  """A Hessian-vector product in x and a forward-mode JVP through the generic per-step VJP: it steps aside
+  for higher orders, so both equal TensorFlow's own."""
+  reference, flow = glow('autodiff', 'spline'), glow(gradient, 'spline')
+  reference.initialize(tf.constant(X))
+  perturb(reference, 0.1)
+  for a, b in zip(flow.variables, reference.variables):
+    a.assign(b)
+  v = tf.constant(RNG.standard_normal(X.shape))
+
+  def hvp_and_jvp(f):
+    x = tf.constant(X)
+    with tf.GradientTape() as outer:
+      outer.watch(x)
+      with tf.GradientTape() as inner:
+        inner.watch(x)
+        loss = objective(f, x)
+      directional = tf.reduce_sum(inner.gradient(loss, x) * v)
+    fresh = tf.constant(X)  # a new tensor: TFP's bijector cache would return the z computed above, untraced
+    with tf.autodiff.ForwardAccumulator(fresh, v) as accumulator:
+      z = f.inverse(fresh)
+    return outer.gradient(directional, x), accumulator.jvp(z)
+
+  for got, expected in zip(hvp_and_jvp(flow), hvp_and_jvp(reference)):
+    assert got is not None and np.max(np.abs(expected)) > 1e-6
+    np.testing.assert_allclose(got, expected, rtol=1e-7, atol=1e-10 * max(1.0, np.max(np.abs(expected))))
