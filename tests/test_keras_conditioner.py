@@ -53,7 +53,7 @@ def tiny(features=5):
 
 
 def glow(gradient='autodiff', coupling='affine', **kwargs):
-  kwargs = dict(levels=2, steps=2, width=8, seed=0, dtype=tf.float64, coupling=coupling, **kwargs)
+  kwargs = dict(levels=2, steps=2, width=8, dtype=tf.float64, coupling=coupling) | {'seed': 0, **kwargs}
   return tg.Glow(SHAPE, gradient=gradient, conditioner=kwargs.pop('conditioner', tiny()), **kwargs)
 
 
@@ -112,6 +112,12 @@ def test_the_level_is_one_loop_whose_step_k_applies_the_layer_with_step_ks_weigh
   np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
   other = coupling.conditioner.apply([v[0] for v in variables], x_a, 'float64')
   assert not np.allclose(other, got), 'steps 0 and 1 should start and stay different'
+
+
+def test_a_seeded_glow_gives_a_users_layer_the_same_initial_weights_every_time():
+  first, second, other = ([np.asarray(v) for v in glow(seed=s).variables] for s in (0, 0, 1))
+  assert all(np.array_equal(a, b) for a, b in zip(first, second))
+  assert any(not np.array_equal(a, b) for a, b in zip(first, other))
 
 
 @pytest.mark.slow

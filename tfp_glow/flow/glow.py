@@ -13,12 +13,12 @@ from tfp_glow.bijectors.actnorm import ActNorm
 from tfp_glow.bijectors.base import GlowBijector, LayerGroup, ValueAndLogDet, check_images
 from tfp_glow.bijectors.split import SplitPrior
 from tfp_glow.bijectors.squeeze import Squeeze
-from tfp_glow.bijectors.top_prior import TopPrior
 from tfp_glow.flow import choices
 from tfp_glow.flow import context as flow_context
 from tfp_glow.flow.encoding import Encoding
 from tfp_glow.flow.gradients import check_gradient, encode_level
-from tfp_glow.flow.level import Level, NetworkFn, build_steps
+from tfp_glow.flow.level import Level, NetworkFn, build_levels
+from tfp_glow.flow.seeding import initializers_seeded_by
 from tfp_glow.specs import CouplingSpec, ModelSpec, field_defaults
 
 _DEFAULTS = field_defaults(ModelSpec)  # the defaults of Glow's settings: ModelSpec's (tfp_glow.specs)
@@ -60,7 +60,7 @@ class Glow(GlowBijector):
       'heads': 4, 'patch_size': 2} (`conditioners.Transformer`); each level's size must be divisible by
       patch_size. With {'context_size': E} every coupling also takes `context=` [N, E] (`tfp_glow.flow.context`).
     class_context: E: a learned class embedding [num_classes, E] is every coupling's context (c = emb[labels]).
-    seed: seeds the random rotations / shuffles.
+    seed: seeds every random initial value (rotations, shuffles, the conditioners' weights); None: random.
     dtype: tf.float32 or tf.float64.
     gradient: how each level is differentiated image -> latent (`tfp_glow.flow.gradients`): 'autodiff'
       (default: TensorFlow's own gradient, every autodiff mode), 'stored' (a hand-built first-order
@@ -108,35 +108,23 @@ class Glow(GlowBijector):
       image_shape, levels, steps, width, permutation, num_classes, dtype
     )
     self._num_classes = num_classes
-    rng = np.random.default_rng(seed)
-    self._levels = []
-    h, w, c = self._image_shape
     # What every level's steps share (a GlowBijector class as coupling has no spec: the channel split).
-    shared = (steps, width, coupling, permutation, coupling_network, rng, dtype, self._conditioner)
+    # seed None: numpy's global stream, so that `keras.utils.set_random_seed` fixes the rotations too
+    rng = np.random.default_rng(np.random.randint(2**31) if seed is None else seed)
+    shared = (steps, width, coupling, permutation, coupling_network, rng, dtype)
     split = self._coupling_spec.split if self._coupling_spec else 'channel'
-    for l in range(levels):
-      h, w, c = h // 2, w // 2, c * 4
-      steps_l = build_steps(l, c, *shared, (h, w), split=split)
-      exit_: SplitPrior | TopPrior | None
-      if l < levels - 1:
-        exit_ = SplitPrior(c, dtype=dtype, name=f'level{l}_split_prior')
-        latent_shape = (h, w, c - c // 2)
-      else:
-        exit_ = (
-          TopPrior(c, num_classes, learn_top, dtype=dtype, name='top_prior')
-          if (learn_top or num_classes)
-          else None
-        )
-        latent_shape = (h, w, c)
-      self._levels.append(Level(steps_l, exit_, (h, w, c), latent_shape))
-      if l < levels - 1:
-        c = c // 2
+    with initializers_seeded_by(seed):  # a seeded Glow's weights are the same in every process
+      self._levels = build_levels(
+        self._image_shape, levels, (*shared, self._conditioner), split, num_classes, learn_top
+      )
+      self._conditioning = flow_context.Conditioning(
+        num_classes, class_context, self._conditioner, dtype, name
+      )
     self._squeeze = Squeeze(2, dtype=dtype)
     # tf.Module finds sub-bijectors (and their tf.Variables) in this flat list.
     self._bijectors = [b for lv in self._levels for s in lv.steps for b in s.bijectors()]
     self._bijectors += [lv.exit for lv in self._levels if lv.exit is not None]
     layers = list({id(b.layer): b.layer for b in self._bijectors}.values())  # a stack's layer once
-    self._conditioning = flow_context.Conditioning(num_classes, class_context, self._conditioner, dtype, name)
     layer = LayerGroup(layers + self._conditioning.layers, dtype, name)  # + the class embedding, if any
     super().__init__(
       layer=layer,

@@ -42,6 +42,36 @@ class Level:
 NetworkFn = Callable[[int, int], keras.layers.Layer]  # (in_channels, out_channels) -> Keras layer
 
 
+def build_levels(
+  image_shape: tuple[int, int, int],
+  levels: int,
+  shared: tuple[Any, ...],
+  split: str | splits.Split,
+  num_classes: int | None,
+  learn_top: bool,
+) -> list[Level]:
+  """A Glow's L levels on an [H, W, C] image: level l works on [H / 2^(l+1), W / 2^(l+1), C_l * 4] after its
+  squeeze, and all but the last hand half their channels to a SplitPrior (C_(l+1) = 2 C_l). `shared`:
+  `build_steps`' (steps, width, coupling, permutation, coupling_network, rng, dtype, conditioner)."""
+  dtype = shared[6]
+  h, w, c = image_shape
+  built = []
+  for l in range(levels):
+    h, w, c = h // 2, w // 2, c * 4
+    steps = build_steps(l, c, *shared, spatial=(h, w), split=split)
+    exit_: SplitPrior | TopPrior | None
+    if l < levels - 1:
+      exit_ = SplitPrior(c, dtype=dtype, name=f'level{l}_split_prior')
+      latent_shape = (h, w, c - c // 2)
+    elif learn_top or num_classes:
+      exit_, latent_shape = TopPrior(c, num_classes, learn_top, dtype=dtype, name='top_prior'), (h, w, c)
+    else:
+      exit_, latent_shape = None, (h, w, c)
+    built.append(Level(steps, exit_, (h, w, c), latent_shape))
+    c = c // 2 if l < levels - 1 else c
+  return built
+
+
 def build_steps(
   level: int,
   c: int,
