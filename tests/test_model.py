@@ -182,3 +182,14 @@ def test_weights_of_another_layout_are_refused_with_a_message_naming_the_setting
     deeper.load_weights(tmp_path / 'k2.weights.h5')
   for v, value in zip(deeper.weights, before):  # not half-loaded (the exits' priors would match)
     np.testing.assert_array_equal(v.numpy(), value, err_msg=v.path)
+
+
+def test_a_seeded_model_and_its_dequantizer_start_from_the_same_weights_every_time():
+  def weights(seed):
+    model = GlowModel((8, 8, 3), levels=2, steps=2, width=8, seed=seed, dequantization='variational')
+    return [np.asarray(v) for v in model.weights], [np.asarray(v) for v in model.dequantizer.weights]
+
+  (first, first_q), (second, second_q), (_, other_q) = weights(1), weights(1), weights(2)
+  assert len(first) == len(second) and all(np.array_equal(a, b) for a, b in zip(first, second))
+  assert all(np.array_equal(a, b) for a, b in zip(first_q, second_q))
+  assert any(not np.array_equal(a, b) for a, b in zip(first_q, other_q))  # q(u|x)'s own draws follow the seed

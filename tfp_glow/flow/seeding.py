@@ -16,14 +16,15 @@ from typing import Iterator
 
 
 @contextlib.contextmanager
-def initializers_seeded_by(seed: int | None) -> Iterator[None]:
-  """Within: Keras initializers without a seed of their own draw from `seed` (None: untouched)."""
+def initializers_seeded_by(seed: int | None, purpose: str = 'flow') -> Iterator[None]:
+  """Within: Keras initializers without a seed of their own draw from `seed` (None: untouched). `purpose`
+  names the stream (the flow's, a dequantizer's): two parts of one model seeded alike draw differently."""
   if seed is None:
     yield
     return
   state = random.getstate()
   # A stream of its own, apart from the permutations' numpy stream drawn from the same seed.
-  random.seed(f'tfp_glow initial weights {seed}')
+  random.seed(f'tfp_glow {purpose} initial weights {seed}')
   try:
     yield
   finally:

@@ -21,6 +21,7 @@ from tfp_glow import dequantization as dequant
 from tfp_glow.distribution import GlowDistribution
 from tfp_glow.flow import choices
 from tfp_glow.flow.glow import Glow
+from tfp_glow.flow.seeding import initializers_seeded_by
 from tfp_glow.specs import CouplingSpec, ModelSpec, SpecError, field_defaults, upgrade
 from tfp_glow.training import guard
 from tfp_glow.training import inputs as model_inputs
@@ -132,7 +133,8 @@ class GlowModel(Trainer, PublicCalls, Files, keras.Model):
     # q(u|x) of variational dequantization (tfp_glow.dequantization); None: the data's uniform noise.
     self.dequantizer = None
     if spec.dequantization == 'variational':
-      self.dequantizer = dequant.VariationalDequantizer(spec.image_shape, spec.n_bins)
+      with initializers_seeded_by(spec.seed, 'dequantizer'):
+        self.dequantizer = dequant.VariationalDequantizer(spec.image_shape, spec.n_bins)
     self.classifier = None
     if spec.num_classes:
       self.classifier = keras.layers.Dense(
