@@ -223,7 +223,10 @@ def test_the_distribution_takes_a_context_as_tfp_users_pass_bijector_kwargs():
   expected = tf.reduce_sum(-0.5 * z**2 - 0.5 * np.log(2 * np.pi), axis=[1, 2, 3]) + ildj  # N(0, I) base
   np.testing.assert_allclose(dist.log_prob(x, context=c), expected, rtol=1e-10)
   np.testing.assert_allclose(dist.log_prob(x, bijector_kwargs={'context': c}), expected, rtol=1e-10)
-  assert np.max(np.abs(dist.log_prob(x) - expected)) > 1e-4  # no context: another density
+  with pytest.raises(
+    ValueError, match=r'built with context_size=3 and read a context \[N, 3\]; pass context='
+  ):
+    dist.log_prob(x)  # no context: refused, not the density of another model
   # batch broadcasting: images [2, 2, ...] with one context [E] for all, or one per image [2, 2, E]
   xx = tf.stack([x, x[::-1]])
   one = dist.log_prob(xx, context=c[0])
@@ -235,7 +238,10 @@ def test_the_distribution_takes_a_context_as_tfp_users_pass_bijector_kwargs():
   samples = dist.sample(3, seed=(1, 2), context=c[0], temperature=0.5)  # one context for the 3 images
   eps = dist.distribution.sample(3, seed=(1, 2)) * 0.5
   np.testing.assert_allclose(samples, glow.forward(eps, context=tf.tile(c[:1], [3, 1])), rtol=1e-10)
-  assert np.max(np.abs(samples - dist.sample(3, seed=(1, 2), temperature=0.5))) > 1e-4
+  other = dist.sample(3, seed=(1, 2), context=-c[0], temperature=0.5)
+  assert np.max(np.abs(samples - other)) > 1e-4  # the context changes the samples
+  with pytest.raises(ValueError, match='pass context='):
+    dist.sample(3, seed=(1, 2), temperature=0.5)
   latents = dist.encode(xx, context=c[1])
   np.testing.assert_allclose(dist.decode(latents, context=c[1]), xx, rtol=1e-9, atol=1e-10)
   with pytest.raises(ValueError, match=r'context must be \[E\] \(one for all images\) or of the batch shape'):
@@ -325,6 +331,10 @@ def test_what_cannot_work_is_refused_in_one_line():
     glow.inverse(x, context=tf.zeros([3, E]))  # 2 images
   with pytest.raises(TypeError, match='context must be a float tensor'):
     glow.inverse(x, context=tf.zeros([2, E], tf.int32))
+  with pytest.raises(
+    ValueError, match='GlowModel: context_size=3: fit and the model.s calls pass no context'
+  ):
+    tg.GlowModel(SHAPE, conditioner_settings={'context_size': E}, **small)
   conditional = tg.Glow(SHAPE, num_classes=3, class_context=2, **small)
   with pytest.raises(ValueError, match='pass labels=, not context='):
     conditional.inverse(x, labels=tf.constant([0, 1]), context=tf.zeros([2, 2]))
@@ -337,6 +347,22 @@ def test_what_cannot_work_is_refused_in_one_line():
   # the default network is today's: no context kernel, its settings {} in a config
   assert not [v for v in plain.variables if 'context' in v.name]
   assert tg.GlowModel(SHAPE, n_bins=16, **small).get_config()['coupling']['conditioner_settings'] == {}
+
+
+@pytest.mark.parametrize('gradient', ['autodiff', 'stored', 'inverse', 'checkpoint'])
+def test_a_missing_context_or_label_is_refused_in_every_gradient_mode(gradient):
+  """Conditioners that read a context get one, or the call is refused in one line (not a density of the
+  network without its context term, not an IndexError inside a hand-built gradient)."""
+  small = dict(levels=2, steps=2, width=4, gradient=gradient)
+  x = tf.constant(X, tf.float32)
+  cases = [
+    (tg.Glow(SHAPE, conditioner_settings={'context_size': E}, **small), 'pass context='),
+    (tg.Glow(SHAPE, num_classes=3, class_context=2, **small), 'class-conditional .* pass labels='),
+  ]
+  for glow, message in cases:
+    for call in (glow.initialize, glow.inverse, lambda x, glow=glow: glow.forward(tf.zeros_like(x))):
+      with pytest.raises(ValueError, match=message), tf.GradientTape():
+        call(tf.identity(x))
 
 
 @pytest.mark.slow  # nested tapes through two Glows

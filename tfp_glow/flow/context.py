@@ -58,18 +58,29 @@ class Conditioning:
 
   def context_of(self, x: tf.Tensor, labels: Any, context: Any) -> tf.Tensor | None:
     """The conditioners' context [N, E] for images (or latents) x [N, ...]: the class embedding's rows at
-    `labels`, or the caller's `context` (checked), or None. Labels without classes are refused here."""
+    `labels`, or the caller's `context` (checked), or None (conditioners without a context). Refused here: labels
+    without classes, and a missing context (or labels) where the conditioners read one."""
     if labels is not None and not self.num_classes:
       raise ValueError(
         f'{self.name}: labels were given, but this Glow is not class-conditional (num_classes=None).'
       )
     if self.embedding is None:
+      if context is None and self.context_size is not None:  # no silent density of another model
+        raise ValueError(
+          f'{self.name}: its conditioners were built with context_size={self.context_size} and read a '
+          f"context [N, {self.context_size}]; pass context= (a distribution: bijector_kwargs={{'context': c}})."
+        )
       return check_context(context, self.context_size, self.dtype, x, self.name)
     if context is not None:
       raise ValueError(
         f'{self.name}: its class embedding (class_context) is the context; pass labels=, not context=.'
       )
-    return None if labels is None else self.embedding.lookup(labels)  # no labels: the top prior says so
+    if labels is None:
+      raise ValueError(
+        f'{self.name}: this Glow is class-conditional (num_classes={self.num_classes}, class_context); '
+        'pass labels=... (integer class ids).'
+      )
+    return self.embedding.lookup(labels)
 
 
 def conditioner_for(

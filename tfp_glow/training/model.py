@@ -126,6 +126,12 @@ class GlowModel(Trainer, PublicCalls, Files, keras.Model):
     # The training step's gradient; the bijector itself keeps TensorFlow's own ('autodiff').
     self._training_gradient = spec.gradient
     glow = Glow.from_spec(spec.replace(gradient='autodiff'))
+    if getattr(glow.conditioner, 'context_size', None) is not None and spec.class_context is None:
+      raise ValueError(
+        f"GlowModel: context_size={glow.conditioner.context_size}: fit and the model's calls pass no context "
+        "of a user's; use class_context=E (a learned class embedding), or the Glow bijector and its "
+        'distribution, which take context=.'
+      )
     self.flow = glow.layer  # every flow parameter, in one Keras layer
     # The TFP objects hold no variables of their own; keep them out of Keras/TF tracking.
     self._tfp = _Untracked(glow=glow, distribution=GlowDistribution(glow))
