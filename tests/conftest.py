@@ -11,15 +11,15 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ['XDG_CACHE_HOME'] = tempfile.mkdtemp(prefix='tfp_glow_test_cache_')
 atexit.register(shutil.rmtree, os.environ['XDG_CACHE_HOME'], True)
 
-import numpy as np  # noqa: E402
+import keras  # noqa: E402
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def _seed():
-  tf.random.set_seed(1)
-  np.random.seed(1)
+  # Python's `random` too: Keras draws an unseeded initializer's seed from it, so without this a model built
+  # with seed=None (or a plain Keras layer) starts from other weights in every run.
+  keras.utils.set_random_seed(1)
 
 
 def pytest_collection_modifyitems(items):

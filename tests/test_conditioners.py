@@ -181,7 +181,9 @@ def test_under_a_mixed_policy_the_transformer_computes_in_bfloat16_and_the_log_d
     conditioners.Transformer.apply = original
   assert set(seen) == {tf.bfloat16}
   assert z.dtype == log_det.dtype == tf.float32 and np.all(np.isfinite(log_det))
-  np.testing.assert_allclose(glow.forward(tf.identity(z)), x, atol=1e-4)
+  # Exact to float32 in most draws; where a rebuilt conditioner input rounds to another bfloat16 value, to
+  # bfloat16's resolution (docs/design.md, "Precision"): the bound is that, not float32's.
+  np.testing.assert_allclose(glow.forward(tf.identity(z)), x, atol=1e-2)
 
 
 @pytest.mark.slow

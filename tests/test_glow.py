@@ -242,3 +242,22 @@ def test_a_seeded_glow_starts_from_the_same_weights_every_time_and_leaves_python
   again = weights(None)
   keras.utils.set_random_seed(5)
   assert all(np.array_equal(a, b) for a, b in zip(again, weights(None)))
+
+
+def test_two_flows_built_alike_are_different_functions_to_tfps_cache():
+  """TFP keys its bijector cache (and ==) on the constructor's arguments; ours keep their parameters in Keras
+  layers, so two flows built with the same arguments must not hand each other cached results."""
+  x = tf.constant(np.random.default_rng(3).uniform(-0.5, 0.5, (2, 8, 8, 1)), tf.float32)
+  a, b = small_glow(), small_glow()
+  perturb(a, 0.05, seed=1)
+  perturb(b, 0.05, seed=2)
+  za, zb = a.inverse(x), b.inverse(x)  # the same tensor x
+  assert np.abs(zb - b.inverse(tf.identity(x))).max() == 0  # b's own answer, not a's cached one
+  assert np.abs(za - zb).max() > 1e-3 and a != b
+  dist_a, dist_b = tg.GlowDistribution(a), tg.GlowDistribution(b)
+  log_p_a, log_p_b = dist_a.log_prob(x), dist_b.log_prob(x)
+  np.testing.assert_array_equal(log_p_b, dist_b.log_prob(tf.identity(x)))
+  assert np.abs(log_p_a - log_p_b).max() > 1e-3
+  assert a.inverse(x) is za and a == a  # one flow still caches its own results (the log-det with the value)
+  for layer_a, layer_b in zip(a.levels[0].steps[0].bijectors(), b.levels[0].steps[0].bijectors()):
+    assert layer_a != layer_b  # actnorm, 1x1 convolution, coupling: each with its own parameters

@@ -114,6 +114,13 @@ class GlowBijector(tfb.Bijector):
     and this bijector is step k of it: its parameters are the variables' slices [k]."""
     return self._index
 
+  def _get_parameterization(self) -> Any:
+    # TFP keys its cache, `==` and `hash` on this; by default the constructor's arguments. Ours keep their
+    # parameters in a Keras layer, not in the arguments: two flows built alike are different functions, and
+    # without the layer in the key `b.inverse(x)` would return `a.inverse(x)` from the cache. (A live cache
+    # entry holds the bijector, so the layer's id is not reused while it can match.)
+    return {'layer': id(self._layer), 'index': self._index, 'arguments': self.parameters}
+
   @classmethod
   def _parameter_properties(cls, dtype, num_classes=None):
     # No batch of bijectors: parameters are per-channel, not per-batch-member, so the
