@@ -314,7 +314,9 @@ def test_under_a_mixed_policy_the_layer_computes_in_bfloat16():
     conditioners.KerasLayer.apply = original
   assert set(seen) == {tf.bfloat16}
   assert z.dtype == log_det.dtype == tf.float32 and np.all(np.isfinite(log_det))
-  np.testing.assert_allclose(flow.forward(tf.identity(z)), x, atol=1e-4)
+  # To bfloat16's resolution, not float32's: a rebuilt conditioner input may round to another bfloat16 value
+  # (docs/design.md, "Precision").
+  np.testing.assert_allclose(flow.forward(tf.identity(z)), x, atol=1e-2)
 
 
 @pytest.mark.slow  # nested tapes through two Glows
